@@ -1,0 +1,141 @@
+//! Per-packet accounting: counters, then an event (raw mode) or the flow map (flow mode).
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_boot_ns,
+    programs::TcContext,
+};
+use ayaflow_common::{
+    counters::Counter,
+    event::{EVENT_FLAG_FLOW_FALLBACK, EVENT_FLAG_PARSE_ERROR, PacketEvent},
+    flow::{ETH_P_IP, ETH_P_IPV6, FlowStats, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    globals::CAPTURE_MODE_FLOWS,
+};
+
+use crate::{
+    maps::{COUNTERS, EVENTS, FLOWS},
+    parse::{Parsed, parse},
+};
+
+/// Load-time constant set by the agent (`globals::CAPTURE_MODE`); the verifier sees the value,
+/// so the mode not chosen is dead code.
+#[unsafe(no_mangle)]
+static CAPTURE_MODE: u32 = 0;
+
+const EEXIST: i64 = 17;
+
+#[inline(always)]
+pub fn observe(ctx: &TcContext, direction: u8) {
+    let mut p = Parsed::default();
+    p.key.direction = direction;
+    if parse(ctx, &mut p).is_err() {
+        p.flags |= EVENT_FLAG_PARSE_ERROR;
+    }
+    // SAFETY: reading a field of the context the kernel handed us.
+    let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
+    let packets = if gso_segs > 1 { gso_segs } else { 1 };
+    // A GSO aggregate carries its headers once; on the wire every segment repeats them.
+    let bytes = ctx.len() + (packets - 1) * p.header_len;
+
+    let proto_counter = match p.key.ether_type {
+        ETH_P_IP | ETH_P_IPV6 => match p.key.protocol {
+            IPPROTO_TCP => Counter::Tcp,
+            IPPROTO_UDP => Counter::Udp,
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => Counter::Icmp,
+            _ => Counter::OtherIp,
+        },
+        _ => Counter::NonIp,
+    };
+    let counters = COUNTERS.get_ptr_mut(direction as u32);
+    if let Some(c) = counters {
+        // SAFETY: per-CPU slot of this CPU; TC runs with preemption off.
+        let c = unsafe { &mut *c };
+        c.values[Counter::Packets as usize] += packets as u64;
+        c.values[Counter::Bytes as usize] += bytes as u64;
+        c.values[proto_counter as usize] += packets as u64;
+        if p.flags & EVENT_FLAG_PARSE_ERROR != 0 {
+            c.values[Counter::ParseErrors as usize] += 1;
+        }
+    }
+
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: a load-time constant; volatile so the compiler does not fold the default.
+    let mode = unsafe { core::ptr::read_volatile(&CAPTURE_MODE) };
+    if mode == CAPTURE_MODE_FLOWS {
+        if add_to_flow(&p, packets, bytes, now) {
+            return;
+        }
+        p.flags |= EVENT_FLAG_FLOW_FALLBACK;
+        bump(counters, Counter::FlowFallbacks);
+    }
+
+    match EVENTS.reserve::<PacketEvent>(0) {
+        Some(mut entry) => {
+            entry.write(PacketEvent {
+                timestamp_ns: now,
+                key: p.key,
+                bytes,
+                packets,
+                tcp_flags: p.tcp_flags,
+                icmp_type: p.icmp_type,
+                icmp_code: p.icmp_code,
+                flags: p.flags,
+                vlan_id: p.vlan_id,
+                _pad: [0; 2],
+            });
+            entry.submit(0);
+        }
+        None => bump(counters, Counter::RingbufDrops),
+    }
+}
+
+#[inline(always)]
+fn bump(counters: Option<*mut ayaflow_common::counters::CounterBlock>, counter: Counter) {
+    if let Some(c) = counters {
+        // SAFETY: as in `observe`.
+        unsafe { (*c).values[counter as usize] += 1 };
+    }
+}
+
+/// Adds the packet to its `FLOWS` entry. Returns false when the map is full.
+#[inline(always)]
+fn add_to_flow(p: &Parsed, packets: u32, bytes: u32, now: u64) -> bool {
+    if let Some(s) = FLOWS.get_ptr_mut(&p.key) {
+        // SAFETY: this CPU's value; per-CPU maps need no lock.
+        update(unsafe { &mut *s }, p, packets, bytes, now);
+        return true;
+    }
+    let mut fresh = FlowStats {
+        first_seen_ns: now,
+        ..FlowStats::default()
+    };
+    update(&mut fresh, p, packets, bytes, now);
+    match FLOWS.insert(&p.key, &fresh, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        // Another CPU inserted the key between our lookup and insert: add to ours.
+        Err(e) if e as i64 == -EEXIST => match FLOWS.get_ptr_mut(&p.key) {
+            Some(s) => {
+                // SAFETY: as above.
+                let s = unsafe { &mut *s };
+                if s.first_seen_ns == 0 {
+                    s.first_seen_ns = now;
+                }
+                update(s, p, packets, bytes, now);
+                true
+            }
+            None => false,
+        },
+        Err(_) => false,
+    }
+}
+
+#[inline(always)]
+fn update(s: &mut FlowStats, p: &Parsed, packets: u32, bytes: u32, now: u64) {
+    s.packets += packets as u64;
+    s.bytes += bytes as u64;
+    s.last_seen_ns = now;
+    s.tcp_flags |= p.tcp_flags;
+    s.icmp_type = p.icmp_type;
+    s.icmp_code = p.icmp_code;
+}

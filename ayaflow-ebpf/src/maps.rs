@@ -1,0 +1,26 @@
+//! Every map of the program, each with its key, value and sizing.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use ayaflow_common::{
+    counters::{COUNTER_BLOCKS, CounterBlock},
+    flow::{FlowKey, FlowStats},
+};
+
+/// Per-packet events for userspace (`PacketEvent`, 64 B + 8 B ring header each).
+/// 8 MiB holds ~116k events: about 0.3 s of a 0.4 Mpps flood if userspace stalls. The agent
+/// overrides the size from `--ring-buffer-bytes`; every failed reservation is counted.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Key: `Direction as u32`; value: a `CounterBlock` (10 × u64) per CPU: 2 × 80 B × nCPU.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(COUNTER_BLOCKS, 0);
+
+/// Flow mode: key `FlowKey` (40 B), value `FlowStats` (40 B) per CPU. Memory is about
+/// `max_entries × nCPU × 40 B` plus the keys; the agent sets `max_entries` from `--flow-map-size`.
+/// Per-CPU rather than shared + spin lock: no lock on the hot path (see STYLE.md, section 2).
+#[map(name = "FLOWS")]
+pub static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(65536, 0);

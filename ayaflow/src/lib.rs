@@ -1,0 +1,20 @@
+//! ayaFlow's agent: loads the TC classifier, turns its events and counters into live connection
+//! state, a SQLite history and an HTTP API.
+//!
+//! Layout (data flows top to bottom):
+//! - `ebpf`: loads and attaches the embedded kernel program, drains its ring buffer, reads its
+//!   per-CPU counters (and, in flow mode, sweeps its flow map).
+//! - `decode` + `flow`: length-checked bytes -> `PacketEvent` -> the domain `Packet`.
+//! - `connections`: the bounded live connection table (timeouts, FIN/RST, top-N).
+//! - `pipeline`: fans packets out to the connection table and, through a bounded queue, to the
+//!   storage writer; aggregates windows when configured.
+//! - `store`: SQLite, the only module with SQL (raw rows, windows, retention, history queries).
+//! - `api`, `metrics`: axum routes and the Prometheus registry.
+//! - `cli` + `config`: flags/env/YAML as typed, then validated; `shutdown`: signal handling.
+
+pub mod cli;
+pub mod config;
+pub mod connections;
+pub mod decode;
+pub mod flow;
+pub mod store;

@@ -1,0 +1,1 @@
+//! Helpers for the kernel tests: network namespaces, veth pairs, frames.
