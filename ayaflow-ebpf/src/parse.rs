@@ -1,9 +1,13 @@
 //! Header parsing: Ethernet -> up to two VLAN tags -> IPv4 / IPv6 (+ extension headers) ->
 //! TCP / UDP / ICMP / ICMPv6, into a `FlowKey` and the per-packet extras.
 //!
-//! Every read is bounds-checked. The fast path reads the linear packet data directly; a header
-//! that lies beyond it (a non-linear skb) is copied with `bpf_skb_load_bytes`, so only a frame
-//! that is really too short fails. A failure leaves what was parsed so far in `Parsed`.
+//! Every read is bounds-checked against the linear packet data (direct packet access). A
+//! non-linear skb whose headers are not all in the linear part is first made linear up to
+//! [`HEADER_SPAN`] bytes with `bpf_skb_pull_data`, which moves bytes but changes none, so only a
+//! frame that is really too short fails. A failure leaves what was parsed so far in `Parsed`.
+//!
+//! Why not fall back to `bpf_skb_load_bytes` per read: LLVM merges the two paths into one load
+//! through a selected pointer, which the verifier rejects (pointer arithmetic on a select).
 
 use aya_ebpf::programs::TcContext;
 use ayaflow_common::{
@@ -42,16 +46,29 @@ pub struct Parsed {
 /// The frame ended before a header it announced, or a header was invalid.
 pub struct Malformed;
 
-/// Reads a `T` (a byte array) at `off`, directly when it is in the linear data.
+/// Bytes from the start of the frame that must be linear for the parser: Ethernet, two VLAN
+/// tags, IPv4 with options or IPv6 with a few extension headers, and the L4 header.
+pub const HEADER_SPAN: u32 = 256;
+
+/// Reads a `T` (a byte array) at `off` of the linear data.
 #[inline(always)]
 fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Malformed> {
     let start = ctx.data();
     let end = ctx.data_end();
-    if start + off + size_of::<T>() <= end {
-        // SAFETY: the range was checked against data_end just above.
-        Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
-    } else {
-        ctx.load::<T>(off).map_err(|_| Malformed)
+    if start + off + size_of::<T>() > end {
+        return Err(Malformed);
+    }
+    // SAFETY: the range was checked against data_end just above.
+    Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+}
+
+/// Makes the first `HEADER_SPAN` bytes (or the whole frame, if shorter) linear.
+#[inline(always)]
+fn ensure_linear(ctx: &TcContext) {
+    let want = if ctx.len() < HEADER_SPAN { ctx.len() } else { HEADER_SPAN };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        // On failure the parser simply stops at the linear end; the packet is still counted.
+        let _ = ctx.pull_data(want);
     }
 }
 
@@ -63,10 +80,12 @@ fn be16(b: [u8; 2]) -> u16 {
 /// Parses the frame in `ctx` into `p`. On `Err`, `p` holds the headers parsed before the fault.
 #[inline(always)]
 pub fn parse(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
+    ensure_linear(ctx);
     let eth: [u8; ETH_HLEN] = read(ctx, 0)?;
     let mut ether_type = be16([eth[12], eth[13]]);
     let mut off = ETH_HLEN;
     p.header_len = off as u32;
+    p.key.ether_type = ether_type;
     for _ in 0..MAX_VLAN_TAGS {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
@@ -78,8 +97,8 @@ pub fn parse(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
         ether_type = be16([tag[2], tag[3]]);
         off += 4;
         p.header_len = off as u32;
+        p.key.ether_type = ether_type;
     }
-    p.key.ether_type = ether_type;
     let (protocol, l4_off) = match ether_type {
         ETH_P_IP => parse_ipv4(ctx, off, p)?,
         ETH_P_IPV6 => parse_ipv6(ctx, off, p)?,

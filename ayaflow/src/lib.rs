@@ -16,5 +16,6 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod decode;
+pub mod ebpf;
 pub mod flow;
 pub mod store;

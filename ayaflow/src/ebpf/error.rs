@@ -1,0 +1,58 @@
+//! `LoadError`: everything that can stop the kernel program from loading or attaching, each
+//! message saying what to do (the README's troubleshooting section lists the same cases).
+
+use std::io;
+
+/// Loading or attaching the kernel program failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this ayaflow binary was built without its eBPF program (AYAFLOW_SKIP_EBPF=1): rebuild it with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error(
+        "the kernel has no BTF ({path} is missing): ayaflow needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 2020 are)"
+    )]
+    NoBtf { path: &'static str },
+    #[error(
+        "network interface {name:?} does not exist: list interfaces with `ip link` and pass one with --interface"
+    )]
+    NoInterface { name: String },
+    #[error(
+        "no interface to attach to: there is no default route and no up, non-loopback interface; pass one with --interface"
+    )]
+    NoDefaultInterface,
+    #[error(
+        "{action}: permission denied ({source}); run as root (sudo) or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (in a container: --cap-add or privileged)"
+    )]
+    Permission { action: String, source: io::Error },
+    #[error(
+        "an ayaflow program (id {prog_id}) is already attached to {interface} {hook}: another ayaflow is probably running there; stop it, or detach the stale link (`bpftool link show`, then `bpftool link detach id <id>`)"
+    )]
+    AlreadyAttached { interface: String, hook: &'static str, prog_id: u32 },
+    #[error("the kernel verifier rejected {program}: {detail}\nthis is a bug in ayaflow: please report it with `uname -r` and the log above")]
+    Verifier { program: &'static str, detail: String },
+    #[error("{action}: {source:#}")]
+    Other { action: String, source: anyhow::Error },
+}
+
+impl LoadError {
+    /// Classifies an aya error raised while doing `action`: permission problems get their own
+    /// message; anything else keeps aya's text.
+    pub fn from_aya(action: impl Into<String>, err: impl std::error::Error + Send + Sync + 'static) -> LoadError {
+        let action = action.into();
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                if matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+                    return LoadError::Permission {
+                        action,
+                        source: io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EPERM)),
+                    };
+                }
+            }
+            source = e.source();
+        }
+        LoadError::Other { action, source: anyhow::Error::new(err) }
+    }
+}

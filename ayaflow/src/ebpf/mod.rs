@@ -1,0 +1,220 @@
+//! Loads the embedded kernel program, attaches it to an interface's TC hooks, and hands out its
+//! maps: the `EVENTS` ring buffer (`ring.rs`), the per-CPU `COUNTERS` (`counters.rs`) and, in
+//! flow mode, the `FLOWS` map.
+//!
+//! Detaching: the links belong to the `Ebpf` object inside [`KernelProgram`]; dropping it
+//! detaches them, so every exit path (error, signal, panic unwinding) leaves nothing attached.
+
+pub mod counters;
+mod error;
+pub mod interface;
+pub mod ring;
+pub mod test_run;
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuHashMap, RingBuf},
+    programs::{ProgramError, SchedClassifier, TcAttachType, tc},
+};
+use ayaflow_common::{
+    flow::{Direction, FlowKey, FlowStats},
+    globals,
+};
+pub use error::LoadError;
+
+use crate::flow::direction_name;
+
+/// The kernel object, built with this binary's profile by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AYAFLOW_EBPF_OBJECT"));
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+/// Load-time settings of the kernel program.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// `globals::CAPTURE_MODE_RAW` or `globals::CAPTURE_MODE_FLOWS`.
+    pub capture_mode: u32,
+    /// Bytes of the `EVENTS` ring buffer (a power of two, at least a page).
+    pub ring_buffer_size: u32,
+    /// Entries of the `FLOWS` map.
+    pub flow_map_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            capture_mode: globals::CAPTURE_MODE_RAW,
+            ring_buffer_size: 8 * 1024 * 1024,
+            flow_map_size: 65536,
+        }
+    }
+}
+
+/// The loaded (and possibly attached) classifier with its maps.
+pub struct KernelProgram {
+    ebpf: Ebpf,
+    /// Hooks attached so far, as (interface, direction).
+    attached: Vec<(String, Direction)>,
+}
+
+fn program_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => globals::PROG_INGRESS,
+        Direction::Egress => globals::PROG_EGRESS,
+    }
+}
+
+fn attach_type(d: Direction) -> TcAttachType {
+    match d {
+        Direction::Ingress => TcAttachType::Ingress,
+        Direction::Egress => TcAttachType::Egress,
+    }
+}
+
+impl KernelProgram {
+    /// Loads both classifiers into the kernel (verifier included) without attaching them.
+    pub fn load(opts: &LoadOptions) -> Result<KernelProgram, LoadError> {
+        if OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        if !std::path::Path::new(BTF_PATH).exists() {
+            return Err(LoadError::NoBtf { path: BTF_PATH });
+        }
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::CAPTURE_MODE, &opts.capture_mode, true)
+            .map_max_entries(globals::MAP_EVENTS, opts.ring_buffer_size)
+            .map_max_entries(globals::MAP_FLOWS, opts.flow_map_size)
+            .load(OBJECT)
+            .map_err(|e| LoadError::from_aya("loading the eBPF object", e))?;
+        for d in Direction::ALL {
+            let name = program_name(d);
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| LoadError::Other {
+                    action: format!("finding program {name}"),
+                    source: anyhow::anyhow!("the embedded object has no program {name}"),
+                })?
+                .try_into()
+                .map_err(|e| LoadError::from_aya(format!("program {name}"), e))?;
+            prog.load().map_err(|e| match e {
+                ProgramError::LoadError { verifier_log, .. } if !is_permission(&verifier_log) => {
+                    LoadError::Verifier { program: name, detail: verifier_log.to_string() }
+                }
+                e => LoadError::from_aya(format!("loading {name}"), e),
+            })?;
+        }
+        Ok(KernelProgram { ebpf, attached: Vec::new() })
+    }
+
+    /// Attaches the classifier of each of `directions` to `interface` (TCX links on kernels
+    /// that have them, a clsact qdisc + netlink filter otherwise). On error nothing stays
+    /// attached: links made so far are dropped with `self`.
+    pub fn attach(&mut self, interface: &str, directions: &[Direction]) -> Result<(), LoadError> {
+        if interface::index(interface).is_none() {
+            return Err(LoadError::NoInterface { name: interface.to_string() });
+        }
+        for &d in directions {
+            let name = program_name(d);
+            check_not_attached(interface, d)?;
+            // Legacy (netlink) attachment needs a clsact qdisc; TCX ignores it. An existing one
+            // is fine.
+            if let Err(e) = tc::qdisc_add_clsact(interface) {
+                tracing::debug!("clsact qdisc on {interface}: {e} (expected if it exists or TCX is used)");
+            }
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .expect("checked in load")
+                .try_into()
+                .expect("checked in load");
+            prog.attach(interface, attach_type(d)).map_err(|e| {
+                LoadError::from_aya(format!("attaching {name} to {interface} {}", direction_name(d)), e)
+            })?;
+            self.attached.push((interface.to_string(), d));
+            tracing::info!(interface, hook = direction_name(d), "attached");
+        }
+        Ok(())
+    }
+
+    /// The hooks attached, as (interface, direction).
+    pub fn attached(&self) -> &[(String, Direction)] {
+        &self.attached
+    }
+
+    /// The loaded program of one hook, for `test_run::test_run`.
+    pub fn program_fd(&self, d: Direction) -> BorrowedFd<'_> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(program_name(d))
+            .expect("checked in load")
+            .try_into()
+            .expect("checked in load");
+        prog.fd().expect("loaded in load").as_fd()
+    }
+
+    /// Takes the `EVENTS` ring buffer (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self.take_map(globals::MAP_EVENTS)?;
+        RingBuf::try_from(map).map_err(|e| LoadError::from_aya("opening EVENTS", e))
+    }
+
+    /// Takes the `COUNTERS` array (once).
+    pub fn take_counters(&mut self) -> Result<counters::CounterReader, LoadError> {
+        let map = self.take_map(globals::MAP_COUNTERS)?;
+        counters::CounterReader::new(map)
+    }
+
+    /// Takes the `FLOWS` map (once).
+    pub fn take_flows(&mut self) -> Result<PerCpuHashMap<MapData, FlowKey, FlowStats>, LoadError> {
+        let map = self.take_map(globals::MAP_FLOWS)?;
+        PerCpuHashMap::try_from(map).map_err(|e| LoadError::from_aya("opening FLOWS", e))
+    }
+
+    fn take_map(&mut self, name: &str) -> Result<aya::maps::Map, LoadError> {
+        self.ebpf.take_map(name).ok_or_else(|| LoadError::Other {
+            action: format!("taking map {name}"),
+            source: anyhow::anyhow!("already taken, or missing from the object"),
+        })
+    }
+}
+
+impl Drop for KernelProgram {
+    fn drop(&mut self) {
+        for (interface, d) in &self.attached {
+            tracing::info!(interface, hook = direction_name(*d), "detaching");
+        }
+    }
+}
+
+fn is_permission(log: &impl std::fmt::Display) -> bool {
+    log.to_string().is_empty()
+}
+
+/// Refuses to attach a second ayaflow to the same hook (two would double every count).
+fn check_not_attached(interface: &str, d: Direction) -> Result<(), LoadError> {
+    // Kernels before TCX (6.6) cannot be queried this way; the netlink attach then proceeds.
+    let Ok((_, progs)) = SchedClassifier::query_tcx(interface, attach_type(d)) else {
+        return Ok(());
+    };
+    match progs.iter().find(|p| p.name_as_str() == Some(program_name(d))) {
+        Some(p) => Err(LoadError::AlreadyAttached {
+            interface: interface.to_string(),
+            hook: direction_name(d),
+            prog_id: p.id(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (later ones use memory cgroups), see
+/// https://lwn.net/Articles/837122/. Failure is only logged: loading then says what is wrong.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
