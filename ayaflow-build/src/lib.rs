@@ -101,6 +101,14 @@ pub fn detect() -> Result<BpfToolchain> {
 }
 
 impl BpfToolchain {
+    /// The value of `AYAFLOW_BPF_TOOLCHAIN` that selects this toolchain.
+    pub fn env_name(&self) -> &'static str {
+        match self {
+            Self::Debian => "debian",
+            Self::Nightly => "nightly",
+        }
+    }
+
     /// A `Command` running this toolchain's `tool` (`cargo` or `rustc`), with the environment of
     /// any outer cargo removed so it cannot leak flags, targets or toolchain choices inward.
     pub fn command(&self, tool: &str) -> Command {

@@ -18,4 +18,6 @@ pub mod connections;
 pub mod decode;
 pub mod ebpf;
 pub mod flow;
+pub mod metrics;
+pub mod shutdown;
 pub mod store;

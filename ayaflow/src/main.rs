@@ -1,5 +1,38 @@
-//! The `ayaflow` binary: parse the configuration, run the agent, map errors to an exit code.
+//! The `ayaflow` binary: parse the configuration, set up logging, run the agent, and map the
+//! error chain to an exit code.
 
-fn main() {
-    println!("ayaflow: being written");
+use std::process::ExitCode;
+
+use ayaflow::{agent, cli::Cli, config::Config};
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = match Config::from_cli(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ayaflow: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // RUST_LOG wins when set; otherwise info, or only errors with --quiet.
+    let default = if config.quiet { "error" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ayaflow: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(agent::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("ayaflow: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

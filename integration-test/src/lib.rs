@@ -4,6 +4,7 @@
 //! Namespaces and links get names unique to the process and the test, so tests run in
 //! parallel; [`NetPair`] removes them on drop, also when the test panics.
 
+pub mod agent;
 pub mod frames;
 pub mod netns;
 pub mod tap;

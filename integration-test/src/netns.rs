@@ -78,13 +78,16 @@ impl NetPair {
 
     /// Runs `f` on a thread that has joined namespace `ns` (sockets it opens live there).
     pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        Self::spawn_in_ns(ns, f).join().expect("thread inside the namespace panicked")
+    }
+
+    /// Like [`NetPair::in_ns`], without waiting.
+    pub fn spawn_in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
         let path = format!("/var/run/netns/{ns}");
         thread::spawn(move || {
             enter(&path);
             f()
         })
-        .join()
-        .expect("thread inside the namespace panicked")
     }
 }
 

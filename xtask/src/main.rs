@@ -1,1 +1,135 @@
-fn main() {}
+//! `cargo xtask`: set up, build, run, test and benchmark ayaFlow. Every subcommand does the
+//! set-up it needs first (idempotently), so the README's two commands work on a fresh machine.
+
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run and test ayaFlow")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and tests need (Debian packages, bpf-linker), then stop.
+    Setup,
+    /// Build the kernel program and the agent that embeds it.
+    Build {
+        /// Build with the release profile (the agent then embeds a release object).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build (release) and run the agent as root; arguments after `--` go to the agent.
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests, then the kernel tests (need root and BTF; they fail, never
+    /// skip, without them).
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// cargo fmt --check and clippy on the userspace crates and the kernel program.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Setup => setup::all().map(|_| ()),
+        Cmd::Build { release } => build(release),
+        Cmd::Run { args } => {
+            build(true)?;
+            let bin = ayaflow_build::workspace_root().join("target/release/ayaflow");
+            let mut cmd = if setup::is_root() {
+                Command::new(&bin)
+            } else {
+                eprintln!("xtask: not root: running the agent through sudo (it loads BPF programs)");
+                let mut c = Command::new("sudo");
+                c.arg("-E").arg(&bin);
+                c
+            };
+            cmd.args(&args);
+            status(&mut cmd)
+        }
+        Cmd::Test { args } => test(&args),
+        Cmd::Lint => lint(),
+    }
+}
+
+/// Runs `cmd`, failing with its command line if it fails.
+pub fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("failed to run {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(ayaflow_build::workspace_root());
+    c
+}
+
+fn build(release: bool) -> Result<()> {
+    let toolchain = setup::all()?;
+    eprintln!("xtask: building the eBPF program with {toolchain}");
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "ayaflow"]).env("AYAFLOW_BPF_TOOLCHAIN", toolchain.env_name());
+    if release {
+        cmd.arg("--release");
+    }
+    status(&mut cmd)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let toolchain = setup::all()?;
+    eprintln!("xtask: building the eBPF program with {toolchain}");
+    if !setup::is_root() {
+        bail!(
+            "the kernel tests load BPF programs and attach them to test interfaces: run `cargo xtask test` as root \
+             (sudo -E cargo xtask test); they are never skipped"
+        );
+    }
+    let env = ("AYAFLOW_BPF_TOOLCHAIN", toolchain.env_name());
+    // Build the agent binary first: the end-to-end tests run it as a separate process.
+    status(cargo().args(["build", "--package", "ayaflow"]).env(env.0, env.1))?;
+    let mut unit = cargo();
+    unit.args(["test", "--workspace", "--exclude", "integration-test", "--"]).args(args).env(env.0, env.1);
+    status(&mut unit)?;
+    let mut kernel = cargo();
+    kernel.args(["test", "--package", "integration-test", "--"]).args(args).env(env.0, env.1);
+    status(&mut kernel)
+}
+
+fn lint() -> Result<()> {
+    let toolchain = setup::all()?;
+    status(cargo().args(["fmt", "--all", "--check"]))?;
+    status(
+        cargo()
+            .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+            .env("AYAFLOW_BPF_TOOLCHAIN", toolchain.env_name()),
+    )?;
+    let mut ebpf = toolchain.command("cargo");
+    ebpf.current_dir(ayaflow_build::workspace_root().join("ayaflow-ebpf"))
+        .args(["clippy", "--target", "bpfel-unknown-none", "--", "-D", "warnings"]);
+    status(&mut ebpf)
+}

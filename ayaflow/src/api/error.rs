@@ -1,0 +1,57 @@
+//! `ApiError`: a status code and a JSON body `{"error": ..., "hint": ...}` that says what to do.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+/// A request the API refuses or could not serve.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: String,
+    pub hint: String,
+}
+
+impl ApiError {
+    /// 400 for query parameter `name`: `error` says what is wrong, `hint` what is accepted.
+    pub fn bad_param(name: &str, value: &str, expected: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: format!("invalid query parameter {name}={value:?}"),
+            hint: format!("{name} must be {expected}"),
+        }
+    }
+
+    /// 403 for a peer outside `allowed_ips`.
+    pub fn forbidden(peer: std::net::IpAddr) -> ApiError {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            error: format!("{peer} is not in allowed_ips"),
+            hint: "add this address or its network to allowed_ips (--allowed-ips, AYAFLOW_ALLOWED_IPS) to reach the API".into(),
+        }
+    }
+
+    /// 503 when a bounded resource is exhausted or not ready.
+    pub fn unavailable(error: impl Into<String>, hint: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, error: error.into(), hint: hint.into() }
+    }
+
+    /// 500 with the cause logged.
+    pub fn internal(error: impl std::fmt::Display) -> ApiError {
+        tracing::warn!("API request failed: {error}");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: error.to_string(),
+            hint: "see the agent's log".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.error, "hint": self.hint}))).into_response()
+    }
+}

@@ -1,0 +1,103 @@
+//! Fans captured packets out: to the live connection table (always), and to storage, either
+//! raw (one row per event) or through the window aggregator.
+//!
+//! Backpressure: the capture path never waits on storage. Batches go to the storage queue with
+//! `try`-semantics (DropNewest, counted in `ayaflow_storage_rows_dropped_total`); the table is
+//! behind a `std::sync::Mutex` held only for the in-memory update of one batch.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use crate::{
+    aggregate::Aggregator,
+    connections::ConnectionTable,
+    ebpf::ring::PacketSink,
+    flow::Packet,
+    storage::StorageSender,
+};
+
+/// Counters of the pipeline itself.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Events decoded from the ring buffer (each may carry several GSO segments).
+    pub events: AtomicU64,
+    /// Ring-buffer records of the wrong size (a kernel/agent mismatch).
+    pub malformed: AtomicU64,
+}
+
+/// Where packets go after capture.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub table: Arc<Mutex<ConnectionTable>>,
+    /// Set in aggregated mode; raw rows otherwise.
+    pub aggregator: Option<Arc<Mutex<Aggregator>>>,
+    pub storage: StorageSender,
+    pub stats: Arc<PipelineStats>,
+}
+
+impl PacketSink for Pipeline {
+    fn packets(&mut self, batch: &[Packet]) {
+        self.stats.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        {
+            let mut table = lock(&self.table);
+            for p in batch {
+                table.record(p);
+            }
+        }
+        match &self.aggregator {
+            Some(agg) => {
+                let mut agg = lock(agg);
+                for p in batch {
+                    agg.add(p.tuple, p.direction, p.ts_unix_ns, p.packets as u64, p.bytes as u64);
+                }
+            }
+            None => {
+                self.storage.send_packets(batch.to_vec());
+            }
+        }
+    }
+
+    fn malformed(&mut self, count: u64) {
+        self.stats.malformed.fetch_add(count, Ordering::Relaxed);
+        tracing::error!("{count} ring-buffer records had the wrong size: the kernel object does not match this agent");
+    }
+}
+
+impl Pipeline {
+    /// Periodic work: closes idle connections and hands finished windows to storage.
+    pub fn tick(&self, now_unix_ns: u64) {
+        lock(&self.table).expire(now_unix_ns);
+        if let Some(agg) = &self.aggregator {
+            let rows = lock(agg).take_closed(now_unix_ns);
+            if !rows.is_empty() {
+                self.storage.send_windows(rows);
+            }
+        }
+    }
+
+    /// At shutdown: hands the current, partial window to storage.
+    pub fn flush(&self) {
+        if let Some(agg) = &self.aggregator {
+            let rows = lock(agg).take_all();
+            if !rows.is_empty() {
+                self.storage.send_windows(rows);
+            }
+        }
+    }
+}
+
+/// Locks `m`, recovering the data if a thread panicked while holding it (the table and the
+/// aggregator stay consistent between single updates, so their data is still usable).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Unix time now, in nanoseconds.
+pub fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
