@@ -12,9 +12,11 @@
 //! - `api`, `metrics`: axum routes and the Prometheus registry.
 //! - `cli` + `config`: flags/env/YAML as typed, then validated; `shutdown`: signal handling.
 
+pub mod aggregate;
 pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod decode;
 pub mod flow;
+pub mod storage;
 pub mod store;
