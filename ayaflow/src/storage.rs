@@ -628,9 +628,21 @@ impl Writer {
         if self.store.as_ref().is_some_and(Store::is_replaced) {
             tracing::warn!(
                 path = %self.shared.path.display(),
-                "the history database was removed or replaced while open; creating it again \
-                 (rows written to the old file stay there)"
+                "the history database was removed or replaced while open; opening the path \
+                 again (rows written to the old file stay there)"
             );
+            if let Some(mut old) = self.store.take() {
+                // Empty our WAL before closing: SQLite does not checkpoint a moved file on close
+                // and would leave the WAL at the path for the next file to replay.
+                match old.checkpoint() {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(
+                        path = %self.shared.path.display(),
+                        "could not fully checkpoint the old file's WAL: readers still use it"
+                    ),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
             self.close_store();
         }
         if self.store.is_none() {
@@ -638,7 +650,10 @@ impl Writer {
             match Store::open(&self.shared.path) {
                 Ok(store) => {
                     self.shared.stats.reopens.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(path = %self.shared.path.display(), "reopened the history database");
+                    tracing::info!(
+                        path = %self.shared.path.display(),
+                        "reopened the history database"
+                    );
                     self.store = Some(store);
                     self.applied_max_bytes = None;
                 }

@@ -371,6 +371,21 @@ impl Store {
         FileId::of(&self.path) != self.file_id
     }
 
+    /// Copies every committed transaction from the WAL into the database file and truncates
+    /// the WAL to zero bytes. Returns true if and only if it completed; readers still using
+    /// old WAL frames make it stop early (after [`BUSY_TIMEOUT`]).
+    ///
+    /// The writer calls it before letting go of a file that was removed or replaced, so the
+    /// `-wal` left at the path is empty and cannot be replayed into whatever file is there now
+    /// (https://www.sqlite.org/howtocorrupt.html#unlink).
+    pub fn checkpoint(&mut self) -> Result<bool, StoreError> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(|e| StoreError::sqlite(&self.path, "checkpointing the WAL", e))?;
+        Ok(busy == 0)
+    }
+
     /// Caps the database file at about `max_bytes` (rounded up to whole pages), or removes the
     /// cap with `None`. Writes that would grow the file past the cap fail as
     /// [`ErrorKind::Full`], exactly like a full disk; pages freed by retention are reused.
