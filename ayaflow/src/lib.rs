@@ -12,6 +12,9 @@
 //! - `api`, `metrics`: axum routes and the Prometheus registry.
 //! - `cli` + `config`: flags/env/YAML as typed, then validated; `shutdown`: signal handling.
 
+pub mod agent;
+pub mod aggregate;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod connections;
@@ -19,5 +22,7 @@ pub mod decode;
 pub mod ebpf;
 pub mod flow;
 pub mod metrics;
+pub mod pipeline;
 pub mod shutdown;
+pub mod storage;
 pub mod store;

@@ -1,0 +1,157 @@
+//! The history database's tables and indexes, as an append-only list of migrations keyed on
+//! `PRAGMA user_version`.
+//!
+//! Migration `n` (1-based) moves a file from `user_version = n - 1` to `n`. Never edit a
+//! migration that has shipped: append a new one, so every file on disk can be brought forward
+//! step by step. [`migrate`] runs the missing steps, each in its own `BEGIN IMMEDIATE`
+//! transaction together with the `user_version` bump, so a crash mid-way leaves a file at a
+//! well-defined version, and two processes opening the same new file cannot both migrate it.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// Every migration, oldest first. Index `i` takes a file from version `i` to `i + 1`.
+///
+/// Columns: addresses are the canonical `IpAddr` display text (`10.0.0.1`, `fd00::1`) so that
+/// filters compare strings exactly; `proto` is the `Protocol` display name (`TCP`, `IP-47`,
+/// `ETH-0x0806`); `direction` is `ingress` or `egress`; times are integers (nanoseconds for raw
+/// packets, seconds for windows). Indexes serve the history filters: time range (and retention),
+/// either address, either port, protocol. SQLite appends the rowid to every index entry, so an
+/// equality filter can still walk `id DESC` without sorting.
+const MIGRATIONS: &[&str] = &[
+    // 1: raw packets and aggregated windows.
+    "CREATE TABLE packets (
+        id          INTEGER PRIMARY KEY,
+        ts_unix_ns  INTEGER NOT NULL,
+        direction   TEXT    NOT NULL,
+        proto       TEXT    NOT NULL,
+        src         TEXT    NOT NULL,
+        src_port    INTEGER NOT NULL,
+        dst         TEXT    NOT NULL,
+        dst_port    INTEGER NOT NULL,
+        packets     INTEGER NOT NULL,
+        bytes       INTEGER NOT NULL,
+        tcp_flags   INTEGER NOT NULL,
+        icmp_type   INTEGER NOT NULL,
+        icmp_code   INTEGER NOT NULL,
+        flags       INTEGER NOT NULL,
+        vlan_id     INTEGER NOT NULL
+    );
+    CREATE INDEX packets_ts       ON packets (ts_unix_ns);
+    CREATE INDEX packets_src      ON packets (src);
+    CREATE INDEX packets_dst      ON packets (dst);
+    CREATE INDEX packets_src_port ON packets (src_port);
+    CREATE INDEX packets_dst_port ON packets (dst_port);
+    CREATE INDEX packets_proto    ON packets (proto);
+
+    CREATE TABLE windows (
+        id            INTEGER PRIMARY KEY,
+        window_start  INTEGER NOT NULL,
+        window_end    INTEGER NOT NULL,
+        proto         TEXT    NOT NULL,
+        src           TEXT    NOT NULL,
+        src_port      INTEGER NOT NULL,
+        dst           TEXT    NOT NULL,
+        dst_port      INTEGER NOT NULL,
+        direction     TEXT    NOT NULL,
+        packets       INTEGER NOT NULL,
+        bytes         INTEGER NOT NULL
+    );
+    CREATE INDEX windows_start    ON windows (window_start);
+    CREATE INDEX windows_src      ON windows (src);
+    CREATE INDEX windows_dst      ON windows (dst);
+    CREATE INDEX windows_src_port ON windows (src_port);
+    CREATE INDEX windows_dst_port ON windows (dst_port);
+    CREATE INDEX windows_proto    ON windows (proto);",
+];
+
+/// The schema version this build writes and reads: the number of migrations.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Reads `PRAGMA user_version`.
+pub(crate) fn user_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| StoreError::sqlite(path, "reading the schema version", e))
+}
+
+/// Brings the file up to [`SCHEMA_VERSION`], or fails with [`StoreError::NewerSchema`] if it is
+/// already past it (an older agent must not write into tables it does not know).
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    // Cheap check first so that an up-to-date file needs no write lock at all.
+    let found = user_version(conn, path)?;
+    check_not_newer(found, path)?;
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let target = i as i64 + 1;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::sqlite(path, "starting a schema migration", e))?;
+        // Re-read under the write lock: another process may have migrated meanwhile.
+        let current = user_version(&tx, path)?;
+        check_not_newer(current, path)?;
+        if current >= target {
+            continue;
+        }
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::sqlite(path, "creating tables and indexes", e))?;
+        // `user_version` lives in the file header, so this bump commits or rolls back together
+        // with the migration's DDL.
+        tx.pragma_update(None, "user_version", target)
+            .map_err(|e| StoreError::sqlite(path, "recording the schema version", e))?;
+        tx.commit()
+            .map_err(|e| StoreError::sqlite(path, "committing a schema migration", e))?;
+        tracing::debug!(path = %path.display(), version = target, "migrated the history database");
+    }
+    Ok(())
+}
+
+fn check_not_newer(found: i64, path: &Path) -> Result<(), StoreError> {
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_an_empty_database_to_the_latest_version() {
+        let mut conn = Connection::open_in_memory().expect("in-memory SQLite always opens");
+        let path = Path::new(":memory:");
+        migrate(&mut conn, path).expect("migrations apply to an empty database");
+        assert_eq!(user_version(&conn, path).expect("readable"), SCHEMA_VERSION);
+
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("sqlite_master is readable");
+        assert_eq!(tables, ["packets", "windows"]);
+
+        // Running again is a no-op, not a "table already exists" error.
+        migrate(&mut conn, path).expect("migrating twice is idempotent");
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let mut conn = Connection::open_in_memory().expect("in-memory SQLite always opens");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("user_version is writable");
+        let err = migrate(&mut conn, Path::new("/tmp/h.db")).expect_err("newer schema refused");
+        assert!(
+            matches!(err, StoreError::NewerSchema { found, supported, .. }
+                if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+            "{err:?}"
+        );
+    }
+}
