@@ -5,12 +5,11 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    process::Command,
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
 };
 
 use integration_test::{
-    agent::{Agent, binary, metric},
+    agent::{Agent, metric},
     netns::{ADDR_A4, ADDR_A6, ADDR_B4, ADDR_B6, NetPair},
     require_bpf,
     tap::{Tap, totals},
@@ -23,8 +22,9 @@ const UDP_COUNT: usize = 10;
 const PING_COUNT: usize = 5;
 const PING_SIZE: usize = 100;
 
-/// Sends the known traffic from namespace a to b over one IP version.
-fn send_traffic(pair: &NetPair, v6: bool) {
+/// Sends the known traffic from namespace a to b over one IP version. Returns the two ends of
+/// the TCP connection, still open: a closed connection leaves the live table (FIN both ways).
+fn send_traffic(pair: &NetPair, v6: bool) -> (TcpStream, TcpStream) {
     let (src, dst) = if v6 { (ADDR_A6, ADDR_B6) } else { (ADDR_A4, ADDR_B4) };
     let out = NetPair::command(&pair.ns_a, "ping")
         .args([if v6 { "-6" } else { "-4" }, "-c", &PING_COUNT.to_string(), "-i", "0.05", "-s", &PING_SIZE.to_string(), "-W", "5", dst])
@@ -60,21 +60,20 @@ fn send_traffic(pair: &NetPair, v6: bool) {
         let l = TcpListener::bind(SocketAddr::new(dst_ip, 8080)).unwrap();
         ready_tx.send(()).unwrap();
         let (mut c, _) = l.accept().unwrap();
-        let mut got = Vec::new();
-        c.read_to_end(&mut got).unwrap();
-        assert_eq!(got.len(), 20_000);
+        let mut got = vec![0u8; 20_000];
+        c.read_exact(&mut got).unwrap();
         c.write_all(&[1u8; 1000]).unwrap();
+        c
     });
     ready_rx.recv().unwrap();
-    NetPair::in_ns(&pair.ns_a, move || {
+    let client = NetPair::in_ns(&pair.ns_a, move || {
         let mut c = TcpStream::connect(SocketAddr::new(dst_ip, 8080)).unwrap();
         c.write_all(&[9u8; 20_000]).unwrap();
-        c.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut back = Vec::new();
-        c.read_to_end(&mut back).unwrap();
-        assert_eq!(back.len(), 1000);
+        let mut back = vec![0u8; 1000];
+        c.read_exact(&mut back).unwrap();
+        c
     });
-    server.join().unwrap();
+    (client, server.join().unwrap())
 }
 
 /// Runs the traffic with the agent on b's veth and checks every number.
@@ -85,8 +84,8 @@ fn exact_counts(direction: &str) {
     let db = dir.path().join("t.db");
     let agent = Agent::start(&pair.ns_b, 3000, dir.path(), &["--interface", &pair.if_b, "--direction", direction, "--db-path", db.to_str().unwrap()]);
     let tap = Tap::start(&pair.ns_b, &pair.if_b);
-    send_traffic(&pair, false);
-    send_traffic(&pair, true);
+    let _tcp4 = send_traffic(&pair, false);
+    let _tcp6 = send_traffic(&pair, true);
     let both = direction == "both";
 
     // Neighbour discovery may still add frames: compare once the agent has caught up with the
@@ -132,8 +131,16 @@ fn exact_counts(direction: &str) {
         assert_eq!(udp["ingress_packets"], UDP_COUNT as u64);
         assert_eq!(udp["egress_packets"], 0);
         let ping = find(&format!("{ea}:0"), &format!("{eb}:0"), icmp);
-        assert_eq!(ping["packets_count"], (factor * PING_COUNT) as u64, "{icmp}");
-        assert_eq!(ping["bytes_count"], (factor * PING_COUNT * (14 + ip_hdr + 8 + PING_SIZE)) as u64, "{icmp}");
+        let b_ip: std::net::IpAddr = b.parse().unwrap();
+        let proto = if ip_hdr == 40 { 58 } else { 1 };
+        let (pk, by) = tap_sum(&truth, both, |p, s, _, d, _| p == proto && (s == b_ip || d == b_ip));
+        assert_eq!(ping["packets_count"], pk, "{icmp} vs the tap");
+        assert_eq!(ping["bytes_count"], by, "{icmp} vs the tap");
+        if icmp == "ICMP" {
+            // No neighbour discovery in ICMPv4 (ARP is not IP): exactly the pings sent.
+            assert_eq!(pk, (factor * PING_COUNT) as u64);
+            assert_eq!(by, (factor * PING_COUNT * (14 + ip_hdr + 8 + PING_SIZE)) as u64);
+        }
         // TCP: whatever the stack sent (ACK timing varies), exactly what the tap saw.
         let tcp = live["connections"]
             .as_array()
@@ -142,22 +149,29 @@ fn exact_counts(direction: &str) {
             .find(|c| c["connection"]["proto"] == "TCP" && c["connection"]["dst"] == format!("{eb}:8080"))
             .unwrap_or_else(|| panic!("no TCP connection to {eb}:8080 in {live}"))["stats"]
             .clone();
-        let b_ip: std::net::IpAddr = b.parse().unwrap();
-        let (mut pk, mut by) = (0u64, 0u64);
-        for ((outgoing, tuple), (p, n)) in &truth {
-            if let Some((6, s, sp, d, dp)) = tuple
-                && ((*d == b_ip && *dp == 8080) || (*s == b_ip && *sp == 8080))
-                && (!outgoing || both)
-            {
-                pk += p;
-                by += n;
-            }
-        }
+        let (pk, by) = tap_sum(&truth, both, |p, s, sp, d, dp| p == 6 && ((d == b_ip && dp == 8080) || (s == b_ip && sp == 8080)));
         assert!(pk > 10, "the tap saw the TCP exchange");
         assert_eq!(tcp["packets_count"], pk, "TCP packets vs the tap");
         assert_eq!(tcp["bytes_count"], by, "TCP bytes vs the tap");
     }
     drop(agent);
+}
+
+type Truth = std::collections::BTreeMap<(bool, Option<(u8, IpAddr, u16, IpAddr, u16)>), (u64, u64)>;
+
+/// Packets and bytes the tap saw for tuples matching `f` (ingress only unless `both`).
+fn tap_sum(truth: &Truth, both: bool, f: impl Fn(u8, IpAddr, u16, IpAddr, u16) -> bool) -> (u64, u64) {
+    let mut sum = (0, 0);
+    for ((outgoing, tuple), (p, n)) in truth {
+        if let Some((proto, s, sp, d, dp)) = *tuple
+            && f(proto, s, sp, d, dp)
+            && (!outgoing || both)
+        {
+            sum.0 += p;
+            sum.1 += n;
+        }
+    }
+    sum
 }
 
 #[test]

@@ -1,0 +1,84 @@
+//! The agent's lifecycle on a real interface: SIGTERM detaches everything and flushes history;
+//! a missing interface and a second agent on the same hook fail with a clear message and
+//! leave nothing attached.
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use integration_test::{
+    agent::{Agent, binary, run},
+    netns::{ADDR_B4, NetPair},
+    require_bpf,
+};
+
+/// The names of the programs attached to `ifname` inside `ns`: TCX links (the kernel query
+/// `bpftool net` makes; Debian's bpftool 7.1 does not print TCX yet) and legacy tc filters.
+fn attachments(ns: &str, ifname: &str) -> String {
+    let name = ifname.to_string();
+    let mut out = NetPair::in_ns(ns, move || {
+        let mut names = String::new();
+        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let (_, progs) = SchedClassifier::query_tcx(&name, hook).expect("querying TCX links");
+            for p in progs {
+                names += p.name_as_str().unwrap_or("?");
+                names += "\n";
+            }
+        }
+        names
+    });
+    for hook in ["ingress", "egress"] {
+        out += &run(NetPair::command(ns, "tc").args(["filter", "show", "dev", ifname, hook]));
+    }
+    out
+}
+
+#[test]
+fn sigterm_detaches_and_keeps_every_row() {
+    require_bpf();
+    let pair = NetPair::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let agent = Agent::start(&pair.ns_b, 3000, dir.path(), &["--interface", &pair.if_b, "--direction", "both", "--db-path", db.to_str().unwrap()]);
+    assert!(attachments(&pair.ns_b, &pair.if_b).contains("tc_ingress"), "attached while running");
+    let out = NetPair::command(&pair.ns_a, "ping").args(["-c", "3", "-i", "0.05", ADDR_B4]).output().unwrap();
+    assert!(out.status.success());
+    let log_before = agent.log();
+    let status = agent.terminate();
+    assert!(status.success(), "exit 0 on SIGTERM; log: {log_before}");
+    let left = attachments(&pair.ns_b, &pair.if_b);
+    assert!(!left.contains("tc_ingress") && !left.contains("tc_egress"), "still attached after SIGTERM: {left}");
+    // Every ICMP packet is in the history after the graceful stop: 3 requests in, 3 replies out.
+    let rows = run(std::process::Command::new("sqlite3").arg(&db).arg("SELECT direction, COUNT(*) FROM packets WHERE proto = 'ICMP' GROUP BY direction ORDER BY direction"));
+    assert_eq!(rows.trim(), "egress|3\ningress|3", "ICMP rows in {}", db.display());
+}
+
+#[test]
+fn missing_interface_fails_clearly() {
+    require_bpf();
+    let pair = NetPair::new(false);
+    let out = NetPair::command(&pair.ns_b, binary().to_str().unwrap())
+        .args(["--interface", "nosuchif0", "--db-path", "/nonexistent-dir/never-created.db"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"nosuchif0\" does not exist") && err.contains("ip link"), "{err}");
+}
+
+#[test]
+fn second_agent_on_the_same_hook_is_refused() {
+    require_bpf();
+    let pair = NetPair::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let db1 = dir.path().join("1.db");
+    let first = Agent::start(&pair.ns_b, 3000, dir.path(), &["--interface", &pair.if_b, "--db-path", db1.to_str().unwrap()]);
+    let out = NetPair::command(&pair.ns_b, binary().to_str().unwrap())
+        .args(["--interface", &pair.if_b, "--port", "3001", "--db-path", dir.path().join("2.db").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already attached") && err.contains("bpftool link"), "{err}");
+    // The refused agent left nothing behind: exactly one ingress program remains.
+    let shown = attachments(&pair.ns_b, &pair.if_b);
+    assert_eq!(shown.matches("tc_ingress").count(), 1, "{shown}");
+    assert!(first.terminate().success());
+}
