@@ -642,10 +642,9 @@ fn page_size() -> u64 {
 fn resolve(cli: &Cli, yaml: &YamlFile, yaml_origin: &str) -> Result<Config, ConfigError> {
     let args = &cli.args;
     let layers = Layers { cli, yaml_origin };
-    let pick = |opt, from_cli, from_yaml| layers.pick(opt, from_cli, from_yaml);
     let defaults = Config::default();
 
-    let interface = match pick(&INTERFACE, text(&args.interface), &yaml.interface) {
+    let interface = match layers.pick(&INTERFACE, text(&args.interface), &yaml.interface) {
         None => defaults.interface,
         Some(g) => {
             let name = g.string()?;
@@ -659,7 +658,7 @@ fn resolve(cli: &Cli, yaml: &YamlFile, yaml_origin: &str) -> Result<Config, Conf
         }
     };
 
-    let port = match pick(&PORT, text(&args.port), &yaml.port) {
+    let port = match layers.pick(&PORT, text(&args.port), &yaml.port) {
         None => defaults.port,
         // The range check keeps the value within u16, so the conversion cannot fail.
         Some(g) => {
@@ -667,16 +666,17 @@ fn resolve(cli: &Cli, yaml: &YamlFile, yaml_origin: &str) -> Result<Config, Conf
         }
     };
 
-    let bind_address = match pick(&BIND_ADDRESS, text(&args.bind_address), &yaml.bind_address) {
-        None => defaults.bind_address,
-        Some(g) => g
-            .string()?
-            .trim()
-            .parse()
-            .map_err(|_| g.invalid(g.shown()))?,
-    };
+    let bind_address =
+        match layers.pick(&BIND_ADDRESS, text(&args.bind_address), &yaml.bind_address) {
+            None => defaults.bind_address,
+            Some(g) => g
+                .string()?
+                .trim()
+                .parse()
+                .map_err(|_| g.invalid(g.shown()))?,
+        };
 
-    let db_path = match pick(&DB_PATH, text(&args.db_path), &yaml.db_path) {
+    let db_path = match layers.pick(&DB_PATH, text(&args.db_path), &yaml.db_path) {
         None => defaults.db_path,
         Some(g) => {
             let path = g.string()?;
@@ -687,7 +687,7 @@ fn resolve(cli: &Cli, yaml: &YamlFile, yaml_origin: &str) -> Result<Config, Conf
         }
     };
 
-    let connection_timeout = match pick(
+    let connection_timeout = match layers.pick(
         &CONNECTION_TIMEOUT,
         text(&args.connection_timeout),
         &yaml.connection_timeout,
@@ -696,7 +696,7 @@ fn resolve(cli: &Cli, yaml: &YamlFile, yaml_origin: &str) -> Result<Config, Conf
         Some(g) => Duration::from_secs(g.number(1, MAX_SECONDS)?),
     };
 
-    let data_retention = match pick(
+    let data_retention = match layers.pick(
         &DATA_RETENTION,
         text(&args.data_retention),
         &yaml.data_retention_seconds,
@@ -705,7 +705,7 @@ fn resolve(cli: &Cli, yaml: &YamlFile, yaml_origin: &str) -> Result<Config, Conf
         Some(g) => g.optional_seconds()?,
     };
 
-    let aggregation_window = match pick(
+    let aggregation_window = match layers.pick(
         &AGGREGATION_WINDOW,
         text(&args.aggregation_window),
         &yaml.aggregation_window_seconds,
@@ -714,7 +714,7 @@ fn resolve(cli: &Cli, yaml: &YamlFile, yaml_origin: &str) -> Result<Config, Conf
         Some(g) => g.optional_seconds()?,
     };
 
-    let allowed_ips = match pick(
+    let allowed_ips = match layers.pick(
         &ALLOWED_IPS,
         args.allowed_ips.as_deref().map(Raw::Texts),
         &yaml.allowed_ips,
@@ -727,12 +727,12 @@ fn resolve(cli: &Cli, yaml: &YamlFile, yaml_origin: &str) -> Result<Config, Conf
             .collect::<Result<_, _>>()?,
     };
 
-    let quiet = match pick(&QUIET, text(&args.quiet), &yaml.quiet) {
+    let quiet = match layers.pick(&QUIET, text(&args.quiet), &yaml.quiet) {
         None => defaults.quiet,
         Some(g) => g.boolean()?,
     };
 
-    let direction = match pick(&DIRECTION, text(&args.direction), &yaml.direction) {
+    let direction = match layers.pick(&DIRECTION, text(&args.direction), &yaml.direction) {
         None => defaults.direction,
         Some(g) => g.choice(&[
             ("ingress", DirectionChoice::Ingress),
@@ -741,15 +741,16 @@ fn resolve(cli: &Cli, yaml: &YamlFile, yaml_origin: &str) -> Result<Config, Conf
         ])?,
     };
 
-    let capture_mode = match pick(&CAPTURE_MODE, text(&args.capture_mode), &yaml.capture_mode) {
-        // Windows are built from flows anyway, so aggregating in the kernel saves a ring-buffer
-        // event per packet; without a window every packet is stored, which needs raw events.
-        None if aggregation_window.is_some() => CaptureMode::Flows,
-        None => CaptureMode::Raw,
-        Some(g) => g.choice(&[("raw", CaptureMode::Raw), ("flows", CaptureMode::Flows)])?,
-    };
+    let capture_mode =
+        match layers.pick(&CAPTURE_MODE, text(&args.capture_mode), &yaml.capture_mode) {
+            // Windows are built from flows anyway, so aggregating in the kernel saves a ring-buffer
+            // event per packet; without a window every packet is stored, which needs raw events.
+            None if aggregation_window.is_some() => CaptureMode::Flows,
+            None => CaptureMode::Raw,
+            Some(g) => g.choice(&[("raw", CaptureMode::Raw), ("flows", CaptureMode::Flows)])?,
+        };
 
-    let max_connections = match pick(
+    let max_connections = match layers.pick(
         &MAX_CONNECTIONS,
         text(&args.max_connections),
         &yaml.max_connections,
@@ -761,7 +762,7 @@ fn resolve(cli: &Cli, yaml: &YamlFile, yaml_origin: &str) -> Result<Config, Conf
         }
     };
 
-    let flow_map_size = match pick(
+    let flow_map_size = match layers.pick(
         &FLOW_MAP_SIZE,
         text(&args.flow_map_size),
         &yaml.flow_map_size,
@@ -772,7 +773,7 @@ fn resolve(cli: &Cli, yaml: &YamlFile, yaml_origin: &str) -> Result<Config, Conf
         }
     };
 
-    let ring_buffer_size = match pick(
+    let ring_buffer_size = match layers.pick(
         &RING_BUFFER_SIZE,
         text(&args.ring_buffer_size),
         &yaml.ring_buffer_size,
