@@ -48,7 +48,6 @@
 
 use std::{
     collections::VecDeque,
-    fs,
     path::{Path, PathBuf},
     sync::{
         Arc, Condvar, Mutex, MutexGuard, PoisonError,
@@ -632,8 +631,10 @@ impl Writer {
                  again (rows written to the old file stay there)"
             );
             if let Some(mut old) = self.store.take() {
-                // Empty our WAL before closing: SQLite does not checkpoint a moved file on close
-                // and would leave the WAL at the path for the next file to replay.
+                // Empty our WAL before closing: SQLite does not checkpoint a moved file on close,
+                // and would leave the WAL at the path for the file now there to replay as its
+                // own (https://www.sqlite.org/howtocorrupt.html#unlink). A removed file needs
+                // nothing more: SQLite discards a WAL it finds next to a new, empty database.
                 match old.checkpoint() {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!(
@@ -646,7 +647,6 @@ impl Writer {
             self.close_store();
         }
         if self.store.is_none() {
-            self.forget_orphaned_sidecars();
             match Store::open(&self.shared.path) {
                 Ok(store) => {
                     self.shared.stats.reopens.fetch_add(1, Ordering::Relaxed);
@@ -680,26 +680,6 @@ impl Writer {
     fn close_store(&mut self) {
         self.store = None;
         self.applied_max_bytes = None;
-    }
-
-    /// Removes `-wal` and `-shm` files left next to a database file that no longer exists.
-    /// They belonged to the connection just closed (SQLite does not checkpoint into a file that
-    /// was unlinked, so it leaves them behind), and must not be mistaken for the journal of the
-    /// new, empty file. See https://www.sqlite.org/howtocorrupt.html#unlink.
-    fn forget_orphaned_sidecars(&self) {
-        let path = &self.shared.path;
-        if path.exists() {
-            return;
-        }
-        for suffix in ["-wal", "-shm"] {
-            let mut side = path.clone().into_os_string();
-            side.push(suffix);
-            if let Err(e) = fs::remove_file(&side)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(file = ?side, error = %e, "could not remove a stale SQLite file");
-            }
-        }
     }
 
     /// Writes pending rows in transactions of at most `MAX_ROWS_PER_TRANSACTION`, stopping at
