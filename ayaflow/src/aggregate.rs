@@ -251,7 +251,11 @@ mod tests {
         /// Whatever the order, timestamps and tick times, every packet and byte comes out once.
         #[test]
         fn no_packet_is_lost(
-            events in prop::collection::vec((0u8..4, any::<bool>(), 0u64..600, 0u64..1000, 0u64..100_000), 0..200),
+            // (tuple, egress?, half-seconds past the base time, packets, bytes)
+            events in prop::collection::vec(
+                (0u8..4, any::<bool>(), 0u64..600, 0u64..1000, 0u64..100_000),
+                0..200,
+            ),
             ticks in prop::collection::vec(0u64..700, 0..10),
             window in 1u64..120,
         ) {
