@@ -25,7 +25,9 @@ pub struct WindowRow {
     pub window_start_unix: i64,
     /// End of the window, Unix seconds (exclusive): `window_start_unix + window length`.
     pub window_end_unix: i64,
+    /// The five-tuple as the packets carried it (not normalised to a connection).
     pub tuple: FiveTuple,
+    /// The hook that saw the packets.
     pub direction: Direction,
     /// Packets counted in the window (GSO segments each count).
     pub packets: u64,
@@ -162,7 +164,7 @@ mod tests {
 
     fn tuple(n: u8) -> FiveTuple {
         FiveTuple {
-            proto: if n % 2 == 0 {
+            proto: if n.is_multiple_of(2) {
                 Protocol::Tcp
             } else {
                 Protocol::Udp
@@ -249,7 +251,11 @@ mod tests {
         /// Whatever the order, timestamps and tick times, every packet and byte comes out once.
         #[test]
         fn no_packet_is_lost(
-            events in prop::collection::vec((0u8..4, any::<bool>(), 0u64..600, 0u64..1000, 0u64..100_000), 0..200),
+            // (tuple, egress?, half-seconds past the base time, packets, bytes)
+            events in prop::collection::vec(
+                (0u8..4, any::<bool>(), 0u64..600, 0u64..1000, 0u64..100_000),
+                0..200,
+            ),
             ticks in prop::collection::vec(0u64..700, 0..10),
             window in 1u64..120,
         ) {
@@ -262,10 +268,10 @@ mod tests {
                 a.add(tuple(t), d, 1_700_000_000 * S + ts * S / 2, p, b);
                 p_in += p;
                 b_in += b;
-                if i % 7 == 0 {
-                    if let Some(tick) = ticks.next() {
-                        out.extend(a.take_closed(1_700_000_000 * S + tick * S));
-                    }
+                if i % 7 == 0
+                    && let Some(tick) = ticks.next()
+                {
+                    out.extend(a.take_closed(1_700_000_000 * S + tick * S));
                 }
             }
             out.extend(a.take_all());

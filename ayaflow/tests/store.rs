@@ -17,8 +17,8 @@ use ayaflow::{
     flow::{Direction, FiveTuple, Packet, Protocol},
     storage::{DropReason, Storage, StorageConfig, StorageStats},
     store::{
-        ErrorKind, HistoryKind, HistoryPage, HistoryQuery, HistoryRow, RowCounts, Store,
-        StoreError, schema::SCHEMA_VERSION,
+        ErrorKind, HistoryKind, HistoryPage, HistoryQuery, HistoryRow, RowCounts, SCHEMA_VERSION,
+        Store, StoreError,
     },
 };
 use serde_json::json;
@@ -826,6 +826,42 @@ fn queue_overflow_is_counted_exactly() {
         10 * 30 + 10 + 1
     );
     assert_eq!(end.rows_dropped(DropReason::QueueFull), 211);
+}
+
+#[test]
+fn every_row_is_written_or_counted_with_concurrent_senders() {
+    let (_dir, path) = temp_db();
+    let config = StorageConfig {
+        // A small budget, so some batches are dropped while others are written.
+        max_queued_rows: 1_000,
+        flush_interval: Duration::from_millis(5),
+        ..StorageConfig::new(&path)
+    };
+    let storage = Storage::spawn(config).expect("spawn");
+    let accepted: u64 = std::thread::scope(|s| {
+        let senders: Vec<_> = (0..4)
+            .map(|_| {
+                let tx = storage.sender();
+                s.spawn(move || {
+                    (0..200)
+                        .filter(|_| tx.send_packets(fresh_packets(37)))
+                        .count() as u64
+                        * 37
+                })
+            })
+            .collect();
+        senders
+            .into_iter()
+            .map(|h| h.join().expect("sender thread"))
+            .sum()
+    });
+    let end = storage.shutdown();
+    let sent = 4 * 200 * 37;
+    assert_eq!(end.rows_written, accepted, "every accepted row is written");
+    assert_eq!(end.rows_dropped(DropReason::QueueFull), sent - accepted);
+    assert_eq!(end.rows_written + end.rows_dropped_total(), sent);
+    assert_eq!(counts(&path).packets, accepted);
+    assert_eq!(end.queued_rows, 0);
 }
 
 #[test]

@@ -145,7 +145,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Every kind, in the order of [`ErrorKind::index`].
+    /// Every kind, in counter order.
     pub const ALL: [ErrorKind; 4] = [
         ErrorKind::Full,
         ErrorKind::Locked,

@@ -51,7 +51,7 @@
 //! `next_cursor` is `null` on the last page, otherwise the `before_id` of the next page.
 
 mod error;
-pub mod schema;
+mod schema;
 
 use std::{
     fs,
@@ -64,7 +64,10 @@ use std::{
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params, types::Value};
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 
-pub use self::error::{ErrorKind, StoreError};
+pub use self::{
+    error::{ErrorKind, StoreError},
+    schema::SCHEMA_VERSION,
+};
 pub use crate::aggregate::WindowRow;
 use crate::flow::{Direction, FiveTuple, Packet, Protocol, direction_name, parse_direction};
 
@@ -122,6 +125,7 @@ impl HistoryKind {
 /// A history query: filters are ANDed, rows come newest first (`id DESC`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryQuery {
+    /// Which table to read.
     pub kind: HistoryKind,
     /// Rows per page, clamped to `1..=MAX_HISTORY_LIMIT`.
     pub limit: u32,
@@ -135,7 +139,9 @@ pub struct HistoryQuery {
     pub addr: Option<IpAddr>,
     /// Only rows whose source or destination port is this one.
     pub port: Option<u16>,
+    /// Only rows of this protocol.
     pub proto: Option<Protocol>,
+    /// Only rows seen by this hook.
     pub direction: Option<Direction>,
 }
 
@@ -159,14 +165,18 @@ impl Default for HistoryQuery {
 /// One stored packet event with its row id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawRecord {
+    /// Row id: increases with insertion, the paging cursor.
     pub id: i64,
+    /// The event as it was inserted.
     pub packet: Packet,
 }
 
 /// One stored window row with its row id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WindowRecord {
+    /// Row id: increases with insertion, the paging cursor.
     pub id: i64,
+    /// The window row as it was inserted.
     pub window: WindowRow,
 }
 
@@ -174,7 +184,9 @@ pub struct WindowRecord {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum HistoryRow {
+    /// A row of the `packets` table.
     Raw(RawRecord),
+    /// A row of the `windows` table.
     Aggregated(WindowRecord),
 }
 
@@ -191,6 +203,7 @@ impl HistoryRow {
 /// One page of history, newest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HistoryPage {
+    /// At most `limit` rows, newest (highest id) first.
     pub rows: Vec<HistoryRow>,
     /// The `before_id` that fetches the next (older) page; `None` if this page is the last.
     pub next_cursor: Option<i64>,
@@ -199,7 +212,9 @@ pub struct HistoryPage {
 /// Number of rows in each history table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RowCounts {
+    /// Rows in `packets` (raw mode).
     pub packets: u64,
+    /// Rows in `windows` (aggregated mode).
     pub windows: u64,
 }
 
@@ -281,7 +296,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed) the database at `path` for writing: WAL journal,
     /// `synchronous=NORMAL`, [`BUSY_TIMEOUT`], and the schema migrated to
-    /// [`schema::SCHEMA_VERSION`].
+    /// [`SCHEMA_VERSION`].
     ///
     /// Fails with [`StoreError::NewerSchema`] if a newer ayaFlow wrote the file.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
@@ -316,7 +331,7 @@ impl Store {
     /// Opens an existing database for reading only (API readers). WAL lets it read while the
     /// writer writes; it sees each committed transaction whole.
     ///
-    /// Fails if the file does not exist or its schema is not [`schema::SCHEMA_VERSION`]
+    /// Fails if the file does not exist or its schema is not [`SCHEMA_VERSION`]
     /// (start the agent once to create or migrate it).
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store, StoreError> {
         let path = path.as_ref().to_owned();
@@ -377,7 +392,7 @@ impl Store {
     ///
     /// The writer calls it before letting go of a file that was removed or replaced, so the
     /// `-wal` left at the path is empty and cannot be replayed into whatever file is there now
-    /// (https://www.sqlite.org/howtocorrupt.html#unlink).
+    /// (<https://www.sqlite.org/howtocorrupt.html#unlink>).
     pub fn checkpoint(&mut self) -> Result<bool, StoreError> {
         let busy: i64 = self
             .conn
