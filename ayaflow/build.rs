@@ -14,7 +14,11 @@ fn main() -> Result<()> {
     for dir in ["ayaflow-ebpf/src", "ayaflow-common/src"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    for file in ["ayaflow-ebpf/Cargo.toml", "ayaflow-ebpf/Cargo.lock", "ayaflow-ebpf/.cargo/config.toml"] {
+    for file in [
+        "ayaflow-ebpf/Cargo.toml",
+        "ayaflow-ebpf/Cargo.lock",
+        "ayaflow-ebpf/.cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }
     println!("cargo:rerun-if-env-changed=AYAFLOW_SKIP_EBPF");
@@ -31,7 +35,9 @@ fn main() -> Result<()> {
         let toolchain = ayaflow_build::detect()?;
         let release = env::var("PROFILE")? == "release";
         let object = ayaflow_build::build_ebpf(&toolchain, release, &out_dir.join("ebpf-target"))
-            .context("building the eBPF program (set AYAFLOW_SKIP_EBPF=1 to build without it)")?;
+            .context(
+            "building the eBPF program (set AYAFLOW_SKIP_EBPF=1 to build without it)",
+        )?;
         fs::copy(&object, &embedded)
             .with_context(|| format!("copying {} to {}", object.display(), embedded.display()))?;
     }

@@ -32,7 +32,9 @@ pub enum BpfToolchain {
 impl fmt::Display for BpfToolchain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Debian => f.write_str("Debian rustc-web (/usr/bin/rustc, prebuilt core for bpfel)"),
+            Self::Debian => {
+                f.write_str("Debian rustc-web (/usr/bin/rustc, prebuilt core for bpfel)")
+            }
             Self::Nightly => f.write_str("rustup nightly with rust-src (-Z build-std=core)"),
         }
     }
@@ -114,7 +116,11 @@ impl BpfToolchain {
     pub fn command(&self, tool: &str) -> Command {
         let mut cmd = match self {
             Self::Debian => {
-                let mut c = Command::new(if tool == "cargo" { DEBIAN_CARGO } else { DEBIAN_RUSTC });
+                let mut c = Command::new(if tool == "cargo" {
+                    DEBIAN_CARGO
+                } else {
+                    DEBIAN_RUSTC
+                });
                 c.env("RUSTC", DEBIAN_RUSTC);
                 // aya-ebpf uses #![feature(asm_experimental_arch)]; Debian's rustc is a stable build.
                 c.env("RUSTC_BOOTSTRAP", "1");
@@ -129,10 +135,13 @@ impl BpfToolchain {
         for (k, _) in env::vars_os() {
             let k = k.to_string_lossy();
             let outer_cargo = k.starts_with("CARGO_") && k != "CARGO_HOME";
-            if outer_cargo || k.starts_with("RUSTC") || k == "RUSTFLAGS" || k == "RUSTUP_TOOLCHAIN" {
-                if !(matches!(self, Self::Debian) && (k == "RUSTC" || k == "RUSTC_BOOTSTRAP")) {
-                    cmd.env_remove(k.as_ref());
-                }
+            let keep = matches!(self, Self::Debian) && (k == "RUSTC" || k == "RUSTC_BOOTSTRAP");
+            let inherited = outer_cargo
+                || k.starts_with("RUSTC")
+                || k == "RUSTFLAGS"
+                || k == "RUSTUP_TOOLCHAIN";
+            if inherited && !keep {
+                cmd.env_remove(k.as_ref());
             }
         }
         cmd.env("PATH", path_with_tools());
@@ -175,7 +184,10 @@ pub fn bpf_linker() -> Option<PathBuf> {
 /// the path of the object.
 pub fn build_ebpf(toolchain: &BpfToolchain, release: bool, target_dir: &Path) -> Result<PathBuf> {
     if bpf_linker().is_none() {
-        bail!("bpf-linker not found in {} or on PATH: run `cargo xtask setup`", tools_bin_dir().display());
+        bail!(
+            "bpf-linker not found in {} or on PATH: run `cargo xtask setup`",
+            tools_bin_dir().display()
+        );
     }
     let crate_dir = workspace_root().join("ayaflow-ebpf");
     let mut cmd = toolchain.command("cargo");
@@ -192,8 +204,13 @@ pub fn build_ebpf(toolchain: &BpfToolchain, release: bool, target_dir: &Path) ->
         .status()
         .with_context(|| format!("running cargo of {toolchain}"))?;
     if !status.success() {
-        bail!("building ayaflow-ebpf with {toolchain} failed ({status}); see the compiler output above");
+        bail!(
+            "building ayaflow-ebpf with {toolchain} failed ({status}); see the compiler output above"
+        );
     }
     let profile = if release { "release" } else { "debug" };
-    Ok(target_dir.join("bpfel-unknown-none").join(profile).join("ayaflow"))
+    Ok(target_dir
+        .join("bpfel-unknown-none")
+        .join(profile)
+        .join("ayaflow"))
 }

@@ -1,14 +1,12 @@
 //! Per-packet accounting: counters, then an event (raw mode) or the flow map (flow mode).
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_boot_ns,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_boot_ns, programs::TcContext};
 use ayaflow_common::{
     counters::Counter,
     event::{EVENT_FLAG_FLOW_FALLBACK, EVENT_FLAG_PARSE_ERROR, PacketEvent},
-    flow::{ETH_P_IP, ETH_P_IPV6, FlowStats, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    flow::{
+        ETH_P_IP, ETH_P_IPV6, FlowStats, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    },
     globals::CAPTURE_MODE_FLOWS,
 };
 

@@ -65,7 +65,11 @@ fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Malformed> {
 /// Makes the first `HEADER_SPAN` bytes (or the whole frame, if shorter) linear.
 #[inline(always)]
 fn ensure_linear(ctx: &TcContext) {
-    let want = if ctx.len() < HEADER_SPAN { ctx.len() } else { HEADER_SPAN };
+    let want = if ctx.len() < HEADER_SPAN {
+        ctx.len()
+    } else {
+        HEADER_SPAN
+    };
     if ((ctx.data_end() - ctx.data()) as u32) < want {
         // On failure the parser simply stops at the linear end; the packet is still counted.
         let _ = ctx.pull_data(want);

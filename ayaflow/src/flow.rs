@@ -84,7 +84,8 @@ impl Serialize for Protocol {
 impl<'de> Deserialize<'de> for Protocol {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Protocol::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown protocol {s:?}")))
+        Protocol::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown protocol {s:?}")))
     }
 }
 

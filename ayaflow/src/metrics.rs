@@ -10,11 +10,7 @@ use std::sync::Arc;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{
-        MetricType,
-        counter::ConstCounter,
-        gauge::ConstGauge,
-    },
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 
@@ -43,7 +39,12 @@ pub struct Family {
 impl Family {
     /// A family with a single unlabelled sample.
     pub fn single(name: &'static str, help: &'static str, kind: Kind, value: u64) -> Family {
-        Family { name, help, kind, samples: vec![(Vec::new(), value)] }
+        Family {
+            name,
+            help,
+            kind,
+            samples: vec![(Vec::new(), value)],
+        }
     }
 }
 
@@ -78,7 +79,8 @@ impl Collector for SourceCollector {
                 continue;
             }
             for (labels, value) in &fam.samples {
-                let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let labels: Vec<(&str, &str)> =
+                    labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 let enc = desc.encode_family(&labels)?;
                 match fam.kind {
                     Kind::Counter => ConstCounter::new(*value).encode(enc)?,
@@ -116,9 +118,17 @@ mod tests {
                     name: "ayaflow_packets",
                     help: "Packets seen.",
                     kind: Kind::Counter,
-                    samples: vec![(vec![("direction", "ingress".into())], 7), (vec![("direction", "egress".into())], 3)],
+                    samples: vec![
+                        (vec![("direction", "ingress".into())], 7),
+                        (vec![("direction", "egress".into())], 3),
+                    ],
                 },
-                Family::single("ayaflow_active_connections", "Active connections.", Kind::Gauge, 2),
+                Family::single(
+                    "ayaflow_active_connections",
+                    "Active connections.",
+                    Kind::Gauge,
+                    2,
+                ),
             ]
         }
     }
@@ -127,9 +137,20 @@ mod tests {
     fn counters_get_total_and_labels() {
         let text = encode(&registry(Arc::new(Fixed))).unwrap();
         assert!(text.contains("# TYPE ayaflow_packets counter\n"), "{text}");
-        assert!(text.contains("ayaflow_packets_total{direction=\"ingress\"} 7\n"), "{text}");
-        assert!(text.contains("ayaflow_packets_total{direction=\"egress\"} 3\n"), "{text}");
-        assert!(text.contains("# TYPE ayaflow_active_connections gauge\nayaflow_active_connections 2\n"), "{text}");
+        assert!(
+            text.contains("ayaflow_packets_total{direction=\"ingress\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ayaflow_packets_total{direction=\"egress\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# TYPE ayaflow_active_connections gauge\nayaflow_active_connections 2\n"
+            ),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -11,10 +11,7 @@ use std::sync::{
 };
 
 use crate::{
-    aggregate::Aggregator,
-    connections::ConnectionTable,
-    ebpf::ring::PacketSink,
-    flow::Packet,
+    aggregate::Aggregator, connections::ConnectionTable, ebpf::ring::PacketSink, flow::Packet,
     storage::StorageSender,
 };
 
@@ -39,7 +36,9 @@ pub struct Pipeline {
 
 impl PacketSink for Pipeline {
     fn packets(&mut self, batch: &[Packet]) {
-        self.stats.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats
+            .events
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         {
             let mut table = lock(&self.table);
             for p in batch {
@@ -50,7 +49,13 @@ impl PacketSink for Pipeline {
             Some(agg) => {
                 let mut agg = lock(agg);
                 for p in batch {
-                    agg.add(p.tuple, p.direction, p.ts_unix_ns, p.packets as u64, p.bytes as u64);
+                    agg.add(
+                        p.tuple,
+                        p.direction,
+                        p.ts_unix_ns,
+                        p.packets as u64,
+                        p.bytes as u64,
+                    );
                 }
             }
             None => {
@@ -61,7 +66,9 @@ impl PacketSink for Pipeline {
 
     fn malformed(&mut self, count: u64) {
         self.stats.malformed.fetch_add(count, Ordering::Relaxed);
-        tracing::error!("{count} ring-buffer records had the wrong size: the kernel object does not match this agent");
+        tracing::error!(
+            "{count} ring-buffer records had the wrong size: the kernel object does not match this agent"
+        );
     }
 }
 

@@ -14,7 +14,11 @@ use crate::{netns::NetPair, wait_for};
 pub fn binary() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin = root.join("target/debug/ayaflow");
-    assert!(bin.exists(), "{} is missing: run the tests with `cargo xtask test`, which builds it", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo xtask test`, which builds it",
+        bin.display()
+    );
     bin
 }
 
@@ -40,7 +44,12 @@ impl Agent {
             .stderr(stderr)
             .spawn()
             .expect("starting ayaflow");
-        let mut agent = Agent { child, ns: ns.to_string(), port, stderr_path };
+        let mut agent = Agent {
+            child,
+            ns: ns.to_string(),
+            port,
+            stderr_path,
+        };
         wait_for(60, "the agent's /readyz", || {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 panic!("the agent exited early ({status}): {}", agent.log());
@@ -65,7 +74,9 @@ impl Agent {
         // `ip netns exec` replaces itself with the agent, so the child pid is the agent's.
         // SAFETY: kill on the pid of a child we started and have not reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = wait_for(60, "the agent to exit after SIGTERM", || self.child.try_wait().ok().flatten());
+        let status = wait_for(60, "the agent to exit after SIGTERM", || {
+            self.child.try_wait().ok().flatten()
+        });
         std::mem::forget(self);
         status
     }
@@ -84,12 +95,23 @@ pub fn http_get(ns: &str, port: u16, path: &str) -> Option<(u16, String)> {
     NetPair::in_ns(ns, move || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut resp = String::new();
         s.read_to_string(&mut resp).ok()?;
         let status = resp.split_whitespace().nth(1)?.parse().ok()?;
         let (head, body) = resp.split_once("\r\n\r\n")?;
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
         Some((status, body))
     })
 }
@@ -110,12 +132,22 @@ fn dechunk(mut s: &str) -> String {
 
 /// The value of the sample `name{labels}` in an exposition text, if present.
 pub fn metric(text: &str, sample: &str) -> Option<u64> {
-    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// `Command` helper that asserts success.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("running a command");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

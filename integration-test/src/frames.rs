@@ -28,7 +28,14 @@ pub fn eth_vlan(tags: &[(u16, u16)], ether_type: u16, payload: &[u8]) -> Vec<u8>
 
 /// IPv4 header (with `options`, a multiple of 4 bytes) + payload. `frag` is the 16-bit
 /// flags+fragment-offset field.
-pub fn ipv4(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, options: &[u8], frag: u16, payload: &[u8]) -> Vec<u8> {
+pub fn ipv4(
+    proto: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    options: &[u8],
+    frag: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     assert_eq!(options.len() % 4, 0);
     let ihl = (20 + options.len()) / 4;
     let total = 20 + options.len() + payload.len();

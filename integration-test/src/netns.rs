@@ -19,7 +19,10 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `ip args...`, panicking with its stderr on failure.
 pub fn ip(args: &[&str]) -> Output {
-    let out = Command::new("ip").args(args).output().expect("running `ip` (package iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running `ip` (package iproute2)");
     assert!(
         out.status.success(),
         "ip {} failed: {}",
@@ -52,17 +55,40 @@ impl NetPair {
         ip(&["netns", "add", &p.ns_a]);
         // From here on, Drop cleans up whatever was created.
         ip(&["netns", "add", &p.ns_b]);
-        ip(&["link", "add", &p.if_a, "netns", &p.ns_a, "type", "veth", "peer", "name", &p.if_b, "netns", &p.ns_b]);
-        for (ns, ifc, a4, a6) in [(&p.ns_a, &p.if_a, ADDR_A4, ADDR_A6), (&p.ns_b, &p.if_b, ADDR_B4, ADDR_B6)] {
+        ip(&[
+            "link", "add", &p.if_a, "netns", &p.ns_a, "type", "veth", "peer", "name", &p.if_b,
+            "netns", &p.ns_b,
+        ]);
+        for (ns, ifc, a4, a6) in [
+            (&p.ns_a, &p.if_a, ADDR_A4, ADDR_A6),
+            (&p.ns_b, &p.if_b, ADDR_B4, ADDR_B6),
+        ] {
             ip(&["-n", ns, "link", "set", "lo", "up"]);
             ip(&["-n", ns, "addr", "add", &format!("{a4}/24"), "dev", ifc]);
-            ip(&["-n", ns, "-6", "addr", "add", &format!("{a6}/64"), "dev", ifc, "nodad"]);
+            ip(&[
+                "-n",
+                ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{a6}/64"),
+                "dev",
+                ifc,
+                "nodad",
+            ]);
             if !offloads {
                 let out = Command::new("ip")
-                    .args(["netns", "exec", ns, "ethtool", "-K", ifc, "tso", "off", "gso", "off", "gro", "off"])
+                    .args([
+                        "netns", "exec", ns, "ethtool", "-K", ifc, "tso", "off", "gso", "off",
+                        "gro", "off",
+                    ])
                     .output()
                     .expect("running ethtool (package ethtool; `cargo xtask setup` installs it)");
-                assert!(out.status.success(), "ethtool -K failed: {}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "ethtool -K failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             ip(&["-n", ns, "link", "set", ifc, "up"]);
         }
@@ -78,11 +104,16 @@ impl NetPair {
 
     /// Runs `f` on a thread that has joined namespace `ns` (sockets it opens live there).
     pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        Self::spawn_in_ns(ns, f).join().expect("thread inside the namespace panicked")
+        Self::spawn_in_ns(ns, f)
+            .join()
+            .expect("thread inside the namespace panicked")
     }
 
     /// Like [`NetPair::in_ns`], without waiting.
-    pub fn spawn_in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    pub fn spawn_in_ns<T: Send + 'static>(
+        ns: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
         let path = format!("/var/run/netns/{ns}");
         thread::spawn(move || {
             enter(&path);

@@ -34,12 +34,18 @@ impl Tap {
     pub fn start(ns: &str, ifname: &str) -> Tap {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
-        let (path, ifname, stop2) = (format!("/var/run/netns/{ns}"), ifname.to_string(), stop.clone());
+        let (path, ifname, stop2) = (
+            format!("/var/run/netns/{ns}"),
+            ifname.to_string(),
+            stop.clone(),
+        );
         let handle = thread::spawn(move || {
             crate::netns::enter(&path);
             capture(&ifname, &stop2, ready_tx)
         });
-        ready_rx.recv().expect("the tap thread failed before binding its socket");
+        ready_rx
+            .recv()
+            .expect("the tap thread failed before binding its socket");
         Tap { stop, handle }
     }
 
@@ -55,25 +61,60 @@ fn capture(ifname: &str, stop: &AtomicBool, ready: mpsc::Sender<()>) -> Vec<Fram
     // SAFETY: plain socket calls on an fd we own and close at the end.
     unsafe {
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32);
-        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
         let idx = crate::netns_ifindex(ifname);
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = proto;
         sll.sll_ifindex = idx as i32;
-        let rc = libc::bind(fd, (&sll as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as u32);
-        assert_eq!(rc, 0, "binding the tap: {}", std::io::Error::last_os_error());
+        let rc = libc::bind(
+            fd,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        );
+        assert_eq!(
+            rc,
+            0,
+            "binding the tap: {}",
+            std::io::Error::last_os_error()
+        );
         let buf_size: i32 = 32 << 20;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&buf_size as *const i32).cast(), 4);
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), size_of::<libc::timeval>() as u32);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&buf_size as *const i32).cast(),
+            4,
+        );
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
         ready.send(()).expect("test waiting for the tap");
         let mut frames = Vec::new();
         let mut buf = [0u8; 128];
         loop {
             let mut from: libc::sockaddr_ll = std::mem::zeroed();
             let mut from_len = size_of::<libc::sockaddr_ll>() as u32;
-            let n = libc::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC, (&mut from as *mut libc::sockaddr_ll).cast(), &mut from_len);
+            let n = libc::recvfrom(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+                (&mut from as *mut libc::sockaddr_ll).cast(),
+                &mut from_len,
+            );
             if n < 0 {
                 if stop.load(Ordering::SeqCst) {
                     break;
@@ -82,16 +123,26 @@ fn capture(ifname: &str, stop: &AtomicBool, ready: mpsc::Sender<()>) -> Vec<Fram
             }
             let len = n as usize;
             frames.push(Frame {
-                outgoing: from.sll_pkttype == libc::PACKET_OUTGOING as u8,
+                outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
                 len,
                 tuple: parse(&buf[..len.min(buf.len())]),
             });
         }
         let mut stats = [0u32; 2];
         let mut sl = 8u32;
-        libc::getsockopt(fd, libc::SOL_PACKET, libc::PACKET_STATISTICS, stats.as_mut_ptr().cast(), &mut sl);
+        libc::getsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            stats.as_mut_ptr().cast(),
+            &mut sl,
+        );
         libc::close(fd);
-        assert_eq!(stats[1], 0, "the tap itself dropped {} frames: the ground truth is incomplete", stats[1]);
+        assert_eq!(
+            stats[1], 0,
+            "the tap itself dropped {} frames: the ground truth is incomplete",
+            stats[1]
+        );
         frames
     }
 }
@@ -122,8 +173,14 @@ fn parse(f: &[u8]) -> Option<(u8, IpAddr, u16, IpAddr, u16)> {
     Some((proto, src, sp, dst, dp))
 }
 
+/// (protocol number, src, sport, dst, dport).
+pub type Tuple = (u8, IpAddr, u16, IpAddr, u16);
+
+/// Packets and bytes per (outgoing, tuple).
+pub type Totals = BTreeMap<(bool, Option<Tuple>), (u64, u64)>;
+
 /// Packets and bytes per (outgoing, tuple) over `frames`.
-pub fn totals(frames: &[Frame]) -> BTreeMap<(bool, Option<(u8, IpAddr, u16, IpAddr, u16)>), (u64, u64)> {
+pub fn totals(frames: &[Frame]) -> Totals {
     let mut m = BTreeMap::new();
     for f in frames {
         let e = m.entry((f.outgoing, f.tuple)).or_insert((0, 0));

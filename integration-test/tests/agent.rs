@@ -25,12 +25,31 @@ const PING_SIZE: usize = 100;
 /// Sends the known traffic from namespace a to b over one IP version. Returns the two ends of
 /// the TCP connection, still open: a closed connection leaves the live table (FIN both ways).
 fn send_traffic(pair: &NetPair, v6: bool) -> (TcpStream, TcpStream) {
-    let (src, dst) = if v6 { (ADDR_A6, ADDR_B6) } else { (ADDR_A4, ADDR_B4) };
+    let (src, dst) = if v6 {
+        (ADDR_A6, ADDR_B6)
+    } else {
+        (ADDR_A4, ADDR_B4)
+    };
     let out = NetPair::command(&pair.ns_a, "ping")
-        .args([if v6 { "-6" } else { "-4" }, "-c", &PING_COUNT.to_string(), "-i", "0.05", "-s", &PING_SIZE.to_string(), "-W", "5", dst])
+        .args([
+            if v6 { "-6" } else { "-4" },
+            "-c",
+            &PING_COUNT.to_string(),
+            "-i",
+            "0.05",
+            "-s",
+            &PING_SIZE.to_string(),
+            "-W",
+            "5",
+            dst,
+        ])
         .output()
         .expect("ping (package iputils-ping)");
-    assert!(out.status.success(), "ping failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "ping failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // UDP a -> b to a bound socket (so b answers nothing).
     let dst_ip: std::net::IpAddr = dst.parse().unwrap();
@@ -39,7 +58,8 @@ fn send_traffic(pair: &NetPair, v6: bool) -> (TcpStream, TcpStream) {
     let receiver = NetPair::spawn_in_ns(&pair.ns_b, move || {
         let s = UdpSocket::bind(SocketAddr::new(dst_ip, 9999)).unwrap();
         bound_tx.send(()).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
         let mut buf = [0u8; 2048];
         for _ in 0..UDP_COUNT {
             s.recv(&mut buf).expect("receiving the UDP datagrams");
@@ -49,7 +69,8 @@ fn send_traffic(pair: &NetPair, v6: bool) -> (TcpStream, TcpStream) {
     NetPair::in_ns(&pair.ns_a, move || {
         let s = UdpSocket::bind(SocketAddr::new(src_ip, 40000)).unwrap();
         for _ in 0..UDP_COUNT {
-            s.send_to(&[7u8; UDP_PAYLOAD], SocketAddr::new(dst_ip, 9999)).unwrap();
+            s.send_to(&[7u8; UDP_PAYLOAD], SocketAddr::new(dst_ip, 9999))
+                .unwrap();
         }
     });
     receiver.join().unwrap();
@@ -82,7 +103,19 @@ fn exact_counts(direction: &str) {
     let pair = NetPair::new(false);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("t.db");
-    let agent = Agent::start(&pair.ns_b, 3000, dir.path(), &["--interface", &pair.if_b, "--direction", direction, "--db-path", db.to_str().unwrap()]);
+    let agent = Agent::start(
+        &pair.ns_b,
+        3000,
+        dir.path(),
+        &[
+            "--interface",
+            &pair.if_b,
+            "--direction",
+            direction,
+            "--db-path",
+            db.to_str().unwrap(),
+        ],
+    );
     let tap = Tap::start(&pair.ns_b, &pair.if_b);
     let _tcp4 = send_traffic(&pair, false);
     let _tcp6 = send_traffic(&pair, true);
@@ -92,19 +125,40 @@ fn exact_counts(direction: &str) {
     // tap, reading the tap last and retrying if anything arrived in between.
     let frames = tap.stop();
     let truth = totals(&frames);
-    let sum = |outgoing: bool| truth.iter().filter(|((o, _), _)| *o == outgoing).fold((0, 0), |a, (_, v)| (a.0 + v.0, a.1 + v.1));
+    let sum = |outgoing: bool| {
+        truth
+            .iter()
+            .filter(|((o, _), _)| *o == outgoing)
+            .fold((0, 0), |a, (_, v)| (a.0 + v.0, a.1 + v.1))
+    };
     let (in_pk, in_by) = sum(false);
     let (out_pk, out_by) = sum(true);
     let text = wait_for(30, "the agent's counters to reach the tap's", || {
         let (_, text) = agent.get("/metrics")?;
         (metric(&text, "ayaflow_packets_total{direction=\"ingress\"}")? >= in_pk).then_some(text)
     });
-    assert_eq!(metric(&text, "ayaflow_packets_total{direction=\"ingress\"}"), Some(in_pk), "{text}");
-    assert_eq!(metric(&text, "ayaflow_bytes_total{direction=\"ingress\"}"), Some(in_by));
+    assert_eq!(
+        metric(&text, "ayaflow_packets_total{direction=\"ingress\"}"),
+        Some(in_pk),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "ayaflow_bytes_total{direction=\"ingress\"}"),
+        Some(in_by)
+    );
     let (want_out_pk, want_out_by) = if both { (out_pk, out_by) } else { (0, 0) };
-    assert_eq!(metric(&text, "ayaflow_packets_total{direction=\"egress\"}"), Some(want_out_pk));
-    assert_eq!(metric(&text, "ayaflow_bytes_total{direction=\"egress\"}"), Some(want_out_by));
-    assert_eq!(metric(&text, "ayaflow_ringbuf_drops_total{direction=\"ingress\"}"), Some(0));
+    assert_eq!(
+        metric(&text, "ayaflow_packets_total{direction=\"egress\"}"),
+        Some(want_out_pk)
+    );
+    assert_eq!(
+        metric(&text, "ayaflow_bytes_total{direction=\"egress\"}"),
+        Some(want_out_by)
+    );
+    assert_eq!(
+        metric(&text, "ayaflow_ringbuf_drops_total{direction=\"ingress\"}"),
+        Some(0)
+    );
 
     // Per connection, against the traffic sent (computed) and the tap.
     let (_, live) = agent.get("/api/live?limit=1000").unwrap();
@@ -117,39 +171,59 @@ fn exact_counts(direction: &str) {
             .find(|c| {
                 let k = &c["connection"];
                 k["proto"] == proto
-                    && ((k["src"] == src && k["dst"] == dst) || (k["src"] == dst && k["dst"] == src))
+                    && ((k["src"] == src && k["dst"] == dst)
+                        || (k["src"] == dst && k["dst"] == src))
             })
             .unwrap_or_else(|| panic!("no {proto} {src} <-> {dst} in {live}"))["stats"]
             .clone()
     };
     let factor = if both { 2 } else { 1 };
-    for (a, b, ip_hdr, icmp) in [(ADDR_A4, ADDR_B4, 20, "ICMP"), (ADDR_A6, ADDR_B6, 40, "ICMPv6")] {
-        let (ea, eb) = if ip_hdr == 40 { (format!("[{a}]"), format!("[{b}]")) } else { (a.to_string(), b.to_string()) };
+    for (a, b, ip_hdr, icmp) in [
+        (ADDR_A4, ADDR_B4, 20, "ICMP"),
+        (ADDR_A6, ADDR_B6, 40, "ICMPv6"),
+    ] {
+        let (ea, eb) = if ip_hdr == 40 {
+            (format!("[{a}]"), format!("[{b}]"))
+        } else {
+            (a.to_string(), b.to_string())
+        };
         let udp = find(&format!("{ea}:40000"), &format!("{eb}:9999"), "UDP");
         assert_eq!(udp["packets_count"], UDP_COUNT as u64);
-        assert_eq!(udp["bytes_count"], (UDP_COUNT * (14 + ip_hdr + 8 + UDP_PAYLOAD)) as u64);
+        assert_eq!(
+            udp["bytes_count"],
+            (UDP_COUNT * (14 + ip_hdr + 8 + UDP_PAYLOAD)) as u64
+        );
         assert_eq!(udp["ingress_packets"], UDP_COUNT as u64);
         assert_eq!(udp["egress_packets"], 0);
         let ping = find(&format!("{ea}:0"), &format!("{eb}:0"), icmp);
         let b_ip: std::net::IpAddr = b.parse().unwrap();
         let proto = if ip_hdr == 40 { 58 } else { 1 };
-        let (pk, by) = tap_sum(&truth, both, |p, s, _, d, _| p == proto && (s == b_ip || d == b_ip));
+        let (pk, by) = tap_sum(&truth, both, |p, s, _, d, _| {
+            p == proto && (s == b_ip || d == b_ip)
+        });
         assert_eq!(ping["packets_count"], pk, "{icmp} vs the tap");
         assert_eq!(ping["bytes_count"], by, "{icmp} vs the tap");
         if icmp == "ICMP" {
             // No neighbour discovery in ICMPv4 (ARP is not IP): exactly the pings sent.
             assert_eq!(pk, (factor * PING_COUNT) as u64);
-            assert_eq!(by, (factor * PING_COUNT * (14 + ip_hdr + 8 + PING_SIZE)) as u64);
+            assert_eq!(
+                by,
+                (factor * PING_COUNT * (14 + ip_hdr + 8 + PING_SIZE)) as u64
+            );
         }
         // TCP: whatever the stack sent (ACK timing varies), exactly what the tap saw.
         let tcp = live["connections"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|c| c["connection"]["proto"] == "TCP" && c["connection"]["dst"] == format!("{eb}:8080"))
+            .find(|c| {
+                c["connection"]["proto"] == "TCP" && c["connection"]["dst"] == format!("{eb}:8080")
+            })
             .unwrap_or_else(|| panic!("no TCP connection to {eb}:8080 in {live}"))["stats"]
             .clone();
-        let (pk, by) = tap_sum(&truth, both, |p, s, sp, d, dp| p == 6 && ((d == b_ip && dp == 8080) || (s == b_ip && sp == 8080)));
+        let (pk, by) = tap_sum(&truth, both, |p, s, sp, d, dp| {
+            p == 6 && ((d == b_ip && dp == 8080) || (s == b_ip && sp == 8080))
+        });
         assert!(pk > 10, "the tap saw the TCP exchange");
         assert_eq!(tcp["packets_count"], pk, "TCP packets vs the tap");
         assert_eq!(tcp["bytes_count"], by, "TCP bytes vs the tap");
@@ -157,10 +231,14 @@ fn exact_counts(direction: &str) {
     drop(agent);
 }
 
-type Truth = std::collections::BTreeMap<(bool, Option<(u8, IpAddr, u16, IpAddr, u16)>), (u64, u64)>;
+type Truth = integration_test::tap::Totals;
 
 /// Packets and bytes the tap saw for tuples matching `f` (ingress only unless `both`).
-fn tap_sum(truth: &Truth, both: bool, f: impl Fn(u8, IpAddr, u16, IpAddr, u16) -> bool) -> (u64, u64) {
+fn tap_sum(
+    truth: &Truth,
+    both: bool,
+    f: impl Fn(u8, IpAddr, u16, IpAddr, u16) -> bool,
+) -> (u64, u64) {
     let mut sum = (0, 0);
     for ((outgoing, tuple), (p, n)) in truth {
         if let Some((proto, s, sp, d, dp)) = *tuple

@@ -36,18 +36,44 @@ fn sigterm_detaches_and_keeps_every_row() {
     let pair = NetPair::new(false);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("t.db");
-    let agent = Agent::start(&pair.ns_b, 3000, dir.path(), &["--interface", &pair.if_b, "--direction", "both", "--db-path", db.to_str().unwrap()]);
-    assert!(attachments(&pair.ns_b, &pair.if_b).contains("tc_ingress"), "attached while running");
-    let out = NetPair::command(&pair.ns_a, "ping").args(["-c", "3", "-i", "0.05", ADDR_B4]).output().unwrap();
+    let agent = Agent::start(
+        &pair.ns_b,
+        3000,
+        dir.path(),
+        &[
+            "--interface",
+            &pair.if_b,
+            "--direction",
+            "both",
+            "--db-path",
+            db.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        attachments(&pair.ns_b, &pair.if_b).contains("tc_ingress"),
+        "attached while running"
+    );
+    let out = NetPair::command(&pair.ns_a, "ping")
+        .args(["-c", "3", "-i", "0.05", ADDR_B4])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let log_before = agent.log();
     let status = agent.terminate();
     assert!(status.success(), "exit 0 on SIGTERM; log: {log_before}");
     let left = attachments(&pair.ns_b, &pair.if_b);
-    assert!(!left.contains("tc_ingress") && !left.contains("tc_egress"), "still attached after SIGTERM: {left}");
+    assert!(
+        !left.contains("tc_ingress") && !left.contains("tc_egress"),
+        "still attached after SIGTERM: {left}"
+    );
     // Every ICMP packet is in the history after the graceful stop: 3 requests in, 3 replies out.
     let rows = run(std::process::Command::new("sqlite3").arg(&db).arg("SELECT direction, COUNT(*) FROM packets WHERE proto = 'ICMP' GROUP BY direction ORDER BY direction"));
-    assert_eq!(rows.trim(), "egress|3\ningress|3", "ICMP rows in {}", db.display());
+    assert_eq!(
+        rows.trim(),
+        "egress|3\ningress|3",
+        "ICMP rows in {}",
+        db.display()
+    );
 }
 
 #[test]
@@ -55,12 +81,20 @@ fn missing_interface_fails_clearly() {
     require_bpf();
     let pair = NetPair::new(false);
     let out = NetPair::command(&pair.ns_b, binary().to_str().unwrap())
-        .args(["--interface", "nosuchif0", "--db-path", "/nonexistent-dir/never-created.db"])
+        .args([
+            "--interface",
+            "nosuchif0",
+            "--db-path",
+            "/nonexistent-dir/never-created.db",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("\"nosuchif0\" does not exist") && err.contains("ip link"), "{err}");
+    assert!(
+        err.contains("\"nosuchif0\" does not exist") && err.contains("ip link"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -69,14 +103,34 @@ fn second_agent_on_the_same_hook_is_refused() {
     let pair = NetPair::new(false);
     let dir = tempfile::tempdir().unwrap();
     let db1 = dir.path().join("1.db");
-    let first = Agent::start(&pair.ns_b, 3000, dir.path(), &["--interface", &pair.if_b, "--db-path", db1.to_str().unwrap()]);
+    let first = Agent::start(
+        &pair.ns_b,
+        3000,
+        dir.path(),
+        &[
+            "--interface",
+            &pair.if_b,
+            "--db-path",
+            db1.to_str().unwrap(),
+        ],
+    );
     let out = NetPair::command(&pair.ns_b, binary().to_str().unwrap())
-        .args(["--interface", &pair.if_b, "--port", "3001", "--db-path", dir.path().join("2.db").to_str().unwrap()])
+        .args([
+            "--interface",
+            &pair.if_b,
+            "--port",
+            "3001",
+            "--db-path",
+            dir.path().join("2.db").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("already attached") && err.contains("bpftool link"), "{err}");
+    assert!(
+        err.contains("already attached") && err.contains("bpftool link"),
+        "{err}"
+    );
     // The refused agent left nothing behind: exactly one ingress program remains.
     let shown = attachments(&pair.ns_b, &pair.if_b);
     assert_eq!(shown.matches("tc_ingress").count(), 1, "{shown}");

@@ -74,7 +74,10 @@ pub fn apt_install(names: &[&str]) -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing Debian packages {}: install them (sudo apt-get install {0}) or run this as root", missing.join(" "));
+        bail!(
+            "missing Debian packages {}: install them (sudo apt-get install {0}) or run this as root",
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     status(Command::new("apt-get").args(["update", "-q"]))?;
@@ -96,7 +99,9 @@ fn bpf_linker(toolchain: &BpfToolchain) -> Result<()> {
         if Path::new("/usr/bin/apt-get").exists() {
             apt_install(&[&format!("llvm-{major}-dev"), "libzstd-dev", "zlib1g-dev"])?;
         } else {
-            bail!("bpf-linker needs the LLVM {major} development files ({prefix}/bin/llvm-config): install them");
+            bail!(
+                "bpf-linker needs the LLVM {major} development files ({prefix}/bin/llvm-config): install them"
+            );
         }
     }
     let root = ayaflow_build::tools_bin_dir();
@@ -107,7 +112,14 @@ fn bpf_linker(toolchain: &BpfToolchain) -> Result<()> {
     );
     status(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--no-default-features",
+            ])
             .args(["--features", &format!("llvm-{major}"), "--root"])
             .arg(root)
             .env("LLVM_PREFIX", &prefix)

@@ -36,7 +36,11 @@ impl ApiError {
 
     /// 503 when a bounded resource is exhausted or not ready.
     pub fn unavailable(error: impl Into<String>, hint: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, error: error.into(), hint: hint.into() }
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: error.into(),
+            hint: hint.into(),
+        }
     }
 
     /// 500 with the cause logged.
@@ -52,6 +56,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.error, "hint": self.hint}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": self.error, "hint": self.hint})),
+        )
+            .into_response()
     }
 }

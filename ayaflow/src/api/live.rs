@@ -85,25 +85,38 @@ impl From<&ConnectionSnapshot> for LiveConnection {
 pub fn document(state: &AppState, limit: usize, sort: SortKey) -> LiveDoc {
     let top = state.live.top(limit, sort);
     let (total_packets, total_bytes) = state.live.totals();
-    LiveDoc { connections: top.iter().map(LiveConnection::from).collect(), total_packets, total_bytes }
+    LiveDoc {
+        connections: top.iter().map(LiveConnection::from).collect(),
+        total_packets,
+        total_bytes,
+    }
 }
 
 /// Parses `limit` and `sort` (shared with the stream).
 pub fn options(params: &mut Params) -> Result<(usize, SortKey), ApiError> {
-    let limit = params.number("limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
+    let limit = params
+        .number("limit", 1, MAX_LIMIT)?
+        .unwrap_or(DEFAULT_LIMIT);
     let sort = params
-        .parsed("sort", "one of packets, bytes, last_seen, first_seen", |s| match s {
-            "packets" => Some(SortKey::Packets),
-            "bytes" => Some(SortKey::Bytes),
-            "last_seen" => Some(SortKey::LastSeen),
-            "first_seen" => Some(SortKey::FirstSeen),
-            _ => None,
-        })?
+        .parsed(
+            "sort",
+            "one of packets, bytes, last_seen, first_seen",
+            |s| match s {
+                "packets" => Some(SortKey::Packets),
+                "bytes" => Some(SortKey::Bytes),
+                "last_seen" => Some(SortKey::LastSeen),
+                "first_seen" => Some(SortKey::FirstSeen),
+                _ => None,
+            },
+        )?
         .unwrap_or(SortKey::Packets);
     Ok((limit, sort))
 }
 
-pub async fn get(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Json<LiveDoc>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<LiveDoc>, ApiError> {
     let mut params = Params::new(q);
     let (limit, sort) = options(&mut params)?;
     params.finish("limit, sort")?;

@@ -78,7 +78,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(live: Arc<dyn LiveSource>, metrics: Arc<Registry>, db_path: PathBuf, history_kind: HistoryKind, allowed_ips: Vec<IpNet>) -> AppState {
+    pub fn new(
+        live: Arc<dyn LiveSource>,
+        metrics: Arc<Registry>,
+        db_path: PathBuf,
+        history_kind: HistoryKind,
+        allowed_ips: Vec<IpNet>,
+    ) -> AppState {
         AppState {
             live,
             metrics,
@@ -106,7 +112,8 @@ pub fn router(state: AppState) -> Router {
             ApiError {
                 status: axum::http::StatusCode::NOT_FOUND,
                 error: "no such route".into(),
-                hint: "routes: /metrics, /api/live, /api/stream, /api/history, /healthz, /readyz".into(),
+                hint: "routes: /metrics, /api/live, /api/stream, /api/history, /healthz, /readyz"
+                    .into(),
             }
         })
         .layer(middleware::from_fn_with_state(state.clone(), allowlist))
@@ -145,7 +152,10 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
     if state.ready.load(Ordering::Relaxed) {
         Ok("ready")
     } else {
-        Err(ApiError::unavailable("not ready", "the program is not attached or the store is not open yet"))
+        Err(ApiError::unavailable(
+            "not ready",
+            "the program is not attached or the store is not open yet",
+        ))
     }
 }
 
@@ -153,7 +163,10 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     match TcpListener::bind(addr).await {
         Err(e) if addr.ip() == IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) => {
-            tracing::info!("binding {addr} failed ({e}); trying 0.0.0.0:{}", addr.port());
+            tracing::info!(
+                "binding {addr} failed ({e}); trying 0.0.0.0:{}",
+                addr.port()
+            );
             TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, addr.port())).await
         }
         r => r,
@@ -161,7 +174,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves until `shutdown` fires, then finishes requests in flight.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: Shutdown) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.wait())
+        .await
 }

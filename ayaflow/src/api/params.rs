@@ -17,17 +17,32 @@ impl Params {
     where
         T: FromStr + PartialOrd + Copy + std::fmt::Display,
     {
-        let Some(raw) = self.0.remove(name) else { return Ok(None) };
+        let Some(raw) = self.0.remove(name) else {
+            return Ok(None);
+        };
         match raw.parse::<T>() {
             Ok(v) if v >= min && v <= max => Ok(Some(v)),
-            _ => Err(ApiError::bad_param(name, &raw, &format!("a whole number from {min} to {max}"))),
+            _ => Err(ApiError::bad_param(
+                name,
+                &raw,
+                &format!("a whole number from {min} to {max}"),
+            )),
         }
     }
 
     /// Parses `name` with `parse`, `expected` describing what it accepts.
-    pub fn parsed<T>(&mut self, name: &str, expected: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, ApiError> {
-        let Some(raw) = self.0.remove(name) else { return Ok(None) };
-        parse(&raw).map(Some).ok_or_else(|| ApiError::bad_param(name, &raw, expected))
+    pub fn parsed<T>(
+        &mut self,
+        name: &str,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ApiError> {
+        let Some(raw) = self.0.remove(name) else {
+            return Ok(None);
+        };
+        parse(&raw)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_param(name, &raw, expected))
     }
 
     /// Refuses any parameter not consumed, so a typo is not silently ignored.

@@ -54,7 +54,10 @@ pub async fn publish(state: AppState, period: Duration, shutdown: crate::shutdow
     }
 }
 
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
     let Ok(permit) = state.stream_slots.clone().try_acquire_owned() else {
         state.stats.stream_rejected.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::unavailable(
@@ -88,14 +91,22 @@ async fn serve(mut socket: WebSocket, mut rx: broadcast::Receiver<Arc<String>>, 
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) => {
-                        state.stats.stream_dropped_slow.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("dropping a stream client that took over {SEND_TIMEOUT:?} to take a frame");
+                        state
+                            .stats
+                            .stream_dropped_slow
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            "dropping a stream client that took over {SEND_TIMEOUT:?} to take a frame"
+                        );
                         return;
                     }
                 }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                state.stats.stream_frames_skipped.fetch_add(n, Ordering::Relaxed);
+                state
+                    .stats
+                    .stream_frames_skipped
+                    .fetch_add(n, Ordering::Relaxed);
             }
             Err(broadcast::error::RecvError::Closed) => {
                 let _ = socket.send(Message::Close(None)).await;

@@ -35,7 +35,8 @@ pub struct CounterReader {
 
 impl CounterReader {
     pub(super) fn new(map: Map) -> Result<CounterReader, LoadError> {
-        let map = PerCpuArray::try_from(map).map_err(|e| LoadError::from_aya("opening COUNTERS", e))?;
+        let map =
+            PerCpuArray::try_from(map).map_err(|e| LoadError::from_aya("opening COUNTERS", e))?;
         Ok(CounterReader { map })
     }
 
@@ -45,7 +46,11 @@ impl CounterReader {
         for d in Direction::ALL {
             let per_cpu = self.map.get(&(d as u32), 0)?;
             for block in per_cpu.iter() {
-                for (sum, v) in t.by_direction[d as usize].values.iter_mut().zip(block.values) {
+                for (sum, v) in t.by_direction[d as usize]
+                    .values
+                    .iter_mut()
+                    .zip(block.values)
+                {
                     *sum += v;
                 }
             }

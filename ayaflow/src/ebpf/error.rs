@@ -29,30 +29,48 @@ pub enum LoadError {
     #[error(
         "an ayaflow program (id {prog_id}) is already attached to {interface} {hook}: another ayaflow is probably running there; stop it, or detach the stale link (`bpftool link show`, then `bpftool link detach id <id>`)"
     )]
-    AlreadyAttached { interface: String, hook: &'static str, prog_id: u32 },
-    #[error("the kernel verifier rejected {program}: {detail}\nthis is a bug in ayaflow: please report it with `uname -r` and the log above")]
-    Verifier { program: &'static str, detail: String },
+    AlreadyAttached {
+        interface: String,
+        hook: &'static str,
+        prog_id: u32,
+    },
+    #[error(
+        "the kernel verifier rejected {program}: {detail}\nthis is a bug in ayaflow: please report it with `uname -r` and the log above"
+    )]
+    Verifier {
+        program: &'static str,
+        detail: String,
+    },
     #[error("{action}: {source:#}")]
-    Other { action: String, source: anyhow::Error },
+    Other {
+        action: String,
+        source: anyhow::Error,
+    },
 }
 
 impl LoadError {
     /// Classifies an aya error raised while doing `action`: permission problems get their own
     /// message; anything else keeps aya's text.
-    pub fn from_aya(action: impl Into<String>, err: impl std::error::Error + Send + Sync + 'static) -> LoadError {
+    pub fn from_aya(
+        action: impl Into<String>,
+        err: impl std::error::Error + Send + Sync + 'static,
+    ) -> LoadError {
         let action = action.into();
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
         while let Some(e) = source {
-            if let Some(io) = e.downcast_ref::<io::Error>() {
-                if matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
-                    return LoadError::Permission {
-                        action,
-                        source: io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EPERM)),
-                    };
-                }
+            if let Some(io) = e.downcast_ref::<io::Error>()
+                && let Some(code @ (libc::EPERM | libc::EACCES)) = io.raw_os_error()
+            {
+                return LoadError::Permission {
+                    action,
+                    source: io::Error::from_raw_os_error(code),
+                };
             }
             source = e.source();
         }
-        LoadError::Other { action, source: anyhow::Error::new(err) }
+        LoadError::Other {
+            action,
+            source: anyhow::Error::new(err),
+        }
     }
 }

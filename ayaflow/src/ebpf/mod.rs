@@ -101,12 +101,18 @@ impl KernelProgram {
                 .map_err(|e| LoadError::from_aya(format!("program {name}"), e))?;
             prog.load().map_err(|e| match e {
                 ProgramError::LoadError { verifier_log, .. } if !is_permission(&verifier_log) => {
-                    LoadError::Verifier { program: name, detail: verifier_log.to_string() }
+                    LoadError::Verifier {
+                        program: name,
+                        detail: verifier_log.to_string(),
+                    }
                 }
                 e => LoadError::from_aya(format!("loading {name}"), e),
             })?;
         }
-        Ok(KernelProgram { ebpf, attached: Vec::new() })
+        Ok(KernelProgram {
+            ebpf,
+            attached: Vec::new(),
+        })
     }
 
     /// Attaches the classifier of each of `directions` to `interface` (TCX links on kernels
@@ -114,7 +120,9 @@ impl KernelProgram {
     /// attached: links made so far are dropped with `self`.
     pub fn attach(&mut self, interface: &str, directions: &[Direction]) -> Result<(), LoadError> {
         if interface::index(interface).is_none() {
-            return Err(LoadError::NoInterface { name: interface.to_string() });
+            return Err(LoadError::NoInterface {
+                name: interface.to_string(),
+            });
         }
         for &d in directions {
             let name = program_name(d);
@@ -122,7 +130,9 @@ impl KernelProgram {
             // Legacy (netlink) attachment needs a clsact qdisc; TCX ignores it. An existing one
             // is fine.
             if let Err(e) = tc::qdisc_add_clsact(interface) {
-                tracing::debug!("clsact qdisc on {interface}: {e} (expected if it exists or TCX is used)");
+                tracing::debug!(
+                    "clsact qdisc on {interface}: {e} (expected if it exists or TCX is used)"
+                );
             }
             let prog: &mut SchedClassifier = self
                 .ebpf
@@ -131,7 +141,10 @@ impl KernelProgram {
                 .try_into()
                 .expect("checked in load");
             prog.attach(interface, attach_type(d)).map_err(|e| {
-                LoadError::from_aya(format!("attaching {name} to {interface} {}", direction_name(d)), e)
+                LoadError::from_aya(
+                    format!("attaching {name} to {interface} {}", direction_name(d)),
+                    e,
+                )
             })?;
             self.attached.push((interface.to_string(), d));
             tracing::info!(interface, hook = direction_name(d), "attached");
@@ -199,7 +212,10 @@ fn check_not_attached(interface: &str, d: Direction) -> Result<(), LoadError> {
     let Ok((_, progs)) = SchedClassifier::query_tcx(interface, attach_type(d)) else {
         return Ok(());
     };
-    match progs.iter().find(|p| p.name_as_str() == Some(program_name(d))) {
+    match progs
+        .iter()
+        .find(|p| p.name_as_str() == Some(program_name(d)))
+    {
         Some(p) => Err(LoadError::AlreadyAttached {
             interface: interface.to_string(),
             hook: direction_name(d),
@@ -212,9 +228,15 @@ fn check_not_attached(interface: &str, d: Direction) -> Result<(), LoadError> {
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (later ones use memory cgroups), see
 /// https://lwn.net/Articles/837122/. Failure is only logged: loading then says what is wrong.
 fn raise_memlock_limit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

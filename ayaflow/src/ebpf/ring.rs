@@ -16,7 +16,10 @@ pub const BATCH: usize = 4096;
 /// Nanoseconds to add to CLOCK_BOOTTIME to get Unix time.
 pub fn boot_to_unix_offset_ns() -> u64 {
     let now = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: a valid timespec pointer.
         unsafe { libc::clock_gettime(clock, &mut ts) };
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -60,7 +63,12 @@ pub async fn run(
 }
 
 /// Hands every record now in `ring` to `sink`, in batches.
-pub fn drain(ring: &mut RingBuf<MapData>, offset: u64, batch: &mut Vec<Packet>, sink: &mut impl PacketSink) {
+pub fn drain(
+    ring: &mut RingBuf<MapData>,
+    offset: u64,
+    batch: &mut Vec<Packet>,
+    sink: &mut impl PacketSink,
+) {
     let mut malformed = 0;
     while let Some(item) = ring.next() {
         match decode::packet_event(&item) {

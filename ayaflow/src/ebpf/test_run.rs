@@ -4,7 +4,10 @@
 //! the `bpf(2)` syscall itself. Used by the kernel tests and by the benchmarks (`repeat` > 1
 //! makes the kernel return the mean run time).
 
-use std::{io, os::fd::{AsRawFd, BorrowedFd}};
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+};
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
@@ -97,5 +100,8 @@ pub fn test_run(
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(TestRunResult { retval: attr.retval, duration_ns: attr.duration })
+    Ok(TestRunResult {
+        retval: attr.retval,
+        duration_ns: attr.duration,
+    })
 }
