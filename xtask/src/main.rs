@@ -153,6 +153,11 @@ fn lint() -> Result<()> {
     // bpfel-unknown-none (Debian ships no clippy for rustc-web), so the verifier and the kernel
     // tests are its checks.
     let mut ebpf = cargo();
-    ebpf.args(["fmt", "--manifest-path", "ayaflow-ebpf/Cargo.toml", "--check"]);
+    ebpf.args([
+        "fmt",
+        "--manifest-path",
+        "ayaflow-ebpf/Cargo.toml",
+        "--check",
+    ]);
     status(&mut ebpf)
 }
