@@ -1,6 +1,7 @@
 //! `cargo xtask`: set up, build, run, test and benchmark ayaFlow. Every subcommand does the
 //! set-up it needs first (idempotently), so the README's two commands work on a fresh machine.
 
+mod bench;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -39,6 +40,18 @@ enum Cmd {
     },
     /// cargo fmt --check and clippy on the userspace crates and the kernel program.
     Lint,
+    /// Run the benchmarks (kernel cost, capture at full rate next to tcpdump/softflowd/pmacctd,
+    /// storage and API) and write BENCHMARKS.md. Needs root; installs the tools it compares with.
+    Bench {
+        /// Smoke mode for CI: every section briefly, checking only that it works; writes
+        /// target/bench/quick.md instead of BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
+        /// Arguments for the bench binary (`cargo xtask bench -- --help`), e.g.
+        /// `--sections capture --traffic v4-1k --observers pmacctd`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { args } => test(&args),
         Cmd::Lint => lint(),
+        Cmd::Bench { quick, args } => bench::run(quick, &args),
     }
 }
 
@@ -87,7 +101,7 @@ pub fn status(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(ayaflow_build::workspace_root());
     c

@@ -1,0 +1,307 @@
+//! Sections 2 and 3: the same generated traffic through every observer, in the same run.
+//!
+//! One run of one observer: start it on `if_b`; sample (interface counters, the observer's CPU,
+//! the machine's /proc/stat, ksoftirqd); send; wait until the observer has taken in everything
+//! (the agent's counters reach the delivered count and its storage queue is empty; a tool's CPU
+//! stops moving); read what it counted; stop it (its final CPU and peak RSS come from wait4).
+//! The first round is a warm-up with the kernel's BPF statistics on (for the classifier's
+//! in-situ run time); the medians are over the later rounds, with statistics off.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    http::metric,
+    netns::Pair,
+    observer::{self, Observer, Running},
+    procstat::{self, Cpu, Machine},
+    sender::{self, Limits, Traffic},
+};
+
+/// Everything measured in one run.
+#[derive(Clone, Debug, Default)]
+pub struct RunResult {
+    pub traffic: String,
+    pub observer: String,
+    pub round: usize,
+    pub sent: u64,
+    /// Frames `if_b` received (its rx_packets delta over the run).
+    pub delivered: u64,
+    /// Frames lost on the veth itself (if_a tx_dropped + if_b rx_dropped over the run).
+    pub veth_drops: u64,
+    pub gen_secs: f64,
+    /// CPU of the sending thread (send + receive softirq in its context).
+    pub gen_cpu_ns: u64,
+    pub ksoftirqd_ns: u64,
+    /// /proc/stat busy time from traffic start until the observer had exited.
+    pub machine: Machine,
+    pub window_secs: f64,
+    /// The observer's CPU from traffic start to its exit (its whole tree).
+    pub obs_cpu: Cpu,
+    pub obs_peak_kb: u64,
+    /// What the observer says it counted (ayaflow: packets_total; tcpdump: captured; softflowd:
+    /// packets processed; pmacctd: sum of its table).
+    pub counted: Option<u64>,
+    /// Drops the observer itself reports (ayaflow: ring buffer; tcpdump/softflowd: by kernel).
+    pub obs_drops: Option<u64>,
+    pub events: Option<u64>,
+    pub rows_written: Option<u64>,
+    pub rows_dropped: Option<u64>,
+    /// Distinct windows among the stored rows (aggregated modes).
+    pub windows: Option<u64>,
+    /// Flows/entries the tool ended with (pmacctd entries, softflowd active flows).
+    pub entries: Option<u64>,
+    /// In-situ BPF run time of tc_ingress per packet (warm-up round only).
+    pub bpf_ns_per_pkt: Option<f64>,
+    /// Bytes the observer wrote to disk (pcap file or database).
+    pub disk_bytes: Option<u64>,
+    pub load: f64,
+    pub note: String,
+}
+
+/// Runs one observer once on `traffic`.
+pub fn run_one(
+    pair: &Pair,
+    agent_bin: &Path,
+    scratch: &Path,
+    obs: Observer,
+    traffic: Traffic,
+    packets: u64,
+    round: usize,
+) -> Result<RunResult> {
+    let dir = scratch.join(format!("{}-{}-{round}", obs.name(), traffic.name()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let load = procstat::loadavg();
+    let running = if obs == Observer::None {
+        None
+    } else {
+        Some(Running::start(obs, pair, &dir, agent_bin)?)
+    };
+    let bpf0 = running
+        .as_ref()
+        .filter(|r| r.observer.is_ayaflow())
+        .and_then(|_| observer::tcx_run_stats(pair));
+
+    let rx0 = pair.rx_stats()?;
+    let tx0 = pair.tx_stats()?;
+    let cpu0 = running.as_ref().map(|r| r.cpu()).unwrap_or_default();
+    let m0 = Machine::now();
+    let k0 = procstat::ksoftirqd_ns();
+    let t0 = Instant::now();
+    let sent = sender::send(
+        &pair.ns_a,
+        &pair.if_a,
+        traffic,
+        Limits {
+            packets,
+            max_time: Duration::from_secs(120),
+            rate: None,
+        },
+    )?;
+    let rx1 = pair.rx_stats()?;
+    let tx1 = pair.tx_stats()?;
+    let delivered = rx1.rx_packets - rx0.rx_packets;
+    let veth_drops = (rx1.rx_dropped - rx0.rx_dropped) + (tx1.tx_dropped - tx0.tx_dropped);
+
+    let mut r = RunResult {
+        traffic: traffic.name(),
+        observer: obs.name().to_string(),
+        round,
+        sent: sent.packets,
+        delivered,
+        veth_drops,
+        gen_secs: sent.elapsed.as_secs_f64(),
+        gen_cpu_ns: sent.thread_cpu_ns,
+        load,
+        ..RunResult::default()
+    };
+
+    let Some(running) = running else {
+        r.ksoftirqd_ns = procstat::ksoftirqd_ns() - k0;
+        r.machine = Machine::now().since(&m0);
+        r.window_secs = t0.elapsed().as_secs_f64();
+        return Ok(r);
+    };
+
+    if obs.is_ayaflow() {
+        let rx_base = rx0.rx_packets;
+        let text = wait_agent(&running, obs, || {
+            pair.rx_stats()
+                .map(|s| s.rx_packets - rx_base)
+                .unwrap_or(delivered)
+        });
+        // Frames that arrived after the sender stopped (neighbour discovery) count too.
+        r.delivered = pair.rx_stats()?.rx_packets - rx0.rx_packets;
+        let g = |s: &str| text.as_deref().and_then(|t| metric(t, s));
+        r.counted = g("ayaflow_packets_total{direction=\"ingress\"}");
+        r.obs_drops = g("ayaflow_ringbuf_drops_total{direction=\"ingress\"}");
+        r.events = g("ayaflow_events_total");
+        r.rows_dropped = text.as_deref().map(|t| {
+            t.lines()
+                .filter(|l| l.starts_with("ayaflow_storage_rows_dropped_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum()
+        });
+        if let (Some(b0), Some(b1)) = (bpf0, observer::tcx_run_stats(pair))
+            && b1.1 > b0.1
+        {
+            r.bpf_ns_per_pkt = Some((b1.0 - b0.0) as f64 / (b1.1 - b0.1) as f64);
+        }
+    } else {
+        wait_idle(&running);
+        r.delivered = pair.rx_stats()?.rx_packets - rx0.rx_packets;
+    }
+    // Tool counts (queried after the CPU has settled; the queries cost the tool CPU too).
+    let hwm = running.hwm_kb();
+    let cpu_before_stop = running.cpu();
+    match obs {
+        Observer::Softflowd => {
+            let s = running.softflowd_stats()?;
+            let field = |name: &str| {
+                s.lines()
+                    .find_map(|l| l.trim().strip_prefix(name))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            };
+            r.counted = field("Packets processed:");
+            r.obs_drops = field("Packets dropped by libpcap:")
+                .zip(field("Packets dropped by interface:"))
+                .map(|(a, b)| a + b);
+            r.entries = field("Number of active flows:");
+            r.note = format!(
+                "libpcap received {}",
+                field("Packets received by libpcap:").unwrap_or(0)
+            );
+        }
+        Observer::Pmacctd => {
+            let (p, e) = running.pmacct_totals()?;
+            r.counted = Some(p);
+            r.entries = Some(e);
+        }
+        _ => {}
+    }
+    let exit = running.stop()?;
+    r.ksoftirqd_ns = procstat::ksoftirqd_ns() - k0;
+    r.machine = Machine::now().since(&m0);
+    r.window_secs = t0.elapsed().as_secs_f64();
+    let end = if exit.cpu.total_ns() >= cpu_before_stop.total_ns() {
+        exit.cpu
+    } else {
+        cpu_before_stop
+    };
+    r.obs_cpu = end.since(&cpu0);
+    r.obs_peak_kb = hwm.max(exit.maxrss_kb);
+
+    match obs {
+        Observer::TcpdumpNull | Observer::TcpdumpFile => {
+            let n = |suffix: &str| {
+                exit.log.lines().find_map(|l| {
+                    l.strip_suffix(suffix)
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+            };
+            r.counted = n(" packets captured");
+            r.obs_drops = n(" packets dropped by kernel");
+            if obs == Observer::TcpdumpFile {
+                r.disk_bytes = std::fs::metadata(dir.join("capture.pcap"))
+                    .ok()
+                    .map(|m| m.len());
+            }
+        }
+        Observer::Pmacctd => {
+            // "[if,0] received_packets=N dropped_packets=M" at exit.
+            let field = |k: &str| {
+                exit.log.lines().rev().find_map(|l| {
+                    let v = &l[l.find(k)? + k.len()..];
+                    v.split_whitespace().next()?.parse::<u64>().ok()
+                })
+            };
+            r.obs_drops = field("dropped_packets=");
+            r.note = format!("pcap received {}", field("received_packets=").unwrap_or(0));
+        }
+        Observer::AyaRaw | Observer::AyaAgg | Observer::AyaFlows => {
+            let db = dir.join("ayaflow.db");
+            let (rows, windows) = stored_rows(&db, obs != Observer::AyaRaw)
+                .with_context(|| format!("reading {}", db.display()))?;
+            r.rows_written = Some(rows);
+            r.windows = windows;
+            r.disk_bytes = Some(db_bytes(&db));
+        }
+        _ => {}
+    }
+    // AYAFLOW_BENCH_KEEP=1 keeps each run's directory (logs, databases) for debugging.
+    if std::env::var_os("AYAFLOW_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(r)
+}
+
+/// Polls the agent until its kernel counters reach what `if_b` received (`delivered()`), every
+/// event is accounted for (received or dropped), the storage queue is empty, and nothing moves
+/// between two polls (at most 120 s). Returns the last /metrics text.
+fn wait_agent(agent: &Running, obs: Observer, delivered: impl Fn() -> u64) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last: Option<(u64, u64, u64)> = None;
+    let mut text = None;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        let Some(t) = agent.metrics() else { continue };
+        let p = metric(&t, "ayaflow_packets_total{direction=\"ingress\"}").unwrap_or(0);
+        let ev = metric(&t, "ayaflow_events_total").unwrap_or(0);
+        let dr = metric(&t, "ayaflow_ringbuf_drops_total{direction=\"ingress\"}").unwrap_or(0);
+        let q = metric(&t, "ayaflow_storage_queued_rows").unwrap_or(0);
+        let w = metric(&t, "ayaflow_storage_rows_written_total").unwrap_or(0);
+        let now = (p, ev, w);
+        let events_done = obs == Observer::AyaFlows || ev + dr >= p;
+        let done = p >= delivered() && events_done && q == 0 && last == Some(now);
+        last = Some(now);
+        text = Some(t);
+        if done {
+            break;
+        }
+    }
+    text
+}
+
+/// Waits until the tool's CPU stops moving (no more than 5 ms in 300 ms), at most 60 s.
+fn wait_idle(r: &Running) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut prev = r.cpu().total_ns();
+    let mut quiet = 0;
+    while Instant::now() < deadline && quiet < 2 {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = r.cpu().total_ns();
+        quiet = if now - prev <= 5_000_000 {
+            quiet + 1
+        } else {
+            0
+        };
+        prev = now;
+    }
+}
+
+/// Rows in the history file, and (aggregated modes) the number of distinct windows.
+fn stored_rows(db: &Path, windows: bool) -> Result<(u64, Option<u64>)> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    if windows {
+        let (n, w): (i64, i64) = c.query_row(
+            "SELECT COUNT(*), COUNT(DISTINCT window_start) FROM windows",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((n as u64, Some(w as u64)))
+    } else {
+        let n: i64 = c.query_row("SELECT COUNT(*) FROM packets", [], |r| r.get(0))?;
+        Ok((n as u64, None))
+    }
+}
+
+/// Size of a SQLite file with its WAL.
+pub fn db_bytes(db: &Path) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    size(db) + size(&db.with_extension("db-wal"))
+}

@@ -1,0 +1,307 @@
+//! Section 1: the classifier's cost per packet with `BPF_PROG_TEST_RUN` (a large repeat count,
+//! the kernel's mean), next to an empty TC classifier (`r0 = -1; exit`, the same verdict)
+//! measured in the same run on the same frames; and the loaded programs' sizes from the kernel.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use anyhow::{Context as _, Result, bail};
+use ayaflow::ebpf::{KernelProgram, LoadOptions, test_run::test_run};
+use ayaflow_common::{counters::Counter, flow::Direction, globals};
+
+use crate::median;
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// One representative frame.
+pub struct Case {
+    pub name: &'static str,
+    pub frame: Vec<u8>,
+}
+
+fn eth(ether_type: u16, vlan: Option<u16>, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    if let Some(vid) = vlan {
+        f.extend_from_slice(&0x8100u16.to_be_bytes());
+        f.extend_from_slice(&vid.to_be_bytes());
+    }
+    f.extend_from_slice(&ether_type.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn ipv4(proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 1, 0, 0, 64, proto, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2]);
+    h.extend_from_slice(payload);
+    h
+}
+
+fn ipv6(next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, 64]);
+    h.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    h.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    h.extend_from_slice(payload);
+    h
+}
+
+fn tcp(payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![
+        0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff,
+    ];
+    h.extend_from_slice(&[0, 0, 0, 0]);
+    h.extend_from_slice(payload);
+    h
+}
+
+fn udp(payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x9c, 0x40, 0x00, 0x35];
+    h.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// The frames of the issue: IPv4/TCP 64 B, IPv4/UDP, IPv6/TCP behind a hop-by-hop header,
+/// VLAN-tagged IPv4/UDP, and a malformed frame (TCP header cut short).
+pub fn cases() -> Vec<Case> {
+    let mut hop = vec![6, 0];
+    hop.resize(8, 0);
+    hop.extend_from_slice(&tcp(&[0; 10]));
+    let tcp4 = eth(0x0800, None, &ipv4(6, &tcp(&[0; 10])));
+    vec![
+        Case {
+            name: "IPv4/TCP",
+            frame: tcp4.clone(),
+        },
+        Case {
+            name: "IPv4/UDP",
+            frame: eth(0x0800, None, &ipv4(17, &udp(&[0; 22]))),
+        },
+        Case {
+            name: "IPv6/TCP + hop-by-hop",
+            frame: eth(0x86dd, None, &ipv6(0, &hop)),
+        },
+        Case {
+            name: "802.1Q IPv4/UDP",
+            frame: eth(0x0800, Some(100), &ipv4(17, &udp(&[0; 18]))),
+        },
+        Case {
+            name: "malformed (TCP cut)",
+            frame: tcp4[..14 + 20 + 10].to_vec(),
+        },
+    ]
+}
+
+/// What the kernel says about a loaded program.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProgInfo {
+    pub jited_bytes: u32,
+    pub xlated_bytes: u32,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a program fd.
+pub fn prog_info(fd: BorrowedFd<'_>) -> Result<ProgInfo> {
+    let mut info = [0u8; 256];
+    #[repr(C)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+        _pad: [u64; 4],
+    }
+    let mut attr = Attr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+        _pad: [0; 4],
+    };
+    // SAFETY: attr points at a buffer of info_len bytes that outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut Attr,
+            size_of::<Attr>() as u32,
+        )
+    };
+    if rc < 0 {
+        bail!(
+            "BPF_OBJ_GET_INFO_BY_FD: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let u32_at = |o: usize| u32::from_ne_bytes(info[o..o + 4].try_into().expect("4 bytes"));
+    // Offsets in struct bpf_prog_info (include/uapi/linux/bpf.h).
+    Ok(ProgInfo {
+        jited_bytes: u32_at(16),
+        xlated_bytes: u32_at(20),
+    })
+}
+
+/// Loads `r0 = -1; exit` as a TC classifier: the floor every classifier pays.
+pub fn load_empty() -> Result<OwnedFd> {
+    let insns: [u64; 2] = [
+        // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm -1
+        u64::from_le_bytes([0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
+        // BPF_JMP | BPF_EXIT
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    #[repr(C)]
+    struct Attr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        _rest: [u64; 16],
+    }
+    let mut name = [0u8; 16];
+    name[..9].copy_from_slice(b"empty_cls");
+    let attr = Attr {
+        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name: name,
+        _rest: [0; 16],
+    };
+    // SAFETY: a zero-padded bpf_attr for BPF_PROG_LOAD whose pointers outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const Attr,
+            size_of::<Attr>() as u32,
+        )
+    };
+    if fd < 0 {
+        bail!(
+            "loading the empty classifier: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// One frame's result: median ns per packet over the runs.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub frame: &'static str,
+    pub bytes: usize,
+    pub raw_ns: f64,
+    pub flows_ns: f64,
+    pub empty_ns: f64,
+}
+
+/// Sizes of the loaded programs.
+#[derive(Clone, Debug)]
+pub struct Size {
+    pub program: String,
+    pub xlated_insns: u32,
+    pub jited_bytes: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub repeat: u32,
+    pub runs: usize,
+    pub rows: Vec<Row>,
+    pub sizes: Vec<Size>,
+}
+
+/// Runs every case `runs` times with `repeat` repetitions through ayaflow's ingress classifier
+/// (raw and flow mode) and the empty one, interleaved so that all see the same machine.
+pub fn run(repeat: u32, runs: usize) -> Result<Report> {
+    // Raw mode pushes one 64-byte event (+ 8-byte header) per repetition: size the ring so a
+    // whole run fits and each measures the real reserve+submit path, not the "full" path.
+    let ring = ((repeat as u64 * 72).next_power_of_two()).max(8 << 20) as u32;
+    let mut raw = KernelProgram::load(&LoadOptions {
+        capture_mode: globals::CAPTURE_MODE_RAW,
+        ring_buffer_size: ring,
+        ..LoadOptions::default()
+    })
+    .context("loading the classifier (raw mode)")?;
+    let mut raw_ring = raw.take_events()?;
+    let raw_counters = raw.take_counters()?;
+    let flows = KernelProgram::load(&LoadOptions {
+        capture_mode: globals::CAPTURE_MODE_FLOWS,
+        ..LoadOptions::default()
+    })
+    .context("loading the classifier (flow mode)")?;
+    let empty = load_empty()?;
+
+    let mut sizes = Vec::new();
+    for (name, fd) in [
+        (
+            "ayaflow tc_ingress, raw mode",
+            raw.program_fd(Direction::Ingress),
+        ),
+        (
+            "ayaflow tc_ingress, flow mode",
+            flows.program_fd(Direction::Ingress),
+        ),
+        ("empty classifier", empty.as_fd()),
+    ] {
+        let i = prog_info(fd)?;
+        sizes.push(Size {
+            program: name.to_string(),
+            xlated_insns: i.xlated_bytes / 8,
+            jited_bytes: i.jited_bytes,
+        });
+    }
+
+    let mut rows = Vec::new();
+    for case in cases() {
+        let (mut r, mut f, mut e) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let t = |fd| -> Result<f64> {
+                let res = test_run(fd, &case.frame, None, repeat)
+                    .with_context(|| format!("BPF_PROG_TEST_RUN on {}", case.name))?;
+                if res.retval != u32::MAX {
+                    bail!("{}: the classifier returned {}", case.name, res.retval);
+                }
+                Ok(res.duration_ns as f64)
+            };
+            e.push(t(empty.as_fd())?);
+            r.push(t(raw.program_fd(Direction::Ingress))?);
+            while raw_ring.next().is_some() {}
+            f.push(t(flows.program_fd(Direction::Ingress))?);
+        }
+        rows.push(Row {
+            frame: case.name,
+            bytes: case.frame.len(),
+            raw_ns: median(&r),
+            flows_ns: median(&f),
+            empty_ns: median(&e),
+        });
+    }
+    let drops = raw_counters.read()?.sum(Counter::RingbufDrops);
+    if drops != 0 {
+        bail!(
+            "the ring buffer dropped {drops} events during the raw-mode runs: the timing is not that of the normal path"
+        );
+    }
+    Ok(Report {
+        repeat,
+        runs,
+        rows,
+        sizes,
+    })
+}

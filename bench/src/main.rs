@@ -1,0 +1,379 @@
+//! `ayaflow-bench`: the measurements behind BENCHMARKS.md. Run it through `cargo xtask bench`,
+//! which installs the tools, builds the release agent and this binary, and runs it as root.
+//!
+//! Sections (each also runs alone with `--sections`):
+//! 1. `kernel`: `BPF_PROG_TEST_RUN` ns/packet of the classifier (raw and flow mode) next to an
+//!    empty classifier, and the loaded programs' sizes (`kernel.rs`).
+//! 2. and 3. `capture`: generated traffic at the machine's full rate through ayaFlow in each
+//!    mode and through tcpdump, softflowd and pmacctd, against a run with no observer
+//!    (`capture.rs`, `observer.rs`, `sender.rs`).
+//! 4. `storage` and `api`: SQLite rows/s and bytes/row, /api/history over millions of rows,
+//!    /api/live and /metrics under wrk, RSS with 100,000 and 1,000,000 connections
+//!    (`store_api.rs`).
+//!
+//! Safety: all traffic stays between two namespaces the bench creates (`netns.rs`), every send
+//! is bounded in packets and time, every process the bench starts is stopped by its pid, and
+//! the namespaces are removed on exit (and leftovers of dead runs at start).
+
+mod capture;
+mod http;
+mod kernel;
+mod netns;
+mod observer;
+mod procstat;
+mod report;
+mod sender;
+mod store_api;
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+
+use crate::{observer::Observer, sender::Traffic};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "ayaFlow benchmarks (run through `cargo xtask bench`)")]
+pub struct Args {
+    /// Smoke mode for CI: every section briefly, asserting only that it works (counts are
+    /// non-zero and equal where they must be). Never a speed threshold.
+    #[arg(long)]
+    pub quick: bool,
+    /// Sections to run, comma-separated: kernel, capture, storage, api.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kernel,capture,storage,api"
+    )]
+    pub sections: Vec<String>,
+    /// Traffic sets for the capture section, comma-separated: v4-1k, v4-100k, v6-1k, v6-100k.
+    #[arg(long, value_delimiter = ',')]
+    pub traffic: Vec<String>,
+    /// Observers for the capture section, comma-separated (none is always included).
+    #[arg(long, value_delimiter = ',')]
+    pub observers: Vec<String>,
+    /// Timed rounds per configuration (after one warm-up round); medians are over these.
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Packets per capture run.
+    #[arg(long)]
+    pub packets: Option<u64>,
+    /// Rows of the synthetic history for the storage and /api/history measurements.
+    #[arg(long)]
+    pub history_rows: Option<u64>,
+    /// The agent binary (a release build).
+    #[arg(long, default_value = "target/release/ayaflow")]
+    pub agent: PathBuf,
+    /// Where to write the report.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    /// Scratch directory (databases, captures; emptied as it goes).
+    #[arg(long, default_value = "target/bench")]
+    pub scratch: PathBuf,
+    /// The command line to print in the report as the way to reproduce it.
+    #[arg(long, default_value = "cargo xtask bench")]
+    pub command: String,
+}
+
+/// Sizes of one bench run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub runs: usize,
+    pub packets: u64,
+    pub traffic: Vec<Traffic>,
+    pub observers: Vec<Observer>,
+    pub repeat: u32,
+    pub kernel_runs: usize,
+    pub history_rows: u64,
+    pub wrk_secs: u32,
+    pub memory_steps: Vec<u32>,
+    pub memory_rate: u64,
+}
+
+impl Plan {
+    fn from(a: &Args) -> Result<Plan> {
+        let all_traffic = [
+            Traffic {
+                v6: false,
+                flows: 1000,
+            },
+            Traffic {
+                v6: false,
+                flows: 100_000,
+            },
+            Traffic {
+                v6: true,
+                flows: 1000,
+            },
+            Traffic {
+                v6: true,
+                flows: 100_000,
+            },
+        ];
+        let traffic = if a.traffic.is_empty() {
+            if a.quick {
+                vec![all_traffic[0], all_traffic[3]]
+            } else {
+                all_traffic.to_vec()
+            }
+        } else {
+            a.traffic
+                .iter()
+                .map(|n| {
+                    all_traffic
+                        .iter()
+                        .find(|t| t.name() == *n)
+                        .copied()
+                        .with_context(|| {
+                            format!("unknown traffic {n:?}: v4-1k, v4-100k, v6-1k, v6-100k")
+                        })
+                })
+                .collect::<Result<_>>()?
+        };
+        let mut observers = vec![Observer::None];
+        if a.observers.is_empty() {
+            observers = Observer::ALL.to_vec();
+        } else {
+            for n in &a.observers {
+                let o = Observer::parse(n).with_context(|| {
+                    format!(
+                        "unknown observer {n:?}: {}",
+                        Observer::ALL.map(|o| o.name()).join(", ")
+                    )
+                })?;
+                if !observers.contains(&o) {
+                    observers.push(o);
+                }
+            }
+        }
+        Ok(if a.quick {
+            Plan {
+                runs: a.runs.unwrap_or(0),
+                packets: a.packets.unwrap_or(200_000),
+                traffic,
+                observers,
+                repeat: 100_000,
+                kernel_runs: 3,
+                history_rows: a.history_rows.unwrap_or(200_000),
+                wrk_secs: 2,
+                memory_steps: vec![10_000, 50_000],
+                memory_rate: 100_000,
+            }
+        } else {
+            Plan {
+                runs: a.runs.unwrap_or(3),
+                packets: a.packets.unwrap_or(4_000_000),
+                traffic,
+                observers,
+                repeat: 1_000_000,
+                kernel_runs: 5,
+                history_rows: a.history_rows.unwrap_or(10_000_000),
+                wrk_secs: 10,
+                memory_steps: vec![100_000, 1_000_000],
+                memory_rate: 100_000,
+            }
+        })
+    }
+}
+
+/// Everything measured, for the report.
+#[derive(Default)]
+pub struct Results {
+    pub kernel: Option<kernel::Report>,
+    pub capture: Vec<capture::RunResult>,
+    pub store: Option<store_api::StoreResult>,
+    pub history: Vec<store_api::WrkResult>,
+    pub live: Option<store_api::LiveResult>,
+    pub load_start: f64,
+    pub load_end: f64,
+    pub started: String,
+    pub elapsed: Duration,
+}
+
+/// Median of `v` (0 for an empty slice).
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    sender::STOP.store(true, Ordering::SeqCst);
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn interrupted() -> Result<()> {
+    if sender::STOP.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn run(args: &Args) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the bench loads BPF programs and creates network namespaces: run it as root (cargo xtask bench does)"
+        );
+    }
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let plan = Plan::from(args)?;
+    let agent = std::fs::canonicalize(&args.agent).with_context(|| {
+        format!(
+            "the agent binary {} is missing: build it with `cargo xtask build --release`",
+            args.agent.display()
+        )
+    })?;
+    std::fs::create_dir_all(&args.scratch)?;
+    let scratch = std::fs::canonicalize(&args.scratch)?;
+    netns::cleanup_leftovers()?;
+    let started = Instant::now();
+    let mut res = Results {
+        load_start: procstat::loadavg(),
+        started: report::utc_now(),
+        ..Results::default()
+    };
+    let want = |s: &str| args.sections.iter().any(|x| x == s);
+
+    if want("kernel") {
+        eprintln!(
+            "bench: section 1, BPF_PROG_TEST_RUN ({} repeats x {} runs)",
+            plan.repeat, plan.kernel_runs
+        );
+        res.kernel = Some(kernel::run(plan.repeat, plan.kernel_runs)?);
+    }
+    interrupted()?;
+    if want("capture") || want("storage") || want("api") {
+        let pair = netns::Pair::create().context("creating the bench's namespaces")?;
+        if want("capture") {
+            capture_all(&pair, &agent, &scratch, &plan, &mut res)?;
+        }
+        interrupted()?;
+        let db = scratch.join("history.db");
+        if want("storage") || want("api") {
+            eprintln!(
+                "bench: section 4, writing {} history rows",
+                plan.history_rows
+            );
+            res.store = Some(store_api::write_history(&db, plan.history_rows)?);
+        }
+        interrupted()?;
+        if want("api") {
+            eprintln!(
+                "bench: section 4, /api/history over {} rows",
+                plan.history_rows
+            );
+            res.history = store_api::history(
+                &pair,
+                &agent,
+                &scratch.join("history-agent"),
+                &db,
+                plan.history_rows,
+                plan.wrk_secs,
+            )?;
+            interrupted()?;
+            eprintln!("bench: section 4, memory and /api/live");
+            res.live = Some(store_api::live_and_memory(
+                &pair,
+                &agent,
+                &scratch.join("live-agent"),
+                &plan.memory_steps,
+                plan.wrk_secs,
+                plan.memory_rate,
+            )?);
+        }
+        for ext in ["db", "db-wal", "db-shm"] {
+            let _ = std::fs::remove_file(db.with_extension(ext));
+        }
+        let _ = std::fs::remove_dir_all(scratch.join("history-agent"));
+        let _ = std::fs::remove_dir_all(scratch.join("live-agent"));
+    }
+    res.load_end = procstat::loadavg();
+    res.elapsed = started.elapsed();
+    let md = report::render(args, &plan, &res);
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent).ok();
+    }
+    std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
+    report::write_csv(&scratch.join("runs.csv"), &res.capture)?;
+    eprintln!(
+        "bench: wrote {} (and every run in {}) in {:.0} s",
+        args.out.display(),
+        scratch.join("runs.csv").display(),
+        res.elapsed.as_secs_f64()
+    );
+    if args.quick {
+        report::check_quick(&plan, &res)?;
+        eprintln!("bench: quick mode checks passed");
+    }
+    Ok(())
+}
+
+fn capture_all(
+    pair: &netns::Pair,
+    agent: &std::path::Path,
+    scratch: &std::path::Path,
+    plan: &Plan,
+    res: &mut Results,
+) -> Result<()> {
+    let total = (plan.runs + 1) * plan.traffic.len() * plan.observers.len();
+    let mut n = 0;
+    for round in 0..=plan.runs {
+        // Round 0 is the warm-up, with the kernel's BPF run-time statistics on.
+        let stats = if round == 0 {
+            Some(observer::BpfStats::enable()?)
+        } else {
+            None
+        };
+        for &t in &plan.traffic {
+            for &o in &plan.observers {
+                interrupted()?;
+                n += 1;
+                let r = capture::run_one(pair, agent, scratch, o, t, plan.packets, round)
+                    .with_context(|| format!("{} on {}, round {round}", o.name(), t.name()))?;
+                eprintln!(
+                    "bench: [{n}/{total}] round {round} {:>8} {:<13} sent {} delivered {} ({:.2} Mpps) counted {:?} cpu {:.3} s gen {:.3} s load {:.1}",
+                    t.name(),
+                    o.name(),
+                    r.sent,
+                    r.delivered,
+                    r.sent as f64 / r.gen_secs / 1e6,
+                    r.counted,
+                    r.obs_cpu.total_ns() as f64 / 1e9,
+                    r.gen_cpu_ns as f64 / 1e9,
+                    r.load
+                );
+                res.capture.push(r);
+            }
+        }
+        drop(stats);
+    }
+    Ok(())
+}
