@@ -22,6 +22,11 @@ use crate::{
     sender::{self, Limits, Traffic},
 };
 
+const PACKETS: &str = "ayaflow_packets_total{direction=\"ingress\"}";
+const EVENTS: &str = "ayaflow_events_total";
+const DROPS: &str = "ayaflow_ringbuf_drops_total{direction=\"ingress\"}";
+const ROWS: &str = "ayaflow_storage_rows_written_total";
+
 /// Everything measured in one run.
 #[derive(Clone, Debug, Default)]
 pub struct RunResult {
@@ -87,6 +92,15 @@ pub fn run_one(
         .filter(|r| r.observer.is_ayaflow())
         .and_then(|_| observer::tcx_run_stats(pair));
 
+    // The agent's counters before the traffic: frames of neighbour discovery may have arrived
+    // between its attach and now, and must not count against this run.
+    let m0_text = running
+        .as_ref()
+        .filter(|r| r.observer.is_ayaflow())
+        .and_then(|r| r.metrics());
+    let before = |s: &str| m0_text.as_deref().and_then(|t| metric(t, s)).unwrap_or(0);
+    let (p_before, ev_before, dr_before, rows_before) =
+        (before(PACKETS), before(EVENTS), before(DROPS), before(ROWS));
     let rx0 = pair.rx_stats()?;
     let tx0 = pair.tx_stats()?;
     let cpu0 = running.as_ref().map(|r| r.cpu()).unwrap_or_default();
@@ -130,7 +144,7 @@ pub fn run_one(
 
     if obs.is_ayaflow() {
         let rx_base = rx0.rx_packets;
-        let text = wait_agent(&running, obs, || {
+        let text = wait_agent(&running, obs, p_before, || {
             pair.rx_stats()
                 .map(|s| s.rx_packets - rx_base)
                 .unwrap_or(delivered)
@@ -138,9 +152,9 @@ pub fn run_one(
         // Frames that arrived after the sender stopped (neighbour discovery) count too.
         r.delivered = pair.rx_stats()?.rx_packets - rx0.rx_packets;
         let g = |s: &str| text.as_deref().and_then(|t| metric(t, s));
-        r.counted = g("ayaflow_packets_total{direction=\"ingress\"}");
-        r.obs_drops = g("ayaflow_ringbuf_drops_total{direction=\"ingress\"}");
-        r.events = g("ayaflow_events_total");
+        r.counted = g(PACKETS).map(|v| v - p_before);
+        r.obs_drops = g(DROPS).map(|v| v - dr_before);
+        r.events = g(EVENTS).map(|v| v - ev_before);
         r.rows_dropped = text.as_deref().map(|t| {
             t.lines()
                 .filter(|l| l.starts_with("ayaflow_storage_rows_dropped_total{"))
@@ -222,12 +236,16 @@ pub fn run_one(
             };
             r.obs_drops = field("dropped_packets=");
             r.note = format!("pcap received {}", field("received_packets=").unwrap_or(0));
+            if exit.log.contains("Missing data detected") {
+                r.note
+                    .push_str("; its log: Missing data detected (core to plugin pipe)");
+            }
         }
         Observer::AyaRaw | Observer::AyaAgg | Observer::AyaFlows => {
             let db = dir.join("ayaflow.db");
             let (rows, windows) = stored_rows(&db, obs != Observer::AyaRaw)
                 .with_context(|| format!("reading {}", db.display()))?;
-            r.rows_written = Some(rows);
+            r.rows_written = Some(rows.saturating_sub(rows_before));
             r.windows = windows;
             r.disk_bytes = Some(db_bytes(&db));
         }
@@ -243,21 +261,26 @@ pub fn run_one(
 /// Polls the agent until its kernel counters reach what `if_b` received (`delivered()`), every
 /// event is accounted for (received or dropped), the storage queue is empty, and nothing moves
 /// between two polls (at most 120 s). Returns the last /metrics text.
-fn wait_agent(agent: &Running, obs: Observer, delivered: impl Fn() -> u64) -> Option<String> {
+fn wait_agent(
+    agent: &Running,
+    obs: Observer,
+    p_before: u64,
+    delivered: impl Fn() -> u64,
+) -> Option<String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last: Option<(u64, u64, u64)> = None;
     let mut text = None;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(250));
         let Some(t) = agent.metrics() else { continue };
-        let p = metric(&t, "ayaflow_packets_total{direction=\"ingress\"}").unwrap_or(0);
-        let ev = metric(&t, "ayaflow_events_total").unwrap_or(0);
-        let dr = metric(&t, "ayaflow_ringbuf_drops_total{direction=\"ingress\"}").unwrap_or(0);
+        let p = metric(&t, PACKETS).unwrap_or(0);
+        let ev = metric(&t, EVENTS).unwrap_or(0);
+        let dr = metric(&t, DROPS).unwrap_or(0);
         let q = metric(&t, "ayaflow_storage_queued_rows").unwrap_or(0);
-        let w = metric(&t, "ayaflow_storage_rows_written_total").unwrap_or(0);
+        let w = metric(&t, ROWS).unwrap_or(0);
         let now = (p, ev, w);
         let events_done = obs == Observer::AyaFlows || ev + dr >= p;
-        let done = p >= delivered() && events_done && q == 0 && last == Some(now);
+        let done = p - p_before >= delivered() && events_done && q == 0 && last == Some(now);
         last = Some(now);
         text = Some(t);
         if done {
