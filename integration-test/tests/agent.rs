@@ -98,7 +98,7 @@ fn send_traffic(pair: &NetPair, v6: bool) -> (TcpStream, TcpStream) {
 }
 
 /// Runs the traffic with the agent on b's veth and checks every number.
-fn exact_counts(direction: &str) {
+fn exact_counts(direction: &str, mode: &str) {
     require_bpf();
     let pair = NetPair::new(false);
     let dir = tempfile::tempdir().unwrap();
@@ -108,6 +108,8 @@ fn exact_counts(direction: &str) {
         3000,
         dir.path(),
         &[
+            "--capture-mode",
+            mode,
             "--interface",
             &pair.if_b,
             "--direction",
@@ -121,48 +123,53 @@ fn exact_counts(direction: &str) {
     let _tcp6 = send_traffic(&pair, true);
     let both = direction == "both";
 
-    // Neighbour discovery may still add frames: compare once the agent has caught up with the
-    // tap, reading the tap last and retrying if anything arrived in between.
-    let frames = tap.stop();
-    let truth = totals(&frames);
-    let sum = |outgoing: bool| {
-        truth
-            .iter()
-            .filter(|((o, _), _)| *o == outgoing)
-            .fold((0, 0), |a, (_, v)| (a.0 + v.0, a.1 + v.1))
-    };
-    let (in_pk, in_by) = sum(false);
-    let (out_pk, out_by) = sum(true);
-    let text = wait_for(30, "the agent's counters to reach the tap's", || {
-        let (_, text) = agent.get("/metrics")?;
-        (metric(&text, "ayaflow_packets_total{direction=\"ingress\"}")? >= in_pk).then_some(text)
+    // Neighbour discovery and MLD may add frames at any time: compare once the agent's
+    // counters and the tap agree and are stable across two reads around the tap's snapshot.
+    let (text, truth) = wait_for(30, "the agent's counters to equal the tap's", || {
+        let (_, before) = agent.get("/metrics")?;
+        let truth = totals(&tap.frames());
+        let (_, after) = agent.get("/metrics")?;
+        let read = |t: &str, d: &str| {
+            (
+                metric(t, &format!("ayaflow_packets_total{{direction=\"{d}\"}}")),
+                metric(t, &format!("ayaflow_bytes_total{{direction=\"{d}\"}}")),
+            )
+        };
+        let sum = |outgoing: bool| {
+            truth
+                .iter()
+                .filter(|((o, _), _)| *o == outgoing)
+                .fold((0, 0), |a, (_, v)| (a.0 + v.0, a.1 + v.1))
+        };
+        let tap_out = if both { sum(true) } else { (0, 0) };
+        let stable = read(&before, "ingress") == read(&after, "ingress")
+            && read(&before, "egress") == read(&after, "egress");
+        let agree = read(&after, "ingress") == (Some(sum(false).0), Some(sum(false).1))
+            && read(&after, "egress") == (Some(tap_out.0), Some(tap_out.1));
+        (stable && agree).then_some((after, truth))
     });
-    assert_eq!(
-        metric(&text, "ayaflow_packets_total{direction=\"ingress\"}"),
-        Some(in_pk),
-        "{text}"
-    );
-    assert_eq!(
-        metric(&text, "ayaflow_bytes_total{direction=\"ingress\"}"),
-        Some(in_by)
-    );
-    let (want_out_pk, want_out_by) = if both { (out_pk, out_by) } else { (0, 0) };
-    assert_eq!(
-        metric(&text, "ayaflow_packets_total{direction=\"egress\"}"),
-        Some(want_out_pk)
-    );
-    assert_eq!(
-        metric(&text, "ayaflow_bytes_total{direction=\"egress\"}"),
-        Some(want_out_by)
-    );
+    drop(tap.stop());
     assert_eq!(
         metric(&text, "ayaflow_ringbuf_drops_total{direction=\"ingress\"}"),
         Some(0)
     );
+    let kernel_total = metric(&text, "ayaflow_packets_total{direction=\"ingress\"}").unwrap()
+        + metric(&text, "ayaflow_packets_total{direction=\"egress\"}").unwrap();
 
     // Per connection, against the traffic sent (computed) and the tap.
-    let (_, live) = agent.get("/api/live?limit=1000").unwrap();
-    let live: Value = serde_json::from_str(&live).unwrap();
+    // The live table catches up with the kernel's totals: at once after the ring buffer is
+    // drained (raw mode), or after the next sweep (flow mode).
+    let live: Value = wait_for(30, "the live table to account for every packet", || {
+        let (_, body) = agent.get("/api/live?limit=1000")?;
+        let live: Value = serde_json::from_str(&body).ok()?;
+        let sum: u64 = live["connections"]
+            .as_array()?
+            .iter()
+            .map(|c| c["stats"]["packets_count"].as_u64().unwrap_or(0))
+            .sum();
+        let total = live["total_packets"].as_u64()?;
+        (sum == total && total >= kernel_total).then_some(live)
+    });
     let find = |src: &str, dst: &str, proto: &str| -> Value {
         live["connections"]
             .as_array()
@@ -254,10 +261,22 @@ fn tap_sum(
 
 #[test]
 fn exact_counts_ingress_only() {
-    exact_counts("ingress");
+    exact_counts("ingress", "raw");
 }
 
 #[test]
 fn exact_counts_both_directions() {
-    exact_counts("both");
+    exact_counts("both", "raw");
+}
+
+/// Flow mode (aggregated in the kernel) reports the same connections, packets and bytes as the
+/// tap, hence as raw mode on the same traffic.
+#[test]
+fn flow_mode_exact_counts_ingress_only() {
+    exact_counts("ingress", "flows");
+}
+
+#[test]
+fn flow_mode_exact_counts_both_directions() {
+    exact_counts("both", "flows");
 }
