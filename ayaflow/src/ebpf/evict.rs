@@ -47,7 +47,9 @@ fn merge(values: impl IntoIterator<Item = FlowStats>) -> FlowStats {
         if v.packets == 0 {
             continue;
         }
-        if total.first_seen_ns == 0 || v.first_seen_ns < total.first_seen_ns {
+        if v.first_seen_ns != 0
+            && (total.first_seen_ns == 0 || v.first_seen_ns < total.first_seen_ns)
+        {
             total.first_seen_ns = v.first_seen_ns;
         }
         total.last_seen_ns = total.last_seen_ns.max(v.last_seen_ns);
@@ -124,6 +126,9 @@ impl FlowSweeper {
                 self.reported.insert(key, (total.packets, total.bytes));
             }
         }
+        // Oldest first, so that a connection seen in both directions in one sweep is oriented
+        // from its initiator when the table creates its entry.
+        deltas.sort_by_key(|d| d.first_seen_unix_ns);
         deltas
     }
 
