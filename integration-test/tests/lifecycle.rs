@@ -238,3 +238,25 @@ fn kill_9_keeps_every_committed_row() {
     );
     drop(agent);
 }
+
+/// Invalid configuration stops the agent before it loads or attaches anything, naming the
+/// option, the value and what is expected.
+#[test]
+fn invalid_configuration_exits_before_attaching() {
+    require_bpf();
+    let pair = NetPair::new(false);
+    let out = NetPair::command(&pair.ns_b, binary().to_str().unwrap())
+        .args(["--interface", &pair.if_b, "--aggregation-window", "-5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--aggregation-window") && err.contains("-5"),
+        "{err}"
+    );
+    assert!(
+        !attachments(&pair.ns_b, &pair.if_b).contains("tc_"),
+        "nothing attached"
+    );
+}
