@@ -58,8 +58,7 @@ impl Tap {
         self.stop.store(true, Ordering::SeqCst);
         let seen = self.seen;
         self.handle.join().expect("tap thread panicked");
-        let frames = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        frames
+        seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
