@@ -115,11 +115,7 @@ fn add_to_flow(p: &Parsed, packets: u32, bytes: u32, now: u64) -> bool {
         Err(e) if e as i64 == -EEXIST => match FLOWS.get_ptr_mut(&p.key) {
             Some(s) => {
                 // SAFETY: as above.
-                let s = unsafe { &mut *s };
-                if s.first_seen_ns == 0 {
-                    s.first_seen_ns = now;
-                }
-                update(s, p, packets, bytes, now);
+                update(unsafe { &mut *s }, p, packets, bytes, now);
                 true
             }
             None => false,
@@ -130,6 +126,10 @@ fn add_to_flow(p: &Parsed, packets: u32, bytes: u32, now: u64) -> bool {
 
 #[inline(always)]
 fn update(s: &mut FlowStats, p: &Parsed, packets: u32, bytes: u32, now: u64) {
+    // This CPU's slot of an entry another CPU created starts zeroed.
+    if s.first_seen_ns == 0 {
+        s.first_seen_ns = now;
+    }
     s.packets += packets as u64;
     s.bytes += bytes as u64;
     s.last_seen_ns = now;

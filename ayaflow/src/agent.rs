@@ -20,7 +20,11 @@ use crate::{
     api::{self, AppState, LiveSource},
     config::{CaptureMode, Config},
     connections::{ConnectionSnapshot, ConnectionTable, SortKey},
-    ebpf::{self, KernelProgram, LoadError, LoadOptions, counters::CounterReader},
+    ebpf::{
+        self, KernelProgram, LoadError, LoadOptions,
+        counters::CounterReader,
+        evict::{self, FlowSweeper},
+    },
     metrics::{Family, Kind, MetricsSource},
     pipeline::{Pipeline, PipelineStats, lock, now_unix_ns},
     shutdown::{Shutdown, signal_received},
@@ -49,14 +53,17 @@ pub async fn run(config: Config) -> Result<()> {
     let storage = Storage::spawn(storage_config)
         .with_context(|| format!("opening the history database {}", config.db_path.display()))?;
 
-    // TODO(issue 5): the agent does not sweep the kernel's FLOWS map yet, so flow mode would
-    // report totals only. Capture raw events (aggregated in userspace when a window is set).
-    if config.capture_mode == CaptureMode::Flows {
+    let flows = config.capture_mode == CaptureMode::Flows;
+    let capture_mode = if flows {
+        globals::CAPTURE_MODE_FLOWS
+    } else {
+        globals::CAPTURE_MODE_RAW
+    };
+    if flows && config.aggregation_window.is_none() {
         tracing::warn!(
-            "capture_mode flows is not available yet: capturing raw events (windows are aggregated in the agent)"
+            "capture_mode flows keeps no per-packet rows: history stays empty unless --aggregation-window is set"
         );
     }
-    let capture_mode = globals::CAPTURE_MODE_RAW;
     let mut program = KernelProgram::load(&LoadOptions {
         capture_mode,
         ring_buffer_size: config.ring_buffer_size,
@@ -64,6 +71,11 @@ pub async fn run(config: Config) -> Result<()> {
     })?;
     program.attach(&interface, &config.direction.directions())?;
     let ring = program.take_events()?;
+    let sweeper = if flows {
+        Some(program.take_flows()?)
+    } else {
+        None
+    };
     let counters = Arc::new(program.take_counters()?);
 
     let table = Arc::new(Mutex::new(ConnectionTable::new(
@@ -75,6 +87,7 @@ pub async fn run(config: Config) -> Result<()> {
         aggregator: config
             .aggregation_window
             .map(|w| Arc::new(Mutex::new(Aggregator::new(w)))),
+        store_raw: !flows,
         storage: storage.sender(),
         stats: Arc::new(PipelineStats::default()),
     };
@@ -125,6 +138,8 @@ pub async fn run(config: Config) -> Result<()> {
     let ring_task =
         tokio::spawn(async move { ebpf::ring::run(ring, &mut sink, ring_shutdown.wait()).await });
 
+    let sweep_task = sweeper.map(|s| spawn_sweeper(s, pipeline.clone(), shutdown.clone()));
+
     let signal = signal_received()
         .await
         .context("installing signal handlers")?;
@@ -137,6 +152,9 @@ pub async fn run(config: Config) -> Result<()> {
     let _ = stream_task.await;
     ring_task.await?.context("reading the ring buffer")?;
     tick_task.await?;
+    if let Some(t) = sweep_task {
+        t.await?;
+    }
     pipeline.flush();
     drop(pipeline);
     let stats = storage.shutdown();
@@ -160,6 +178,42 @@ async fn tick(pipeline: Pipeline, shutdown: Shutdown) {
             () = &mut stop => return,
         }
     }
+}
+
+/// Flow mode: sweeps the kernel map every `SWEEP_INTERVAL` on the blocking pool (a sweep is
+/// one syscall per entry), and once more at shutdown with every entry treated as idle, so the
+/// kernel's last counts reach the table and the windows before they are flushed.
+fn spawn_sweeper(
+    sweeper: FlowSweeper,
+    pipeline: Pipeline,
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let sweeper = Arc::new(Mutex::new(sweeper));
+        let mut interval = tokio::time::interval(evict::SWEEP_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        loop {
+            let last = tokio::select! {
+                _ = interval.tick() => false,
+                () = &mut stop => true,
+            };
+            let (s, p) = (sweeper.clone(), pipeline.clone());
+            let now = if last {
+                u64::MAX
+            } else {
+                ebpf::ring::boot_time_ns()
+            };
+            let swept = tokio::task::spawn_blocking(move || p.deltas(&lock(&s).sweep(now))).await;
+            if let Err(e) = swept {
+                tracing::error!("flow sweep failed: {e}");
+            }
+            if last {
+                return;
+            }
+        }
+    })
 }
 
 /// The live view: the connection table plus the kernel's totals.

@@ -37,7 +37,13 @@ pub struct CliArgs {
     pub interface: Option<String>,
 
     /// Port of the HTTP API, 1-65535 [default: 3000]
-    #[arg(short, long, env = "AYAFLOW_PORT", value_name = "PORT")]
+    #[arg(
+        short,
+        long,
+        env = "AYAFLOW_PORT",
+        value_name = "PORT",
+        allow_negative_numbers = true
+    )]
     pub port: Option<String>,
 
     /// IP address the HTTP API listens on; `::` is every address, IPv4 and IPv6 [default: ::]
@@ -49,16 +55,31 @@ pub struct CliArgs {
     pub db_path: Option<String>,
 
     /// Seconds without a packet before a connection is closed, at least 1 [default: 60]
-    #[arg(long, env = "AYAFLOW_CONNECTION_TIMEOUT", value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "AYAFLOW_CONNECTION_TIMEOUT",
+        value_name = "SECONDS",
+        allow_negative_numbers = true
+    )]
     pub connection_timeout: Option<String>,
 
     /// Delete history older than this many seconds; 0 keeps everything [default: 0]
-    #[arg(long, env = "AYAFLOW_DATA_RETENTION", value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "AYAFLOW_DATA_RETENTION",
+        value_name = "SECONDS",
+        allow_negative_numbers = true
+    )]
     pub data_retention: Option<String>,
 
     /// Store one row per connection per N-second window instead of one per packet; 0 stores
     /// raw rows [default: 0]
-    #[arg(long, env = "AYAFLOW_AGGREGATION_WINDOW", value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "AYAFLOW_AGGREGATION_WINDOW",
+        value_name = "SECONDS",
+        allow_negative_numbers = true
+    )]
     pub aggregation_window: Option<String>,
 
     /// CIDRs or addresses allowed to reach the API, comma-separated or repeated; '' (empty)
@@ -106,15 +127,30 @@ pub struct CliArgs {
     pub capture_mode: Option<String>,
 
     /// Most connections the live table tracks at once [default: 65536]
-    #[arg(long, env = "AYAFLOW_MAX_CONNECTIONS", value_name = "N")]
+    #[arg(
+        long,
+        env = "AYAFLOW_MAX_CONNECTIONS",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     pub max_connections: Option<String>,
 
     /// Entries of the kernel flow map (flows mode) [default: 65536]
-    #[arg(long, env = "AYAFLOW_FLOW_MAP_SIZE", value_name = "N")]
+    #[arg(
+        long,
+        env = "AYAFLOW_FLOW_MAP_SIZE",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     pub flow_map_size: Option<String>,
 
     /// Bytes of the kernel ring buffer: a power of two, at least the page size [default: 8388608]
-    #[arg(long, env = "AYAFLOW_RING_BUFFER_SIZE", value_name = "BYTES")]
+    #[arg(
+        long,
+        env = "AYAFLOW_RING_BUFFER_SIZE",
+        value_name = "BYTES",
+        allow_negative_numbers = true
+    )]
     pub ring_buffer_size: Option<String>,
 }
 

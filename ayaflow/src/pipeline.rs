@@ -11,7 +11,10 @@ use std::sync::{
 };
 
 use crate::{
-    aggregate::Aggregator, connections::ConnectionTable, ebpf::ring::PacketSink, flow::Packet,
+    aggregate::Aggregator,
+    connections::ConnectionTable,
+    ebpf::{evict::FlowDelta, ring::PacketSink},
+    flow::Packet,
     storage::StorageSender,
 };
 
@@ -30,6 +33,8 @@ pub struct Pipeline {
     pub table: Arc<Mutex<ConnectionTable>>,
     /// Set in aggregated mode; raw rows otherwise.
     pub aggregator: Option<Arc<Mutex<Aggregator>>>,
+    /// False in flow mode without a window: there is no per-packet row to store.
+    pub store_raw: bool,
     pub storage: StorageSender,
     pub stats: Arc<PipelineStats>,
 }
@@ -58,9 +63,10 @@ impl PacketSink for Pipeline {
                     );
                 }
             }
-            None => {
+            None if self.store_raw => {
                 self.storage.send_packets(batch.to_vec());
             }
+            None => {}
         }
     }
 
@@ -80,6 +86,39 @@ impl Pipeline {
             let rows = lock(agg).take_closed(now_unix_ns);
             if !rows.is_empty() {
                 self.storage.send_windows(rows);
+            }
+        }
+    }
+
+    /// Flow mode: applies one sweep's deltas to the table and the current windows.
+    pub fn deltas(&self, deltas: &[FlowDelta]) {
+        if deltas.is_empty() {
+            return;
+        }
+        {
+            let mut table = lock(&self.table);
+            for d in deltas {
+                table.record_delta(
+                    d.tuple,
+                    d.direction,
+                    d.packets,
+                    d.bytes,
+                    d.first_seen_unix_ns,
+                    d.last_seen_unix_ns,
+                    d.tcp_flags,
+                );
+            }
+        }
+        if let Some(agg) = &self.aggregator {
+            let mut agg = lock(agg);
+            for d in deltas {
+                agg.add(
+                    d.tuple,
+                    d.direction,
+                    d.last_seen_unix_ns,
+                    d.packets,
+                    d.bytes,
+                );
             }
         }
     }

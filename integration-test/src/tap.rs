@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -23,10 +23,11 @@ pub struct Frame {
     pub tuple: Option<(u8, IpAddr, u16, IpAddr, u16)>,
 }
 
-/// A running tap; `stop` returns what it saw.
+/// A running tap; `frames` shows what it saw so far, `stop` ends it.
 pub struct Tap {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<Vec<Frame>>,
+    seen: Arc<Mutex<Vec<Frame>>>,
+    handle: JoinHandle<()>,
 }
 
 impl Tap {
@@ -34,29 +35,34 @@ impl Tap {
     pub fn start(ns: &str, ifname: &str) -> Tap {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
-        let (path, ifname, stop2) = (
-            format!("/var/run/netns/{ns}"),
-            ifname.to_string(),
-            stop.clone(),
-        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let path = format!("/var/run/netns/{ns}");
+        let (ifname, stop2, seen2) = (ifname.to_string(), stop.clone(), seen.clone());
         let handle = thread::spawn(move || {
             crate::netns::enter(&path);
-            capture(&ifname, &stop2, ready_tx)
+            capture(&ifname, &stop2, &seen2, ready_tx)
         });
         ready_rx
             .recv()
             .expect("the tap thread failed before binding its socket");
-        Tap { stop, handle }
+        Tap { stop, seen, handle }
     }
 
-    /// Stops after the queued frames are read, and returns them.
+    /// The frames read so far (the socket may still hold a few more).
+    pub fn frames(&self) -> Vec<Frame> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops after the queued frames are read, and returns every frame.
     pub fn stop(self) -> Vec<Frame> {
         self.stop.store(true, Ordering::SeqCst);
-        self.handle.join().expect("tap thread panicked")
+        let seen = self.seen;
+        self.handle.join().expect("tap thread panicked");
+        seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
-fn capture(ifname: &str, stop: &AtomicBool, ready: mpsc::Sender<()>) -> Vec<Frame> {
+fn capture(ifname: &str, stop: &AtomicBool, seen: &Mutex<Vec<Frame>>, ready: mpsc::Sender<()>) {
     let proto = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket calls on an fd we own and close at the end.
     unsafe {
@@ -102,7 +108,6 @@ fn capture(ifname: &str, stop: &AtomicBool, ready: mpsc::Sender<()>) -> Vec<Fram
             size_of::<libc::timeval>() as u32,
         );
         ready.send(()).expect("test waiting for the tap");
-        let mut frames = Vec::new();
         let mut buf = [0u8; 128];
         loop {
             let mut from: libc::sockaddr_ll = std::mem::zeroed();
@@ -122,7 +127,7 @@ fn capture(ifname: &str, stop: &AtomicBool, ready: mpsc::Sender<()>) -> Vec<Fram
                 continue;
             }
             let len = n as usize;
-            frames.push(Frame {
+            seen.lock().unwrap_or_else(|e| e.into_inner()).push(Frame {
                 outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
                 len,
                 tuple: parse(&buf[..len.min(buf.len())]),
@@ -143,7 +148,6 @@ fn capture(ifname: &str, stop: &AtomicBool, ready: mpsc::Sender<()>) -> Vec<Fram
             "the tap itself dropped {} frames: the ground truth is incomplete",
             stats[1]
         );
-        frames
     }
 }
 

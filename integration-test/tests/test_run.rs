@@ -418,3 +418,59 @@ fn frames_the_kernel_test_runner_refuses() {
         );
     }
 }
+
+/// Flow mode: packets of one connection accumulate in `FLOWS` (no event), a second connection
+/// that does not fit in a full map falls back to an event flagged as such, and both are counted.
+#[test]
+fn flow_mode_aggregates_then_falls_back_when_full() {
+    use ayaflow_common::{event::EVENT_FLAG_FLOW_FALLBACK, globals::CAPTURE_MODE_FLOWS};
+    require_bpf();
+    let opts = LoadOptions {
+        capture_mode: CAPTURE_MODE_FLOWS,
+        flow_map_size: 1,
+        ..LoadOptions::default()
+    };
+    let mut prog = KernelProgram::load(&opts).expect("loading the classifier in flow mode");
+    let mut ring = prog.take_events().unwrap();
+    let counters = prog.take_counters().unwrap();
+    let mut flows = prog.take_flows().unwrap();
+    let first = eth(
+        ETH_P_IP,
+        &ipv4(17, A4, B4, &[], 0, &udp(1000, 53, &[0; 40])),
+    );
+    let second = eth(
+        ETH_P_IP,
+        &ipv4(17, A4, B4, &[], 0, &udp(1001, 53, &[0; 40])),
+    );
+    let fd = prog.program_fd(Direction::Ingress);
+    for _ in 0..3 {
+        assert_eq!(test_run(fd, &first, None, 1).unwrap().retval, PASS);
+    }
+    assert_eq!(test_run(fd, &second, None, 1).unwrap().retval, PASS);
+
+    // The first connection: one map entry with 3 packets, no events.
+    let deltas = flows.sweep(u64::MAX);
+    assert_eq!(deltas.len(), 1, "{deltas:?}");
+    assert_eq!(
+        (deltas[0].tuple.src_port, deltas[0].packets, deltas[0].bytes),
+        (1000, 3, 3 * first.len() as u64)
+    );
+    // The second: the map (1 entry) was full, so it came as a flagged event.
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        events.push(ayaflow::decode::packet_event(&item).unwrap());
+    }
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].key.src_port, 1001);
+    assert_eq!(events[0].flags, EVENT_FLAG_FLOW_FALLBACK);
+    let t = counters.read().unwrap();
+    assert_eq!(t.get(Direction::Ingress, Counter::Packets), 4);
+    assert_eq!(
+        t.get(Direction::Ingress, Counter::Bytes),
+        4 * first.len() as u64
+    );
+    assert_eq!(t.get(Direction::Ingress, Counter::FlowFallbacks), 1);
+    assert_eq!(t.get(Direction::Ingress, Counter::RingbufDrops), 0);
+    // The sweep removed the idle entry: the map is empty again.
+    assert!(flows.sweep(u64::MAX).is_empty());
+}

@@ -7,6 +7,7 @@
 
 pub mod counters;
 mod error;
+pub mod evict;
 pub mod interface;
 pub mod ring;
 pub mod test_run;
@@ -15,13 +16,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuHashMap, RingBuf},
+    maps::{MapData, RingBuf},
     programs::{ProgramError, SchedClassifier, TcAttachType, tc},
 };
-use ayaflow_common::{
-    flow::{Direction, FlowKey, FlowStats},
-    globals,
-};
+use ayaflow_common::{flow::Direction, globals};
 pub use error::LoadError;
 
 use crate::flow::direction_name;
@@ -180,10 +178,13 @@ impl KernelProgram {
         counters::CounterReader::new(map)
     }
 
-    /// Takes the `FLOWS` map (once).
-    pub fn take_flows(&mut self) -> Result<PerCpuHashMap<MapData, FlowKey, FlowStats>, LoadError> {
+    /// Takes the `FLOWS` map (once), for flow mode's sweeper.
+    pub fn take_flows(&mut self) -> Result<evict::FlowSweeper, LoadError> {
         let map = self.take_map(globals::MAP_FLOWS)?;
-        PerCpuHashMap::try_from(map).map_err(|e| LoadError::from_aya("opening FLOWS", e))
+        evict::FlowSweeper::new(map, ring::boot_to_unix_offset_ns()).map_err(|e| LoadError::Other {
+            action: "opening FLOWS".into(),
+            source: e.into(),
+        })
     }
 
     fn take_map(&mut self, name: &str) -> Result<aya::maps::Map, LoadError> {

@@ -13,18 +13,24 @@ use crate::{decode, flow::Packet};
 /// enough to keep latency to the live view low.
 pub const BATCH: usize = 4096;
 
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_BOOTTIME now, the kernel program's clock (`bpf_ktime_get_boot_ns`).
+pub fn boot_time_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME)
+}
+
 /// Nanoseconds to add to CLOCK_BOOTTIME to get Unix time.
 pub fn boot_to_unix_offset_ns() -> u64 {
-    let now = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid timespec pointer.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    };
-    now(libc::CLOCK_REALTIME).saturating_sub(now(libc::CLOCK_BOOTTIME))
+    clock_ns(libc::CLOCK_REALTIME).saturating_sub(boot_time_ns())
 }
 
 /// Receives decoded batches. Called on the reader task: it must not block for long.
