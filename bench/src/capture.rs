@@ -290,8 +290,10 @@ fn wait_agent(
     text
 }
 
-/// Waits until the tool's CPU stops moving (no more than 5 ms in 300 ms), at most 60 s.
+/// Waits until the tool's CPU stops moving (no more than 5 ms in 300 ms), at least 1.5 s (libpcap
+/// hands over a TPACKET_V3 block when it fills or when its 1 s timeout expires) and at most 60 s.
 fn wait_idle(r: &Running) {
+    std::thread::sleep(Duration::from_millis(1500));
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut prev = r.cpu().total_ns();
     let mut quiet = 0;

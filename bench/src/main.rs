@@ -167,7 +167,7 @@ impl Plan {
         } else {
             Plan {
                 runs: a.runs.unwrap_or(3),
-                packets: a.packets.unwrap_or(4_000_000),
+                packets: a.packets.unwrap_or(3_000_000),
                 traffic,
                 observers,
                 repeat: 1_000_000,
@@ -193,6 +193,8 @@ pub struct Results {
     pub load_end: f64,
     pub started: String,
     pub elapsed: Duration,
+    /// Machine and version facts, taken at the start (the commit that ran).
+    pub machine: Vec<(String, String)>,
 }
 
 /// Median of `v` (0 for an empty slice).
@@ -258,6 +260,7 @@ fn run(args: &Args) -> Result<()> {
     let mut res = Results {
         load_start: procstat::loadavg(),
         started: report::utc_now(),
+        machine: report::machine_lines(),
         ..Results::default()
     };
     let want = |s: &str| args.sections.iter().any(|x| x == s);

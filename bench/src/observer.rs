@@ -409,6 +409,13 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if !self.reaped {
+            // Its children first (pmacctd's plugin), then itself: all processes we started.
+            for pid in procstat::tree(self.pid).into_iter().rev() {
+                if pid != self.pid {
+                    // SAFETY: kill on a descendant of our own child.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

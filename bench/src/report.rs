@@ -35,7 +35,8 @@ fn deb_version(pkg: &str) -> String {
     if v.is_empty() { "?".into() } else { v }
 }
 
-fn machine_lines() -> Vec<(String, String)> {
+/// Machine and versions, for the report's first table.
+pub fn machine_lines() -> Vec<(String, String)> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -133,6 +134,8 @@ struct Summary {
     machine: f64,
     peak_mib: f64,
     disk_bytes: Option<f64>,
+    /// The last run's note (where a tool says it lost packets).
+    note: String,
     /// Rounds in which counted == delivered.
     exact: usize,
     n: usize,
@@ -162,6 +165,7 @@ fn summarize(rs: &[RunResult]) -> Summary {
         machine: med(&|r| per_m(r.machine.busy_ns, r)),
         peak_mib: med(&|r| r.obs_peak_kb as f64 / 1024.0),
         disk_bytes: med_opt(&|r| r.disk_bytes),
+        note: rs.last().map(|r| r.note.clone()).unwrap_or_default(),
         exact: rs.iter().filter(|r| r.counted == Some(r.delivered)).count(),
         n: rs.len(),
     }
@@ -184,7 +188,7 @@ fn opt_n(v: Option<f64>) -> String {
 }
 
 fn ratio(a: f64, b: f64) -> String {
-    if b.abs() < 1e-9 {
+    if b <= 1e-9 || a < 0.0 {
         "-".into()
     } else {
         format!("{:.2}", a / b)
@@ -212,7 +216,7 @@ pub fn render(args: &Args, plan: &Plan, res: &Results) -> String {
         res.elapsed.as_secs_f64() / 60.0
     );
     let _ = writeln!(w, "## Machine\n\n| | |\n| --- | --- |");
-    for (k, v) in machine_lines() {
+    for (k, v) in &res.machine {
         let _ = writeln!(w, "| {k} | {v} |");
     }
     let busy = res.load_start.max(res.load_end);
@@ -302,7 +306,7 @@ fn section_capture(w: &mut String, cmd: &str, plan: &Plan, res: &Results) {
          fast as it can, {} packets per run, the flows round-robin. They arrive on `if_b` in \
          namespace b, where the observer runs, and end in a UDP socket that is never read. The veth \
          delivers in the sender's context, so the receive softirq (TC hook, AF_PACKET taps, IP, UDP) \
-         runs on CPU 0 and is charged to the sending thread. {rounds}.\n\n\
+         runs on CPU 0 and is charged to the sending thread. Numbers are {rounds}.\n\n\
          - *delivered*: `if_b` rx_packets over the run (the truth). *counted*: `ayaflow_packets_total`. \
          *events*: `ayaflow_events_total`; *ring drops*: `ayaflow_ringbuf_drops_total`; *stored*: rows \
          in the SQLite file after the agent exited; *storage drops*: `ayaflow_storage_rows_dropped_total`.\n\
@@ -413,7 +417,7 @@ fn section_capture(w: &mut String, cmd: &str, plan: &Plan, res: &Results) {
             w,
             "### {} ({} flows, {})\n\nNo observer: {:.2} Mpps, {:.3} s/M on the sender's CPU \
              (send + receive path), {:.3} s/M machine-wide.\n\n\
-             | observer | counted / delivered | drops it reports | process CPU s/M | kernel-side extra s/M | machine extra s/M (attributed) | machine extra s/M (/proc/stat) | peak RSS MiB | raw ÷ it | agg ÷ it | flows ÷ it |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+             | observer | counted / delivered | drops it reports | process CPU s/M | kernel-side extra s/M | machine extra s/M (attributed) | machine extra s/M (/proc/stat) | peak RSS MiB | raw ÷ it | agg ÷ it | flows ÷ it | notes |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
             t.name(),
             fmt_n(t.flows as f64),
             if t.v6 { "IPv6" } else { "IPv4" },
@@ -448,7 +452,7 @@ fn section_capture(w: &mut String, cmd: &str, plan: &Plan, res: &Results) {
             };
             let _ = writeln!(
                 w,
-                "| {} | {} / {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {} | {} | {} |",
+                "| {} | {} / {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {} | {} | {} | {} |",
                 o.name(),
                 opt_n(m.counted),
                 fmt_n(m.delivered),
@@ -460,7 +464,8 @@ fn section_capture(w: &mut String, cmd: &str, plan: &Plan, res: &Results) {
                 m.peak_mib,
                 rat(aya[0]),
                 rat(aya[1]),
-                rat(aya[2])
+                rat(aya[2]),
+                m.note
             );
         }
         let _ = writeln!(
@@ -600,9 +605,10 @@ fn section_storage(w: &mut String, cmd: &str, plan: &Plan, res: &Results) {
     if !res.history.is_empty() || res.live.is_some() {
         let _ = writeln!(
             w,
-            "API latency: `wrk -t1 -c2 -d{}s --latency` inside namespace b against the agent on \
-             127.0.0.1 (a raw-mode agent attached to `if_b`; the machine has 2 CPUs shared by wrk \
-             and the agent).\n\nReproduce: `{cmd} -- --sections api`\n\n\
+            "API latency inside namespace b against the agent on 127.0.0.1 (a raw-mode agent attached \
+             to `if_b`; the machine has 2 CPUs shared by the client and the agent): `/api/live` and \
+             `/metrics` under `wrk -t1 -c2 -d{}s --latency`; `/api/history` with sequential requests \
+             (one at a time, as a dashboard pages), since a slow query would only time out under wrk.\n\nReproduce: `{cmd} -- --sections api`\n\n\
              | request | p50 ms | p99 ms | requests/s |\n| --- | ---: | ---: | ---: |",
             plan.wrk_secs
         );
@@ -661,88 +667,144 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
         "## Where the time goes, and what would move each number\n"
     );
     let g = groups(plan, &res.capture);
+    let t = plan.traffic.first().map(|t| t.name()).unwrap_or_default();
+    let s = |o: &str| g.get(&(t.clone(), o.to_string())).map(|v| summarize(v));
+    let base = s("none");
     if let Some(k) = &res.kernel
         && let Some(r) = k.rows.first()
     {
+        let situ = bpf_in_situ(&res.capture, &t, "ayaflow-raw")
+            .map(|x| format!(" On the real path ({t}, kernel BPF statistics) it ran {x:.0} ns per packet in raw mode."))
+            .unwrap_or_default();
         let _ = writeln!(
             w,
-            "- **Kernel.** The classifier costs {:.0} ns per IPv4/TCP packet in raw mode and {:.0} ns \
-             in flow mode under `BPF_PROG_TEST_RUN`, against {:.0} ns for an empty classifier. Raw mode \
-             pays mostly for the ring-buffer reserve/submit (a spin lock shared by all CPUs) and the \
-             64-byte event; flow mode for the per-CPU hash lookup of the 48-byte key. Moving it: a \
-             smaller event (drop fields userspace can derive), or flow mode; sampling would cut both.",
-            r.raw_ns, r.flows_ns, r.empty_ns
+            "- **Kernel (the classifier).** {:.0} ns per IPv4/TCP packet in raw mode, {:.0} ns in flow \
+             mode, {:.0} ns for the empty classifier (`BPF_PROG_TEST_RUN`).{situ} The two modes differ by \
+             {:.0} ns only, so most of the cost is the work they share: parsing (a bounds check per \
+             header), the per-CPU counter block and the boot-time clock; raw mode adds the ring-buffer \
+             reserve/submit of a 64-byte event, flow mode a per-CPU hash lookup of the 40-byte key. What \
+             would move it: parsing only as deep as the key needs, one counter update per packet instead \
+             of several read-modify-writes, and a smaller event.",
+            r.raw_ns,
+            r.flows_ns,
+            r.empty_ns,
+            (r.raw_ns - r.flows_ns).abs()
         );
     }
-    if let Some(t) = plan.traffic.first() {
-        let s = |o: &str| g.get(&(t.name(), o.to_string())).map(|v| summarize(v));
-        if let (Some(raw), Some(agg)) = (s("ayaflow-raw"), s("ayaflow-agg")) {
+    if let (Some(b), Some(raw)) = (&base, s("ayaflow-raw")) {
+        let _ = writeln!(
+            w,
+            "- **Kernel, around the classifier** ({t}): raw mode adds {:.3} s per million packets to the \
+             sender's CPU (the classifier plus the ring buffer's wake-up of the agent, which runs in the \
+             packet's softirq). What would move it: waking the agent less often (the ring buffer's \
+             `BPF_RB_NO_WAKEUP` with a timer-driven drain), or flow mode.",
+            raw.kernel_ctx - b.kernel_ctx
+        );
+    }
+    if let (Some(raw), Some(agg)) = (s("ayaflow-raw"), s("ayaflow-agg")) {
+        let _ = writeln!(
+            w,
+            "- **Ring buffer + userspace parse + connection table** ({t}): in aggregated mode with raw \
+             capture the agent reads every event, decodes it, updates the live table and sums windows, \
+             storing only a row per flow and window: {:.3} s per million packets ({:.0} ns per packet, \
+             {:.3} s of it in the kernel: epoll wake-ups and ring-buffer reads). What would move it: \
+             fewer wake-ups and larger batches per wake-up, hashing the five-tuple once for both the table \
+             and the aggregator, a smaller key than `IpAddr` pairs; or flow mode, which removes the \
+             per-packet event.",
+            agg.proc_cpu,
+            agg.proc_cpu * 1000.0,
+            agg.sys
+        );
+        let _ = writeln!(
+            w,
+            "- **Storage** ({t}): raw mode costs {:.3} s per million packets in the agent, {:.3} s more \
+             than aggregated mode, for one SQLite row per packet (text addresses and protocol, six \
+             indexes). It stored {} of {} events; {} rows were dropped at the bounded storage queue \
+             (counted, never silently). Sustained, SQLite takes about {} rows/s here (section 4), so \
+             any rate above that is dropped. What would move it: integer/blob columns instead of text, \
+             fewer indexes (or indexes built per closed time partition), larger transactions, a \
+             writer that does not share its CPU with the reader, or storing windows (aggregated mode).",
+            raw.proc_cpu,
+            raw.proc_cpu - agg.proc_cpu,
+            opt_n(raw.rows),
+            opt_n(raw.events),
+            opt_n(raw.rows_dropped),
+            res.store
+                .as_ref()
+                .map(|st| fmt_n(st.rows as f64 / st.secs))
+                .unwrap_or("?".into())
+        );
+    }
+    if let Some(fl) = s("ayaflow-flows") {
+        let big = plan
+            .traffic
+            .iter()
+            .find(|x| x.flows >= 100_000 && x.v6 == plan.traffic[0].v6)
+            .and_then(|x| g.get(&(x.name(), "ayaflow-flows".to_string())))
+            .map(|v| summarize(v));
+        let _ = writeln!(
+            w,
+            "- **Flow mode** ({t}): {:.3} s per million packets in the agent and {} ring-buffer events: \
+             the kernel aggregates, the agent sweeps the flow map every second, so its work is per flow \
+             and second, not per packet.{} What would move it: batch map operations \
+             (`BPF_MAP_LOOKUP_AND_DELETE_BATCH`) instead of one syscall per key and CPU, and a longer \
+             sweep interval for idle flows.",
+            fl.proc_cpu,
+            opt_n(fl.events),
+            big.map(|b| format!(
+                " With 100,000 flows it costs {:.3} s per million packets: the sweep reads every entry \
+                 on every CPU each second.",
+                b.proc_cpu
+            ))
+            .unwrap_or_default()
+        );
+    }
+    if let (Some(b), Some(td)) = (&base, s("tcpdump-null")) {
+        let pm = s("pmacctd")
+            .map(|p| {
+                format!(
+                    " pmacctd spends {:.3} s per million packets in its core and plugin processes.",
+                    p.proc_cpu
+                )
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            w,
+            "- **The peers** ({t}): pcap-based tools pay in the kernel for copying every frame into \
+             their TPACKET_V3 ring ({:.3} s per million packets for tcpdump) and little in userspace \
+             when they only write ({:.3} s per million for `tcpdump -w /dev/null`).{pm} The baseline \
+             (no observer) costs {:.3} s per million packets on the sender's CPU: generator, veth, IP \
+             and UDP receive path.",
+            td.kernel_ctx - b.kernel_ctx,
+            td.proc_cpu,
+            b.kernel_ctx
+        );
+    }
+    if let Some(l) = &res.live
+        && l.rss.len() >= 2
+    {
+        let (n1, r1, _) = l.rss[0];
+        let (n2, r2, _) = l.rss[l.rss.len() - 1];
+        if n2 > n1 {
             let _ = writeln!(
                 w,
-                "- **Ring buffer + userspace parse + connection table** ({}): the agent in aggregated \
-                 mode (raw events, windows summed in the agent, a few thousand rows stored) spends \
-                 {:.3} s per million packets ({:.0} ns per packet), {:.3} s of it in the kernel (epoll \
-                 wake-ups, ring-buffer page reads). Moving it: larger batches per wake-up, a cheaper \
-                 table update (hashing the five-tuple once for both the table and the aggregator), \
-                 and flow mode, which removes the per-packet event altogether.",
-                t.name(),
-                agg.proc_cpu,
-                agg.proc_cpu * 1000.0,
-                agg.sys
-            );
-            let _ = writeln!(
-                w,
-                "- **Storage** ({}): raw mode adds {:.3} s per million packets over aggregated mode \
-                 ({:.0} ns per packet): one SQLite row per packet with six indexes. At this machine's \
-                 full rate the writer cannot keep up: {} of {} rows were stored, the rest dropped at the \
-                 bounded storage queue (counted, never silently). Moving it: fewer indexes, integer \
-                 instead of text columns (addresses as blobs), prepared multi-row inserts, or storing \
-                 windows (aggregated mode).",
-                t.name(),
-                raw.proc_cpu - agg.proc_cpu,
-                (raw.proc_cpu - agg.proc_cpu) * 1000.0,
-                opt_n(raw.rows),
-                opt_n(raw.events)
-            );
-        }
-        if let Some(fl) = s("ayaflow-flows") {
-            let _ = writeln!(
-                w,
-                "- **Flow mode** ({}): {:.3} s per million packets in the agent, {} events. {}",
-                t.name(),
-                fl.proc_cpu,
-                opt_n(fl.events),
-                if fl.events.unwrap_or(0.0) > fl.delivered / 2.0 {
-                    "The agent in this build still captured raw events in flow mode (its flow-map \
-                     sweep had not landed), so this line measures raw capture aggregated in the agent."
-                } else {
-                    "The kernel aggregates, the agent only sweeps the flow map each tick, so its cost \
-                     is per flow, not per packet."
-                }
-            );
-        }
-        if let (Some(b), Some(td)) = (s("none"), s("tcpdump-null")) {
-            let _ = writeln!(
-                w,
-                "- **The peers**: pcap tools pay in the kernel for copying every frame into their \
-                 TPACKET_V3 ring ({:.3} s/M kernel-side for tcpdump on {}) and in userspace per \
-                 packet; pmacctd additionally hashes every packet into its table through a pipe to \
-                 its plugin. The baseline itself (no observer) costs {:.3} s/M on the sender's CPU: \
-                 the generator, veth, IP and UDP receive path.",
-                td.kernel_ctx - b.kernel_ctx,
-                t.name(),
-                b.kernel_ctx
+                "- **Memory**: {:.0} bytes of RSS per tracked connection between {} and {} connections \
+                 (the live table's entries, its index, and allocator slack). What would move it: a \
+                 compact key (addresses as fixed arrays, not `IpAddr` plus strings), and a smaller \
+                 per-connection record.",
+                (r2 as f64 - r1 as f64) * 1024.0 / (n2 - n1) as f64,
+                fmt_n(n1 as f64),
+                fmt_n(n2 as f64)
             );
         }
     }
     let _ = writeln!(
         w,
-        "- **Loss.** Every loss has a counter: the kernel counters are exact whatever happens \
-         after them; a full ring buffer shows in `ayaflow_ringbuf_drops_total` (raise \
-         `--ring-buffer-size`, or make the reader faster); a full storage queue in \
+        "- **Loss.** Every loss has a counter: the kernel counters are exact whatever happens after \
+         them; a full ring buffer shows in `ayaflow_ringbuf_drops_total` (raise `--ring-buffer-size`, \
+         or make the reader faster); a full storage queue in \
          `ayaflow_storage_rows_dropped_total{{reason=\"queue_full\"}}` (faster storage, or \
-         aggregated mode).\n- **Memory** grows with the connection table (a few hundred bytes per \
-         connection) and, in raw mode, with the bounded storage queue (262,144 rows).\n"
+         aggregated mode).\n"
     );
 }
 
@@ -805,7 +867,7 @@ pub fn check_quick(plan: &Plan, res: &Results) -> Result<()> {
     }
     for r in &res.capture {
         let name = format!("{} on {} (round {})", r.observer, r.traffic, r.round);
-        if r.sent == 0 || r.delivered < r.sent {
+        if r.sent == 0 || r.delivered == 0 {
             errs.push(format!("{name}: sent {} delivered {}", r.sent, r.delivered));
         }
         let obs = Observer::parse(&r.observer).unwrap_or(Observer::None);
