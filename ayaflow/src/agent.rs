@@ -7,7 +7,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -25,11 +28,11 @@ use crate::{
         counters::CounterReader,
         evict::{self, FlowSweeper},
     },
-    metrics::{Family, Kind, MetricsSource},
+    metrics::{Family, MetricsSource, Readings, agent_families},
     pipeline::{Pipeline, PipelineStats, lock, now_unix_ns},
     shutdown::{Shutdown, signal_received},
-    storage::{DropReason, Storage, StorageConfig, StorageStats},
-    store::{ErrorKind, HistoryKind},
+    storage::{Storage, StorageConfig, StorageStats},
+    store::HistoryKind,
 };
 
 /// How often idle connections are expired and finished windows handed to storage.
@@ -112,6 +115,7 @@ pub async fn run(config: Config) -> Result<()> {
         pipeline: pipeline.stats.clone(),
         storage: storage.stats(),
         api: state.stats.clone(),
+        kernel_read_errors: AtomicU64::new(0),
     };
     let state = AppState {
         metrics: Arc::new(crate::metrics::registry(Arc::new(source))),
@@ -238,196 +242,39 @@ impl LiveSource for Live {
     }
 }
 
-/// Every metric of the agent, read at scrape time.
+/// Every metric of the agent, read at scrape time (the catalogue is `metrics::agent_families`).
 struct AgentMetrics {
     counters: Arc<CounterReader>,
     table: Arc<Mutex<ConnectionTable>>,
     pipeline: Arc<PipelineStats>,
     storage: Arc<StorageStats>,
     api: Arc<api::ApiStats>,
-}
-
-fn per_direction(
-    t: &ebpf::counters::Totals,
-    c: Counter,
-) -> Vec<(Vec<(&'static str, String)>, u64)> {
-    ayaflow_common::flow::Direction::ALL
-        .iter()
-        .map(|&d| {
-            (
-                vec![("direction", crate::flow::direction_name(d).to_string())],
-                t.get(d, c),
-            )
-        })
-        .collect()
+    /// Scrapes whose read of the kernel counters failed.
+    kernel_read_errors: AtomicU64,
 }
 
 impl MetricsSource for AgentMetrics {
     fn families(&self) -> Vec<Family> {
-        let mut out = Vec::new();
-        if let Ok(t) = self.counters.read() {
-            let kernel = [
-                (
-                    "ayaflow_packets",
-                    "Packets seen by the TC hooks (GSO segments counted one by one), exact.",
-                    Counter::Packets,
-                ),
-                (
-                    "ayaflow_bytes",
-                    "Bytes on the wire seen by the TC hooks, exact.",
-                    Counter::Bytes,
-                ),
-                (
-                    "ayaflow_parse_errors",
-                    "Frames the kernel parser could not fully read (still counted in packets).",
-                    Counter::ParseErrors,
-                ),
-                (
-                    "ayaflow_ringbuf_drops",
-                    "Packet events lost because the ring buffer was full; raise --ring-buffer-size.",
-                    Counter::RingbufDrops,
-                ),
-                (
-                    "ayaflow_flow_fallbacks",
-                    "Flow mode: packets sent as events because the flow map was full; raise --flow-map-size.",
-                    Counter::FlowFallbacks,
-                ),
-            ];
-            for (name, help, c) in kernel {
-                out.push(Family {
-                    name,
-                    help,
-                    kind: Kind::Counter,
-                    samples: per_direction(&t, c),
-                });
+        let kernel = match self.counters.read() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.kernel_read_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("reading the kernel counters for /metrics: {e}");
+                None
             }
-            let mut samples = Vec::new();
-            for d in ayaflow_common::flow::Direction::ALL {
-                for (label, c) in [
-                    ("tcp", Counter::Tcp),
-                    ("udp", Counter::Udp),
-                    ("icmp", Counter::Icmp),
-                    ("other_ip", Counter::OtherIp),
-                    ("non_ip", Counter::NonIp),
-                ] {
-                    samples.push((
-                        vec![
-                            ("direction", crate::flow::direction_name(d).to_string()),
-                            ("protocol", label.to_string()),
-                        ],
-                        t.get(d, c),
-                    ));
-                }
-            }
-            out.push(Family {
-                name: "ayaflow_protocol_packets",
-                help: "Packets by protocol and direction.",
-                kind: Kind::Counter,
-                samples,
-            });
-        }
+        };
         let (active, table) = {
             let t = lock(&self.table);
             (t.active_len() as u64, t.stats())
         };
-        out.push(Family::single(
-            "ayaflow_active_connections",
-            "Connections in the live table.",
-            Kind::Gauge,
-            active,
-        ));
-        out.push(Family::single("ayaflow_connection_table_overflow_packets", "Packets of new connections refused because the table was full; raise --max-connections.", Kind::Counter, table.overflow_packets));
-        out.push(Family::single(
-            "ayaflow_connection_table_overflow_connections",
-            "New connections refused because the table was full; raise --max-connections.",
-            Kind::Counter,
-            table.overflow_connections,
-        ));
-        out.push(Family::single(
-            "ayaflow_connections_closed",
-            "Connections closed (timeout, FIN from both sides, or RST).",
-            Kind::Counter,
-            table.closed_total,
-        ));
-        out.push(Family::single(
-            "ayaflow_events",
-            "Packet events read from the ring buffer.",
-            Kind::Counter,
-            self.pipeline.events.load(Ordering::Relaxed),
-        ));
-        out.push(Family::single(
-            "ayaflow_events_malformed",
-            "Ring-buffer records of the wrong size (kernel/agent mismatch).",
-            Kind::Counter,
-            self.pipeline.malformed.load(Ordering::Relaxed),
-        ));
-        let s = self.storage.snapshot();
-        out.push(Family::single(
-            "ayaflow_storage_rows_written",
-            "History rows committed to SQLite.",
-            Kind::Counter,
-            s.rows_written,
-        ));
-        out.push(Family {
-            name: "ayaflow_storage_rows_dropped",
-            help: "History rows dropped, by reason (never silently).",
-            kind: Kind::Counter,
-            samples: DropReason::ALL
-                .iter()
-                .map(|&r| (vec![("reason", r.label().to_string())], s.rows_dropped(r)))
-                .collect(),
-        });
-        out.push(Family {
-            name: "ayaflow_storage_errors",
-            help: "SQLite write errors, by kind.",
-            kind: Kind::Counter,
-            samples: ErrorKind::ALL
-                .iter()
-                .map(|&k| (vec![("kind", k.label().to_string())], s.write_errors(k)))
-                .collect(),
-        });
-        out.push(Family::single(
-            "ayaflow_storage_queued_rows",
-            "Rows waiting for the storage writer.",
-            Kind::Gauge,
-            s.queued_rows,
-        ));
-        out.push(Family::single(
-            "ayaflow_retention_deleted_rows",
-            "History rows deleted by retention.",
-            Kind::Counter,
-            s.retention_deleted,
-        ));
-        out.push(Family::single(
-            "ayaflow_api_denied",
-            "API requests refused by allowed_ips.",
-            Kind::Counter,
-            self.api.denied.load(Ordering::Relaxed),
-        ));
-        out.push(Family::single(
-            "ayaflow_stream_clients",
-            "Connected /api/stream clients.",
-            Kind::Gauge,
-            self.api.stream_clients.load(Ordering::Relaxed),
-        ));
-        out.push(Family::single(
-            "ayaflow_stream_rejected",
-            "Stream clients refused at the client cap.",
-            Kind::Counter,
-            self.api.stream_rejected.load(Ordering::Relaxed),
-        ));
-        out.push(Family::single(
-            "ayaflow_stream_frames_skipped",
-            "Stream frames skipped by slow clients.",
-            Kind::Counter,
-            self.api.stream_frames_skipped.load(Ordering::Relaxed),
-        ));
-        out.push(Family::single(
-            "ayaflow_stream_clients_dropped",
-            "Stream clients dropped for not taking a frame in time.",
-            Kind::Counter,
-            self.api.stream_dropped_slow.load(Ordering::Relaxed),
-        ));
-        out
+        agent_families(&Readings {
+            kernel,
+            kernel_read_errors: self.kernel_read_errors.load(Ordering::Relaxed),
+            active_connections: active,
+            table,
+            pipeline: &self.pipeline,
+            storage: self.storage.snapshot(),
+            api: &self.api,
+        })
     }
 }

@@ -251,6 +251,24 @@ fn exact_counts(direction: &str, mode: &str, extra: &[&str]) -> String {
         assert_eq!(tcp["packets_count"], pk, "TCP packets vs the tap");
         assert_eq!(tcp["bytes_count"], by, "TCP bytes vs the tap");
     }
+    // Raw history agrees too: one row per UDP datagram, with its exact size. (Flow mode keeps
+    // no per-packet rows; its windows are checked in lifecycle.rs.)
+    if mode == "raw" {
+        let rows: Vec<Value> = wait_for(30, "the UDP rows in /api/history", || {
+            let (_, body) = agent.get("/api/history?proto=UDP&port=9999&limit=1000")?;
+            let doc: Value = serde_json::from_str(&body).ok()?;
+            let rows = doc["rows"].as_array()?.clone();
+            (rows.len() >= 2 * UDP_COUNT).then_some(rows)
+        });
+        assert_eq!(rows.len(), 2 * UDP_COUNT);
+        let size = |ip_hdr: usize| (14 + ip_hdr + 8 + UDP_PAYLOAD) as u64;
+        let count = |b: u64| rows.iter().filter(|r| r["bytes"] == b).count();
+        assert_eq!((count(size(20)), count(size(40))), (UDP_COUNT, UDP_COUNT));
+        assert!(
+            rows.iter()
+                .all(|r| r["direction"] == "ingress" && r["packets"] == 1)
+        );
+    }
     drop(agent);
     text
 }

@@ -26,14 +26,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
 ];
 
+/// True if and only if this process runs as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc_geteuid() == 0 }
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Installs what is missing and returns the BPF toolchain to build with.

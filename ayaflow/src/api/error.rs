@@ -10,8 +10,11 @@ use serde_json::json;
 /// A request the API refuses or could not serve.
 #[derive(Debug)]
 pub struct ApiError {
+    /// The response's status code.
     pub status: StatusCode,
+    /// What went wrong, with the offending value.
     pub error: String,
+    /// What to do about it (what a parameter accepts, which option to change).
     pub hint: String,
 }
 
@@ -25,11 +28,11 @@ impl ApiError {
         }
     }
 
-    /// 403 for a peer outside `allowed_ips`.
+    /// 403 for a peer outside `allowed_ips`, named as IPv4 if it is IPv4-mapped.
     pub fn forbidden(peer: std::net::IpAddr) -> ApiError {
         ApiError {
             status: StatusCode::FORBIDDEN,
-            error: format!("{peer} is not in allowed_ips"),
+            error: format!("{} is not in allowed_ips", peer.to_canonical()),
             hint: "add this address or its network to allowed_ips (--allowed-ips, AYAFLOW_ALLOWED_IPS) to reach the API".into(),
         }
     }

@@ -6,8 +6,15 @@
 //! `ICMPv6`, `IP-<n>`, `ETH-0x<hex>`), `direction` (`ingress`/`egress`), `kind` (`raw` or
 //! `aggregated`; default: what the agent stores). Response:
 //! `{"kind": "raw", "rows": [...], "next_cursor": 1234}` (`next_cursor` is null on the last page).
+//! Row shapes: see `store/mod.rs`.
+//!
+//! Bounds: a page holds at most `MAX_HISTORY_LIMIT` rows (one more is read to know whether a
+//! next page exists), paging is by row id (no offset to skip through), and at most
+//! [`MAX_CONCURRENT_QUERIES`] queries run at once on the blocking pool, each with its own
+//! read-only connection; one more gets 503. So a flood of history requests costs a bounded
+//! amount of memory and threads, and never touches the storage writer or the capture path.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::atomic::Ordering};
 
 use axum::{
     Json,
@@ -23,10 +30,19 @@ use crate::{
     },
 };
 
+/// History queries running at once; one more gets 503. Each may hold a page of up to
+/// `MAX_HISTORY_LIMIT` rows (a few MB as JSON), so this bounds their memory, and leaves the
+/// blocking pool to everything else.
+pub const MAX_CONCURRENT_QUERIES: usize = 8;
+
+/// The `/api/history` response.
 #[derive(Serialize)]
 pub struct HistoryDoc {
+    /// `raw` or `aggregated`: which table the rows come from.
     pub kind: &'static str,
+    /// Newest first.
     pub rows: Vec<HistoryRow>,
+    /// The `before` of the next (older) page; `None` (null) on the last page.
     pub next_cursor: Option<i64>,
 }
 
@@ -56,14 +72,31 @@ pub fn parse_query(
         direction: p.parsed("direction", "ingress or egress", parse_direction)?,
     };
     p.finish("limit, before, from, to, addr, port, proto, direction, kind")?;
+    if let (Some(from), Some(to)) = (query.from_unix_s, query.to_unix_s)
+        && to < from
+    {
+        return Err(ApiError::bad_param(
+            "to",
+            &to.to_string(),
+            &format!("at or after from ({from}): the range is [from, to)"),
+        ));
+    }
     Ok(query)
 }
 
+/// `GET /api/history`.
 pub async fn get(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<HistoryDoc>, ApiError> {
     let query = parse_query(q, state.history_kind)?;
+    let Ok(permit) = state.history_slots.clone().try_acquire_owned() else {
+        state.stats.history_rejected.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::unavailable(
+            format!("already {MAX_CONCURRENT_QUERIES} history queries running"),
+            "retry in a moment; narrowing the query (from, to, addr, port, proto) makes each finish sooner",
+        ));
+    };
     let kind = match query.kind {
         HistoryKind::Raw => "raw",
         HistoryKind::Aggregated => "aggregated",
@@ -71,11 +104,15 @@ pub async fn get(
     let path = state.db_path.clone();
     // SQLite is blocking: run the query on the blocking pool with a read-only connection, so
     // the writer and the capture path are never waited on (WAL readers do not block writers).
-    let page =
-        tokio::task::spawn_blocking(move || Store::open_read_only(&path)?.query_history(&query))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+    // The permit moves into the closure: a client that hangs up does not stop the query, so
+    // its slot is released only when the query is done.
+    let page = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        Store::open_read_only(&path)?.query_history(&query)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
     Ok(Json(HistoryDoc {
         kind,
         rows: page.rows,

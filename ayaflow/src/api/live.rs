@@ -27,26 +27,37 @@ pub const DEFAULT_LIMIT: usize = 50;
 /// The largest `limit` accepted.
 pub const MAX_LIMIT: usize = 1000;
 
+/// The `/api/live` document (and each stream frame). Field names are the documented API:
+/// fields may be added, never renamed.
 #[derive(Serialize)]
 pub struct LiveDoc {
+    /// The top connections, highest first.
     pub connections: Vec<LiveConnection>,
+    /// Packets the kernel counted, both directions, since the program was attached (exact).
     pub total_packets: u64,
+    /// Bytes the kernel counted, both directions (exact).
     pub total_bytes: u64,
 }
 
+/// One connection of [`LiveDoc`].
 #[derive(Serialize)]
 pub struct LiveConnection {
     pub connection: Endpoints,
     pub stats: Stats,
 }
 
+/// Who talks to whom, oriented as first seen (`src` sent the first packet).
 #[derive(Serialize)]
 pub struct Endpoints {
+    /// `addr:port`, IPv6 as `[addr]:port`.
     pub src: String,
+    /// Like `src`.
     pub dst: String,
+    /// `TCP`, `UDP`, `ICMP`, `ICMPv6`, `IP-<n>` or `ETH-0x<hex>`.
     pub proto: String,
 }
 
+/// Counters of one connection; times are Unix seconds, rounded down.
 #[derive(Serialize)]
 pub struct Stats {
     pub packets_count: u64,
@@ -113,6 +124,7 @@ pub fn options(params: &mut Params) -> Result<(usize, SortKey), ApiError> {
     Ok((limit, sort))
 }
 
+/// `GET /api/live`.
 pub async fn get(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,

@@ -1,8 +1,21 @@
 //! The HTTP API (axum): `/metrics`, `/api/live`, `/api/stream`, `/api/history`, `/healthz`,
 //! `/readyz`, every route behind the `allowed_ips` check.
 //!
+//! The agent (`agent.rs`) builds one [`AppState`] over its connection table ([`LiveSource`]),
+//! the metrics registry (`metrics.rs`) and the SQLite path (`store/`), then runs [`serve`] and
+//! [`stream::publish`]. Every error is JSON `{"error", "hint"}` (`error.rs`); every bounded
+//! resource (stream clients, concurrent history queries) answers 503 when full and counts it in
+//! [`ApiStats`], which `metrics.rs` exports.
+//!
+//! No handler can panic on any input: parameters are parsed into 400s (`params.rs`), locks
+//! recover from poisoning, and SQLite runs in `spawn_blocking`, whose panics come back as a
+//! 500. Should a bug panic anyway, axum serves each connection in its own task, so the panic
+//! ends that one connection and never the agent (`tests/api.rs` checks this); hence no
+//! catch-panic layer.
+//!
 //! Shutdown: `serve` stops accepting when the shutdown handle fires and lets requests in
-//! flight finish (axum's graceful shutdown); stream clients get a close frame.
+//! flight finish (axum's graceful shutdown); stream clients get a close frame (1001, going
+//! away), since an upgraded connection is no longer hyper's to wait for.
 
 mod error;
 pub mod history;
@@ -17,12 +30,13 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{
     Router,
     extract::{ConnectInfo, Request, State},
-    http::header,
+    http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -49,35 +63,76 @@ pub trait LiveSource: Send + Sync + 'static {
     fn totals(&self) -> (u64, u64);
 }
 
-/// Counters of the API itself, exported as metrics.
+/// Counters of the API itself, exported as metrics (`metrics.rs`). Live for the whole process.
 #[derive(Debug, Default)]
 pub struct ApiStats {
+    /// Requests refused because the peer is outside `allowed_ips` (403).
     pub denied: AtomicU64,
+    /// Stream clients connected now (a gauge).
     pub stream_clients: AtomicU64,
+    /// Stream upgrades refused at the client cap (503).
     pub stream_rejected: AtomicU64,
+    /// Frames that slow stream clients skipped (broadcast lag).
     pub stream_frames_skipped: AtomicU64,
+    /// Stream clients disconnected for not taking a frame within the send timeout.
     pub stream_dropped_slow: AtomicU64,
+    /// History requests refused because [`history::MAX_CONCURRENT_QUERIES`] were running (503).
+    pub history_rejected: AtomicU64,
+    /// Requests that failed inside the agent (500); the cause is in the log.
+    pub internal_errors: AtomicU64,
 }
 
-/// Shared by every handler (cheap to clone).
+/// Bounds of `WS /api/stream`. The default is [`stream::MAX_CLIENTS`] and
+/// [`stream::SEND_TIMEOUT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Clients connected at once; one more gets 503.
+    pub max_clients: usize,
+    /// How long one frame may take to be written to a client before the client is dropped.
+    pub send_timeout: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> StreamLimits {
+        StreamLimits {
+            max_clients: stream::MAX_CLIENTS,
+            send_timeout: stream::SEND_TIMEOUT,
+        }
+    }
+}
+
+/// Shared by every handler (cheap to clone). Built once by the agent, lives as long as the API.
 #[derive(Clone)]
 pub struct AppState {
+    /// The connection table and the kernel's totals.
     pub live: Arc<dyn LiveSource>,
+    /// Encoded on every `GET /metrics`.
     pub metrics: Arc<Registry>,
     /// The SQLite file; `/api/history` opens it read-only per request.
     pub db_path: PathBuf,
     /// What `/api/history` returns without `kind`.
     pub history_kind: HistoryKind,
-    /// Empty: everyone allowed.
+    /// Networks allowed to use the API. Empty: everyone allowed.
     pub allowed_ips: Arc<Vec<IpNet>>,
-    /// True once the program is attached and the store is open.
+    /// True once the program is attached and the store is open; false again on shutdown.
     pub ready: Arc<AtomicBool>,
+    /// Frames from [`stream::publish`] to every stream client (DropNewest for slow ones).
     pub stream: broadcast::Sender<Arc<String>>,
+    /// The stream's client cap and send timeout; see [`AppState::with_stream_limits`].
+    pub stream_limits: StreamLimits,
+    /// One permit per stream client, `stream_limits.max_clients` in all.
     pub stream_slots: Arc<Semaphore>,
+    /// One permit per running history query, [`history::MAX_CONCURRENT_QUERIES`] in all.
+    pub history_slots: Arc<Semaphore>,
+    /// Fires when the server shuts down, so stream clients can be closed. [`serve`] sets it;
+    /// `None` (a router served some other way) leaves stream clients open until they leave.
+    pub shutdown: Option<Shutdown>,
+    /// The API's own counters.
     pub stats: Arc<ApiStats>,
 }
 
 impl AppState {
+    /// A state with the default stream limits, not ready yet.
     pub fn new(
         live: Arc<dyn LiveSource>,
         metrics: Arc<Registry>,
@@ -85,6 +140,7 @@ impl AppState {
         history_kind: HistoryKind,
         allowed_ips: Vec<IpNet>,
     ) -> AppState {
+        let stream_limits = StreamLimits::default();
         AppState {
             live,
             metrics,
@@ -93,8 +149,21 @@ impl AppState {
             allowed_ips: Arc::new(allowed_ips),
             ready: Arc::new(AtomicBool::new(false)),
             stream: broadcast::channel(stream::CHANNEL_FRAMES).0,
-            stream_slots: Arc::new(Semaphore::new(stream::MAX_CLIENTS)),
+            stream_limits,
+            stream_slots: Arc::new(Semaphore::new(stream_limits.max_clients)),
+            history_slots: Arc::new(Semaphore::new(history::MAX_CONCURRENT_QUERIES)),
+            shutdown: None,
             stats: Arc::new(ApiStats::default()),
+        }
+    }
+
+    /// The same state with other stream limits (and a fresh set of client slots, so call it
+    /// before serving).
+    pub fn with_stream_limits(self, limits: StreamLimits) -> AppState {
+        AppState {
+            stream_limits: limits,
+            stream_slots: Arc::new(Semaphore::new(limits.max_clients)),
+            ..self
         }
     }
 }
@@ -110,37 +179,55 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .fallback(|| async {
             ApiError {
-                status: axum::http::StatusCode::NOT_FOUND,
+                status: StatusCode::NOT_FOUND,
                 error: "no such route".into(),
-                hint: "routes: /metrics, /api/live, /api/stream, /api/history, /healthz, /readyz"
-                    .into(),
+                hint: ROUTES.into(),
+            }
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                error: "method not allowed".into(),
+                hint: format!("every route takes GET only; {ROUTES}"),
             }
         })
         .layer(middleware::from_fn_with_state(state.clone(), allowlist))
         .with_state(state)
 }
 
-/// True if and only if `peer` may use the API (IPv4-mapped IPv6 peers match as IPv4).
+/// Every route, for the hint of a 404 or 405.
+const ROUTES: &str = "routes: /metrics, /api/live, /api/stream, /api/history, /healthz, /readyz";
+
+/// Returns true if and only if `peer` may use the API: `allowed` is empty, or one of its
+/// networks contains `peer`. An IPv4-mapped IPv6 peer (`::ffff:a.b.c.d`, how a dual-stack
+/// socket reports IPv4 clients) matches both as IPv4 and as written.
 pub fn is_allowed(allowed: &[IpNet], peer: IpAddr) -> bool {
-    let peer = match peer {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
-        v4 => v4,
+    let as_v4 = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+        IpAddr::V4(_) => None,
     };
-    allowed.is_empty() || allowed.iter().any(|net| net.contains(&peer))
+    allowed.is_empty()
+        || allowed
+            .iter()
+            .any(|net| net.contains(&peer) || as_v4.is_some_and(|v4| net.contains(&v4)))
 }
 
+/// In front of every route: refuses peers outside `allowed_ips` and counts internal errors.
 async fn allowlist(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
     next: Next,
 ) -> Response {
-    if is_allowed(&state.allowed_ips, peer.ip()) {
-        next.run(req).await
-    } else {
+    if !is_allowed(&state.allowed_ips, peer.ip()) {
         state.stats.denied.fetch_add(1, Ordering::Relaxed);
-        ApiError::forbidden(peer.ip()).into_response()
+        return ApiError::forbidden(peer.ip()).into_response();
     }
+    let response = next.run(req).await;
+    if response.status() == StatusCode::INTERNAL_SERVER_ERROR {
+        state.stats.internal_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    response
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -173,14 +260,63 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     }
 }
 
-/// Serves until `shutdown` fires, then finishes requests in flight.
+/// Serves until `shutdown` fires, then finishes requests in flight and closes stream clients.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    let state = AppState {
+        shutdown: Some(shutdown.clone()),
+        ..state
+    };
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.wait())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter()
+            .map(|s| s.parse().expect("fixture networks are valid"))
+            .collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("fixture addresses are valid")
+    }
+
+    #[test]
+    fn empty_list_allows_everyone() {
+        assert!(is_allowed(&[], ip("203.0.113.9")));
+        assert!(is_allowed(&[], ip("2001:db8::1")));
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_match_ipv4_networks() {
+        let allowed = nets(&["127.0.0.0/8", "10.1.0.0/16"]);
+        assert!(is_allowed(&allowed, ip("127.0.0.1")));
+        assert!(is_allowed(&allowed, ip("::ffff:127.0.0.1")));
+        assert!(is_allowed(&allowed, ip("::ffff:10.1.2.3")));
+        assert!(!is_allowed(&allowed, ip("::ffff:10.2.0.1")));
+        assert!(!is_allowed(&allowed, ip("192.0.2.1")));
+        // ::1 is loopback too, but not IPv4: only an IPv6 entry admits it.
+        assert!(!is_allowed(&allowed, ip("::1")));
+    }
+
+    #[test]
+    fn ipv6_networks_match_ipv6_peers_and_mapped_entries_still_work() {
+        let allowed = nets(&["::1/128", "::ffff:192.0.2.0/120"]);
+        assert!(is_allowed(&allowed, ip("::1")));
+        assert!(!is_allowed(&allowed, ip("::2")));
+        // A mapped network written in the list admits the mapped peer as written.
+        assert!(is_allowed(&allowed, ip("::ffff:192.0.2.7")));
+        // A plain IPv4 peer is not rewritten to mapped form: IPv4 entries are the way to
+        // admit it (the mapped form exists only on dual-stack sockets).
+        assert!(!is_allowed(&allowed, ip("192.0.2.7")));
+    }
 }

@@ -1,37 +1,45 @@
-//! `WS /api/stream`: the `/api/live` document pushed every second to each client.
+//! `WS /api/stream`: the `/api/live` document (top [`live::DEFAULT_LIMIT`] by packets) pushed
+//! every second to each client.
 //!
-//! One task builds the frame each second and publishes it on a `broadcast` channel (policy
-//! DropNewest for slow readers): a client that falls behind gets `Lagged(n)`, skips to the
-//! newest frame and the skipped frames are counted; a client whose socket does not take a frame
-//! within [`SEND_TIMEOUT`] is disconnected and counted. Neither ever slows capture or other
-//! clients. Clients are capped by a semaphore ([`MAX_CLIENTS`]); one over the cap gets 503.
+//! One task ([`publish`]) builds the frame each second and publishes it on a `broadcast`
+//! channel (policy DropNewest for slow readers): a client that falls behind gets `Lagged(n)`,
+//! skips to the newest frame and the skipped frames are counted; a client whose socket does not
+//! take a frame within the send timeout ([`SEND_TIMEOUT`] by default) is disconnected and
+//! counted. Each client has its own task, so neither ever slows capture or other clients.
+//! Clients are capped by a semaphore ([`MAX_CLIENTS`] by default); one over the cap gets 503.
+//! On shutdown every client gets a close frame (1001, going away).
 
 use std::{
+    collections::HashMap,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use axum::{
     extract::{
-        State,
-        ws::{Message, WebSocket, WebSocketUpgrade},
+        Query, State,
+        ws::{
+            CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code,
+            rejection::WebSocketUpgradeRejection,
+        },
     },
     response::Response,
 };
 use tokio::sync::broadcast;
 
-use super::{AppState, error::ApiError, live};
-use crate::connections::SortKey;
+use super::{AppState, error::ApiError, live, params::Params};
+use crate::{connections::SortKey, shutdown::Shutdown};
 
-/// Concurrent stream clients.
+/// Concurrent stream clients by default; see [`super::StreamLimits`].
 pub const MAX_CLIENTS: usize = 64;
-/// How long one frame may take to be written to a client before it is dropped.
+/// How long one frame may take to be written to a client before it is dropped, by default.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames kept for slow clients before they start skipping.
 pub const CHANNEL_FRAMES: usize = 4;
 
-/// Publishes a frame every `period` until `shutdown`; returns when it fires.
-pub async fn publish(state: AppState, period: Duration, shutdown: crate::shutdown::Shutdown) {
+/// Publishes a frame every `period` until `shutdown`; returns when it fires. Builds nothing
+/// while no client is connected.
+pub async fn publish(state: AppState, period: Duration, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let stop = shutdown.wait();
@@ -47,6 +55,7 @@ pub async fn publish(state: AppState, period: Duration, shutdown: crate::shutdow
         let doc = live::document(&state, live::DEFAULT_LIMIT, SortKey::Packets);
         match serde_json::to_string(&doc) {
             Ok(text) => {
+                // Err only means no receiver is left, which is fine.
                 let _ = state.stream.send(Arc::new(text));
             }
             Err(e) => tracing::warn!("encoding a stream frame: {e}"),
@@ -54,14 +63,27 @@ pub async fn publish(state: AppState, period: Duration, shutdown: crate::shutdow
     }
 }
 
+/// Upgrades to a WebSocket if a client slot is free (503 otherwise).
 pub async fn upgrade(
     State(state): State<AppState>,
-    ws: WebSocketUpgrade,
+    Query(q): Query<HashMap<String, String>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    Params::new(q).finish(&format!(
+        "none (every client gets the top {} by packets; GET /api/live takes limit and sort)",
+        live::DEFAULT_LIMIT
+    ))?;
+    let ws = ws.map_err(|rejection| ApiError {
+        status: rejection.status(),
+        error: format!("not a WebSocket upgrade: {}", rejection.body_text()),
+        hint:
+            "connect with a WebSocket client (ws://<host>:<port>/api/stream), or poll GET /api/live"
+                .into(),
+    })?;
     let Ok(permit) = state.stream_slots.clone().try_acquire_owned() else {
         state.stats.stream_rejected.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::unavailable(
-            format!("already {MAX_CLIENTS} stream clients"),
+            format!("already {} stream clients", state.stream_limits.max_clients),
             "retry later, or poll GET /api/live instead",
         ));
     };
@@ -74,9 +96,29 @@ pub async fn upgrade(
     }))
 }
 
+/// Resolves when `shutdown` fires; never without one.
+async fn stopped(shutdown: Option<Shutdown>) {
+    match shutdown {
+        Some(s) => s.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn serve(mut socket: WebSocket, mut rx: broadcast::Receiver<Arc<String>>, state: &AppState) {
+    let send_timeout = state.stream_limits.send_timeout;
+    let stop = stopped(state.shutdown.clone());
+    tokio::pin!(stop);
     loop {
         let frame = tokio::select! {
+            () = &mut stop => {
+                let close = Message::Close(Some(CloseFrame {
+                    code: close_code::AWAY,
+                    reason: "ayaflow is shutting down".into(),
+                }));
+                // Best effort: a stuck client must not hold up shutdown.
+                let _ = tokio::time::timeout(send_timeout, socket.send(close)).await;
+                return;
+            }
             f = rx.recv() => f,
             // Reading lets us notice a client that closed; what it sends is ignored.
             msg = socket.recv() => match msg {
@@ -87,7 +129,7 @@ async fn serve(mut socket: WebSocket, mut rx: broadcast::Receiver<Arc<String>>, 
         match frame {
             Ok(text) => {
                 let send = socket.send(Message::Text(text.as_str().into()));
-                match tokio::time::timeout(SEND_TIMEOUT, send).await {
+                match tokio::time::timeout(send_timeout, send).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) => {
@@ -96,7 +138,7 @@ async fn serve(mut socket: WebSocket, mut rx: broadcast::Receiver<Arc<String>>, 
                             .stream_dropped_slow
                             .fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
-                            "dropping a stream client that took over {SEND_TIMEOUT:?} to take a frame"
+                            "dropped a stream client that took over {send_timeout:?} to take a frame"
                         );
                         return;
                     }
