@@ -28,7 +28,7 @@ const DROPS: &str = "ayaflow_ringbuf_drops_total{direction=\"ingress\"}";
 const ROWS: &str = "ayaflow_storage_rows_written_total";
 
 /// Everything measured in one run.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunResult {
     pub traffic: String,
     pub observer: String,
@@ -139,6 +139,7 @@ pub fn run_one(
         r.ksoftirqd_ns = procstat::ksoftirqd_ns() - k0;
         r.machine = Machine::now().since(&m0);
         r.window_secs = t0.elapsed().as_secs_f64();
+        let _ = std::fs::remove_dir_all(&dir);
         return Ok(r);
     };
 
@@ -208,7 +209,8 @@ pub fn run_one(
         cpu_before_stop
     };
     r.obs_cpu = end.since(&cpu0);
-    r.obs_peak_kb = hwm.max(exit.maxrss_kb);
+    // VmHWM, not wait4's ru_maxrss: a forked child inherits its parent's (the bench's) maxrss.
+    r.obs_peak_kb = hwm;
 
     match obs {
         Observer::TcpdumpNull | Observer::TcpdumpFile => {

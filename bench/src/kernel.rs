@@ -201,9 +201,9 @@ pub fn load_empty() -> Result<OwnedFd> {
 }
 
 /// One frame's result: median ns per packet over the runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Row {
-    pub frame: &'static str,
+    pub frame: String,
     pub bytes: usize,
     pub raw_ns: f64,
     pub flows_ns: f64,
@@ -211,14 +211,15 @@ pub struct Row {
 }
 
 /// Sizes of the loaded programs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Size {
     pub program: String,
     pub xlated_insns: u32,
     pub jited_bytes: u32,
 }
 
-#[derive(Clone, Debug)]
+/// Section 1's results.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub repeat: u32,
     pub runs: usize,
@@ -285,7 +286,7 @@ pub fn run(repeat: u32, runs: usize) -> Result<Report> {
             f.push(t(flows.program_fd(Direction::Ingress))?);
         }
         rows.push(Row {
-            frame: case.name,
+            frame: case.name.to_string(),
             bytes: case.frame.len(),
             raw_ns: median(&r),
             flows_ns: median(&f),

@@ -75,13 +75,16 @@ pub struct Args {
     /// Scratch directory (databases, captures; emptied as it goes).
     #[arg(long, default_value = "target/bench")]
     pub scratch: PathBuf,
+    /// Only render the report again from a results.json of an earlier run (no measuring).
+    #[arg(long)]
+    pub render: Option<PathBuf>,
     /// The command line to print in the report as the way to reproduce it.
     #[arg(long, default_value = "cargo xtask bench")]
     pub command: String,
 }
 
 /// Sizes of one bench run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub runs: usize,
     pub packets: u64,
@@ -175,15 +178,20 @@ impl Plan {
                 history_rows: a.history_rows.unwrap_or(10_000_000),
                 wrk_secs: 10,
                 memory_steps: vec![100_000, 1_000_000],
-                memory_rate: 100_000,
+                memory_rate: 50_000,
             }
         })
     }
 }
 
-/// Everything measured, for the report.
-#[derive(Default)]
+/// Everything measured, for the report (also saved as results.json, so that the report can be
+/// rendered again with `--render`).
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct Results {
+    pub plan: Plan,
+    /// The command that produced these results (as shown in the report).
+    #[serde(default)]
+    pub command: String,
     pub kernel: Option<kernel::Report>,
     pub capture: Vec<capture::RunResult>,
     pub store: Option<store_api::StoreResult>,
@@ -235,6 +243,25 @@ fn interrupted() -> Result<()> {
 }
 
 fn run(args: &Args) -> Result<()> {
+    if let Some(json) = &args.render {
+        let mut res: Results = serde_json::from_slice(
+            &std::fs::read(json).with_context(|| format!("reading {}", json.display()))?,
+        )
+        .with_context(|| format!("parsing {}", json.display()))?;
+        let mut args = args.clone();
+        if !res.command.is_empty() {
+            args.command = std::mem::take(&mut res.command);
+        }
+        let args = &args;
+        std::fs::write(&args.out, report::render(args, &res.plan, &res))
+            .with_context(|| format!("writing {}", args.out.display()))?;
+        eprintln!(
+            "bench: wrote {} from {}",
+            args.out.display(),
+            json.display()
+        );
+        return Ok(());
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -261,6 +288,8 @@ fn run(args: &Args) -> Result<()> {
         load_start: procstat::loadavg(),
         started: report::utc_now(),
         machine: report::machine_lines(),
+        plan: plan.clone(),
+        command: args.command.clone(),
         ..Results::default()
     };
     let want = |s: &str| args.sections.iter().any(|x| x == s);
@@ -326,6 +355,10 @@ fn run(args: &Args) -> Result<()> {
     }
     std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
     report::write_csv(&scratch.join("runs.csv"), &res.capture)?;
+    std::fs::write(
+        scratch.join("results.json"),
+        serde_json::to_string_pretty(&res)?,
+    )?;
     eprintln!(
         "bench: wrote {} (and every run in {}) in {:.0} s",
         args.out.display(),

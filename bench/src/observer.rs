@@ -24,7 +24,9 @@ pub const AGENT_PORT: u16 = 3000;
 pub const WINDOW_SECS: u32 = 10;
 
 /// Who watches the traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Observer {
     /// Nobody: the baseline every extra cost is measured against.
     None,
@@ -193,8 +195,6 @@ pub struct Running {
 pub struct Exit {
     /// CPU of the process over its whole life (reaped children included), from wait4.
     pub cpu: Cpu,
-    /// Peak RSS of the process itself, KiB (ru_maxrss).
-    pub maxrss_kb: u64,
     /// Its stderr.
     pub log: String,
 }
@@ -400,7 +400,6 @@ impl Running {
                 user_ns: tv(ru.ru_utime),
                 sys_ns: tv(ru.ru_stime),
             },
-            maxrss_kb: ru.ru_maxrss as u64,
             log: self.log(),
         })
     }

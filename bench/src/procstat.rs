@@ -11,7 +11,7 @@ pub fn ns_per_tick() -> u64 {
 }
 
 /// User and system CPU of a process (all its threads, including exited ones), nanoseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cpu {
     pub user_ns: u64,
     pub sys_ns: u64,
@@ -111,7 +111,7 @@ pub fn tree_hwm_kb(root: i32) -> u64 {
 }
 
 /// Machine-wide CPU time from the first line of /proc/stat, nanoseconds.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Machine {
     /// user + nice + system + irq + softirq, all CPUs.
     pub busy_ns: u64,

@@ -25,7 +25,7 @@ pub static STOP: AtomicBool = AtomicBool::new(false);
 const BATCH: usize = 256;
 
 /// What to send.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Traffic {
     pub v6: bool,
     /// Distinct five-tuples, sent round-robin.

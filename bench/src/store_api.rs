@@ -78,7 +78,7 @@ fn row(i: u64, n: u64, now_ns: u64) -> Packet {
 }
 
 /// The SQLite write measurement.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct StoreResult {
     pub rows: u64,
     pub secs: f64,
@@ -138,7 +138,7 @@ pub fn write_history(db: &Path, rows: u64) -> Result<StoreResult> {
 }
 
 /// One `wrk` measurement.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct WrkResult {
     pub what: String,
     pub path: String,
@@ -235,7 +235,7 @@ fn sequential(ns: &str, path: &str, what: &str, rows: u64, secs: u32) -> Result<
 }
 
 /// Memory and live-API results.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct LiveResult {
     pub idle_rss_kb: u64,
     /// (tracked connections, RSS KiB, peak RSS KiB)
