@@ -59,6 +59,20 @@ impl Agent {
         agent
     }
 
+    /// Starts the agent on `pair`'s b end (`--interface if_b`), its history in `db`, port 3000
+    /// of namespace b, plus `extra` arguments.
+    pub fn start_on_b(pair: &NetPair, db: &std::path::Path, extra: &[&str]) -> Agent {
+        let dir = db.parent().expect("the database file is in a directory");
+        let mut args = vec![
+            "--interface",
+            &pair.if_b,
+            "--db-path",
+            db.to_str().expect("UTF-8 path"),
+        ];
+        args.extend(extra);
+        Agent::start(&pair.ns_b, 3000, dir, &args)
+    }
+
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
