@@ -22,14 +22,13 @@ use std::{
 use axum::{
     Router,
     extract::{ConnectInfo, Request, State},
-    http::header,
+    http::{HeaderMap, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
 pub use error::ApiError;
 use ipnet::IpNet;
-use prometheus_client::registry::Registry;
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, broadcast},
@@ -37,6 +36,7 @@ use tokio::{
 
 use crate::{
     connections::{ConnectionSnapshot, SortKey},
+    metrics::{Format, MetricsSource},
     shutdown::Shutdown,
     store::HistoryKind,
 };
@@ -63,7 +63,8 @@ pub struct ApiStats {
 #[derive(Clone)]
 pub struct AppState {
     pub live: Arc<dyn LiveSource>,
-    pub metrics: Arc<Registry>,
+    /// What `/metrics` encodes, read on every scrape.
+    pub metrics: Arc<dyn MetricsSource>,
     /// The SQLite file; `/api/history` opens it read-only per request.
     pub db_path: PathBuf,
     /// What `/api/history` returns without `kind`.
@@ -80,7 +81,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         live: Arc<dyn LiveSource>,
-        metrics: Arc<Registry>,
+        metrics: Arc<dyn MetricsSource>,
         db_path: PathBuf,
         history_kind: HistoryKind,
         allowed_ips: Vec<IpNet>,
@@ -143,9 +144,12 @@ async fn allowlist(
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let text = crate::metrics::encode(&state.metrics).map_err(ApiError::internal)?;
-    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+/// `GET /metrics` in the format the `Accept` header asks for (see [`Format::negotiate`]).
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    let text = crate::metrics::encode(&*state.metrics, format).map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], text).into_response())
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
