@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the build and tests need (Debian packages, bpf-linker), then stop.
+    /// Install what the build and tests need (Debian packages, bpf-linker, the tests' Python
+    /// venv), then stop.
     Setup,
     /// Build the kernel program and the agent that embeds it.
     Build {
@@ -94,7 +95,7 @@ fn cargo() -> Command {
 }
 
 fn build(release: bool) -> Result<()> {
-    let toolchain = setup::all()?;
+    let toolchain = setup::build()?;
     eprintln!("xtask: building the eBPF program with {toolchain}");
     let mut cmd = cargo();
     cmd.args(["build", "--package", "ayaflow"])
@@ -135,7 +136,7 @@ fn test(args: &[String]) -> Result<()> {
 }
 
 fn lint() -> Result<()> {
-    let toolchain = setup::all()?;
+    let toolchain = setup::build()?;
     status(cargo().args(["fmt", "--all", "--check"]))?;
     status(
         cargo()
