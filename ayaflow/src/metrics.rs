@@ -289,7 +289,7 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let single = [
         (
-            "ayaflow_counter_read_errors",
+            "ayaflow_kernel_read_errors",
             "Scrapes that could not read the kernel counters (their families were left out); see the log.",
             Kind::Counter,
             r.kernel_read_errors,
@@ -606,7 +606,7 @@ mod tests {
         let without = names(agent_families(&readings(None)));
         assert!(with.contains(&"ayaflow_packets") && with.contains(&"ayaflow_bytes"));
         assert!(!without.contains(&"ayaflow_packets") && !without.contains(&"ayaflow_bytes"));
-        assert!(without.contains(&"ayaflow_counter_read_errors"));
+        assert!(without.contains(&"ayaflow_kernel_read_errors"));
         assert!(without.contains(&"ayaflow_active_connections"));
     }
 }

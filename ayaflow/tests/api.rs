@@ -1532,7 +1532,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_ringbuf_drops",
         "ayaflow_flow_fallbacks",
         "ayaflow_protocol_packets",
-        "ayaflow_counter_read_errors",
+        "ayaflow_kernel_read_errors",
         "ayaflow_connection_table_overflow_packets",
         "ayaflow_connection_table_overflow_connections",
         "ayaflow_connections_closed",
