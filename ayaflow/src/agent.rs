@@ -16,7 +16,6 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use ayaflow_common::{counters::Counter, globals};
-use prometheus_client::registry::Registry;
 
 use crate::{
     aggregate::Aggregator,
@@ -100,7 +99,8 @@ pub async fn run(config: Config) -> Result<()> {
     });
     let state = AppState::new(
         live,
-        Arc::new(Registry::default()),
+        // Replaced below, once the source can hold the API's own counters.
+        Arc::new(Vec::<Family>::new()),
         config.db_path.clone(),
         if config.aggregation_window.is_some() {
             HistoryKind::Aggregated
@@ -118,7 +118,7 @@ pub async fn run(config: Config) -> Result<()> {
         kernel_read_errors: AtomicU64::new(0),
     };
     let state = AppState {
-        metrics: Arc::new(crate::metrics::registry(Arc::new(source))),
+        metrics: Arc::new(source),
         ..state
     };
 

@@ -413,7 +413,7 @@ async fn try_start(setup: Setup) -> Option<Server> {
         .collect();
     let state = AppState::new(
         live.clone(),
-        Arc::new(prometheus_client::registry::Registry::default()),
+        Arc::new(Vec::<metrics::Family>::new()),
         if setup.missing_db {
             dir.path().join("missing.db")
         } else {
@@ -431,7 +431,7 @@ async fn try_start(setup: Setup) -> Option<Server> {
         api: state.stats.clone(),
     };
     let state = AppState {
-        metrics: Arc::new(metrics::registry(Arc::new(source))),
+        metrics: Arc::new(source),
         ..state
     };
 
@@ -1503,13 +1503,18 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
     let s = start(Setup::default()).await;
     // Something for the API counters to count.
     assert_eq!(s.get("/api/live?limit=x").await.status, 400);
-    let reply = s.get("/metrics").await;
+    // What Prometheus sends: OpenMetrics first (see metrics::tests for the negotiation).
+    let reply = send(s.client.get(s.url("/metrics")).header(
+        "accept",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    ))
+    .await;
     assert_eq!(reply.status, 200);
     assert_eq!(
         reply.content_type,
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
-    assert_eq!(reply.content_type, metrics::CONTENT_TYPE);
+    assert_eq!(reply.content_type, metrics::OPENMETRICS_CONTENT_TYPE);
     let text = &reply.body;
     assert!(text.ends_with("# EOF\n"), "{text}");
 
@@ -1527,7 +1532,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_ringbuf_drops",
         "ayaflow_flow_fallbacks",
         "ayaflow_protocol_packets",
-        "ayaflow_counter_read_errors",
+        "ayaflow_kernel_read_errors",
         "ayaflow_connection_table_overflow_packets",
         "ayaflow_connection_table_overflow_connections",
         "ayaflow_connections_closed",

@@ -34,9 +34,31 @@ impl Agent {
     /// Starts `ayaflow args...` in `ns` with its API on 127.0.0.1:`port` of that namespace,
     /// and waits until `/readyz` answers 200.
     pub fn start(ns: &str, port: u16, dir: &std::path::Path, args: &[&str]) -> Agent {
+        Agent::start_wrapped(ns, port, dir, &[], args)
+    }
+
+    /// Like [`Agent::start`], with the agent run through `wrapper` (a program and its
+    /// arguments that exec the agent, e.g. `setpriv ... --`), so the child pid stays the
+    /// agent's.
+    pub fn start_wrapped(
+        ns: &str,
+        port: u16,
+        dir: &std::path::Path,
+        wrapper: &[&str],
+        args: &[&str],
+    ) -> Agent {
         let stderr_path = dir.join(format!("agent-{port}.log"));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let child = NetPair::command(ns, binary().to_str().unwrap())
+        let bin = binary();
+        let mut cmd = match wrapper {
+            [] => NetPair::command(ns, bin.to_str().unwrap()),
+            [program, rest @ ..] => {
+                let mut c = NetPair::command(ns, program);
+                c.args(rest).arg(&bin);
+                c
+            }
+        };
+        let child = cmd
             .args(["--bind-address", "127.0.0.1", "--port", &port.to_string()])
             .args(args)
             .stdin(Stdio::null())
@@ -57,6 +79,20 @@ impl Agent {
             agent.get("/readyz").filter(|(code, _)| *code == 200)
         });
         agent
+    }
+
+    /// Starts the agent on `pair`'s b end (`--interface if_b`), its history in `db`, port 3000
+    /// of namespace b, plus `extra` arguments.
+    pub fn start_on_b(pair: &NetPair, db: &std::path::Path, extra: &[&str]) -> Agent {
+        let dir = db.parent().expect("the database file is in a directory");
+        let mut args = vec![
+            "--interface",
+            &pair.if_b,
+            "--db-path",
+            db.to_str().expect("UTF-8 path"),
+        ];
+        args.extend(extra);
+        Agent::start(&pair.ns_b, 3000, dir, &args)
     }
 
     /// The agent's log so far.
@@ -91,28 +127,43 @@ impl Drop for Agent {
 
 /// A minimal HTTP/1.1 GET from inside namespace `ns` to 127.0.0.1:`port`.
 pub fn http_get(ns: &str, port: u16, path: &str) -> Option<(u16, String)> {
-    let path = path.to_string();
+    http_get_with(ns, port, path, &[]).map(|r| (r.status, r.body))
+}
+
+/// An HTTP response: status, header block (lower-cased) and body.
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// Like [`http_get`], with extra request `headers` (name, value), returning the headers too.
+pub fn http_get_with(
+    ns: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<Response> {
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     NetPair::in_ns(ns, move || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
+        s.write_all(request.as_bytes()).ok()?;
         let mut resp = String::new();
         s.read_to_string(&mut resp).ok()?;
         let status = resp.split_whitespace().nth(1)?.parse().ok()?;
         let (head, body) = resp.split_once("\r\n\r\n")?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
+        let head = head.to_ascii_lowercase();
+        let body = if head.contains("transfer-encoding: chunked") {
             dechunk(body)
         } else {
             body.to_string()
         };
-        Some((status, body))
+        Some(Response { status, head, body })
     })
 }
 

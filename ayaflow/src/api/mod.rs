@@ -36,14 +36,13 @@ use std::{
 use axum::{
     Router,
     extract::{ConnectInfo, Request, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
 pub use error::ApiError;
 use ipnet::IpNet;
-use prometheus_client::registry::Registry;
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, broadcast},
@@ -51,6 +50,7 @@ use tokio::{
 
 use crate::{
     connections::{ConnectionSnapshot, SortKey},
+    metrics::{Format, MetricsSource},
     shutdown::Shutdown,
     store::HistoryKind,
 };
@@ -107,7 +107,8 @@ pub struct AppState {
     /// The connection table and the kernel's totals.
     pub live: Arc<dyn LiveSource>,
     /// Encoded on every `GET /metrics`.
-    pub metrics: Arc<Registry>,
+    /// What `/metrics` encodes, read on every scrape.
+    pub metrics: Arc<dyn MetricsSource>,
     /// The SQLite file; `/api/history` opens it read-only per request.
     pub db_path: PathBuf,
     /// What `/api/history` returns without `kind`.
@@ -135,7 +136,7 @@ impl AppState {
     /// A state with the default stream limits, not ready yet.
     pub fn new(
         live: Arc<dyn LiveSource>,
-        metrics: Arc<Registry>,
+        metrics: Arc<dyn MetricsSource>,
         db_path: PathBuf,
         history_kind: HistoryKind,
         allowed_ips: Vec<IpNet>,
@@ -230,9 +231,11 @@ async fn allowlist(
     response
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let text = crate::metrics::encode(&state.metrics).map_err(ApiError::internal)?;
-    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    let text = crate::metrics::encode(&*state.metrics, format).map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], text).into_response())
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {

@@ -34,6 +34,16 @@ pub enum LoadError {
         hook: &'static str,
         prog_id: u32,
     },
+    /// The verifier applies its unprivileged rules (Spectre mitigations) without CAP_PERFMON,
+    /// and they reject the program's pointer arithmetic.
+    #[error(
+        "the kernel verifier rejected {program} under its unprivileged rules ({reason}): CAP_PERFMON is missing; run as root or add CAP_PERFMON (Docker: --cap-add=PERFMON; Kubernetes: securityContext.capabilities.add: [PERFMON])"
+    )]
+    NoPerfmon {
+        program: &'static str,
+        /// The verifier's line saying what it refused.
+        reason: String,
+    },
     #[error(
         "the kernel verifier rejected {program}: {detail}\nthis is a bug in ayaflow: please report it with `uname -r` and the log above"
     )]

@@ -99,10 +99,7 @@ impl KernelProgram {
                 .map_err(|e| LoadError::from_aya(format!("program {name}"), e))?;
             prog.load().map_err(|e| match e {
                 ProgramError::LoadError { verifier_log, .. } if !is_permission(&verifier_log) => {
-                    LoadError::Verifier {
-                        program: name,
-                        detail: verifier_log.to_string(),
-                    }
+                    verifier_error(name, &verifier_log.to_string())
                 }
                 e => LoadError::from_aya(format!("loading {name}"), e),
             })?;
@@ -207,11 +204,45 @@ fn is_permission(log: &impl std::fmt::Display) -> bool {
     log.to_string().is_empty()
 }
 
+/// A verifier rejection of `program` with `log`. The kernel marks the rules it applies only to
+/// processes without CAP_PERFMON with "!root" (e.g. "pointer arithmetic with it prohibited for
+/// !root", kernel/bpf/verifier.c); those mean a missing capability, anything else a bug.
+fn verifier_error(program: &'static str, log: &str) -> LoadError {
+    match log.lines().find(|l| l.contains("!root")) {
+        Some(line) => LoadError::NoPerfmon {
+            program,
+            reason: line.trim().to_string(),
+        },
+        None => LoadError::Verifier {
+            program,
+            detail: log.to_string(),
+        },
+    }
+}
+
 /// Refuses to attach a second ayaflow to the same hook (two would double every count).
 fn check_not_attached(interface: &str, d: Direction) -> Result<(), LoadError> {
     // Kernels before TCX (6.6) cannot be queried this way; the netlink attach then proceeds.
-    let Ok((_, progs)) = SchedClassifier::query_tcx(interface, attach_type(d)) else {
-        return Ok(());
+    let progs = match SchedClassifier::query_tcx(interface, attach_type(d)) {
+        Ok((_, progs)) => progs,
+        Err(e) => {
+            // Programs are attached, but naming them opens each by id (BPF_PROG_GET_FD_BY_ID),
+            // which needs CAP_SYS_ADMIN: with only CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (the
+            // container set-up) they cannot be identified, so say so rather than pass silently.
+            if matches!(
+                LoadError::from_aya("checking the hook", e),
+                LoadError::Permission { .. }
+            ) {
+                tracing::warn!(
+                    interface,
+                    hook = direction_name(d),
+                    "another program is attached to this hook and cannot be identified without \
+                     CAP_SYS_ADMIN; if it is another ayaflow, every packet is counted twice: run \
+                     one agent per node"
+                );
+            }
+            return Ok(());
+        }
     };
     match progs
         .iter()
@@ -239,5 +270,29 @@ fn raise_memlock_limit() {
             "could not raise RLIMIT_MEMLOCK: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unprivileged_verifier_rules_name_the_missing_capability() {
+        let log = "0: R1=ctx() R10=fp0\nR5 tried to add from different maps, paths or scalars, \
+                   pointer arithmetic with it prohibited for !root\nverification time 264 usec\n";
+        let e = verifier_error("tc_ingress", log);
+        assert!(matches!(e, LoadError::NoPerfmon { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("CAP_PERFMON is missing"), "{msg}");
+        assert!(msg.contains("prohibited for !root"), "{msg}");
+        assert!(!msg.contains("bug"), "{msg}");
+    }
+
+    #[test]
+    fn other_verifier_rejections_are_bugs() {
+        let e = verifier_error("tc_ingress", "invalid access to packet, off=14 size=2\n");
+        assert!(matches!(e, LoadError::Verifier { .. }), "{e:?}");
+        assert!(e.to_string().contains("this is a bug in ayaflow"));
     }
 }
