@@ -192,6 +192,9 @@ pub struct Results {
     /// The command that produced these results (as shown in the report).
     #[serde(default)]
     pub command: String,
+    /// Set when the report is rendered again from results.json: the commit that rendered it.
+    #[serde(default)]
+    pub rerendered_by: Option<String>,
     pub kernel: Option<kernel::Report>,
     pub capture: Vec<capture::RunResult>,
     pub store: Option<store_api::StoreResult>,
@@ -253,6 +256,10 @@ fn run(args: &Args) -> Result<()> {
             args.command = std::mem::take(&mut res.command);
         }
         let args = &args;
+        res.rerendered_by = report::machine_lines()
+            .into_iter()
+            .find(|(k, _)| k == "ayaFlow")
+            .map(|(_, v)| v);
         std::fs::write(&args.out, report::render(args, &res.plan, &res))
             .with_context(|| format!("writing {}", args.out.display()))?;
         eprintln!(

@@ -215,6 +215,13 @@ pub fn render(args: &Args, plan: &Plan, res: &Results) -> String {
         res.started,
         res.elapsed.as_secs_f64() / 60.0
     );
+    if let Some(by) = &res.rerendered_by {
+        let _ = writeln!(
+            w,
+            "The text was rendered again from that run's saved results (`ayaflow-bench --render \
+             target/bench/results.json`) by {by}: the numbers are the run's own.\n"
+        );
+    }
     let _ = writeln!(w, "## Machine\n\n| | |\n| --- | --- |");
     for (k, v) in &res.machine {
         let _ = writeln!(w, "| {k} | {v} |");
@@ -474,14 +481,23 @@ fn section_capture(w: &mut String, cmd: &str, plan: &Plan, res: &Results) {
             t.name()
         );
     }
-    goals(w, plan, &g);
+    goals(w, plan, &g, &res.capture);
 }
 
 /// The acceptance criteria of issue 5, evaluated on this run.
-fn goals(w: &mut String, plan: &Plan, g: &BTreeMap<(String, String), Vec<RunResult>>) {
+fn goals(
+    w: &mut String,
+    plan: &Plan,
+    g: &BTreeMap<(String, String), Vec<RunResult>>,
+    runs: &[RunResult],
+) {
     let _ = writeln!(
         w,
-        "### Issue 5's criteria on this run\n\n| traffic | criterion | measured | met |\n| --- | --- | --- | --- |"
+        "### Issue 5's criteria on this run\n\nFlow mode's extra CPU is judged conservatively: the \
+         agent's process CPU plus the classifier's own run time per packet from the kernel's BPF \
+         statistics (never below the generator-side difference, which is noisier and can even \
+         come out negative), against the best peer's attributed extra.\n\n\
+         | traffic | criterion | measured | met |\n| --- | --- | --- | --- |"
     );
     for t in &plan.traffic {
         let Some(base) = g.get(&(t.name(), "none".into())).map(|v| summarize(v)) else {
@@ -504,17 +520,22 @@ fn goals(w: &mut String, plan: &Plan, g: &BTreeMap<(String, String), Vec<RunResu
         .min_by(|a, b| a.1.total_cmp(&b.1));
         if let (Some((m, att)), Some((peer, pa))) = (get(Observer::AyaFlows), best_peer) {
             let zero = m.exact == m.n;
+            let bpf = bpf_in_situ(runs, &t.name(), Observer::AyaFlows.name()).unwrap_or(0.0);
+            let conservative = att.max(m.proc_cpu + bpf / 1000.0);
             let _ = writeln!(
                 w,
-                "| {} | flow mode: extra CPU ≤ 1/3 of the best peer's, zero loss | {:.3} s/M vs {} {:.3} s/M (ratio {}); counted = delivered in {}/{} rounds | {} |",
+                "| {} | flow mode: extra CPU ≤ 1/3 of the best peer's, zero loss | {:.3} s/M (process {:.3} + classifier {:.3}; attributed {:.3}) vs {} {:.3} s/M: ratio {}; counted = delivered in {}/{} rounds | {} |",
                 t.name(),
+                conservative,
+                m.proc_cpu,
+                bpf / 1000.0,
                 att,
                 peer.name(),
                 pa,
-                ratio(att, pa),
+                ratio(conservative, pa),
                 m.exact,
                 m.n,
-                if att <= pa / 3.0 && zero {
+                if pa > 0.0 && conservative <= pa / 3.0 && zero {
                     "yes"
                 } else {
                     "**no**"
@@ -673,13 +694,10 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
     if let Some(k) = &res.kernel
         && let Some(r) = k.rows.first()
     {
-        let situ = bpf_in_situ(&res.capture, &t, "ayaflow-raw")
-            .map(|x| format!(" On the real path ({t}, kernel BPF statistics) it ran {x:.0} ns per packet in raw mode."))
-            .unwrap_or_default();
         let _ = writeln!(
             w,
             "- **Kernel (the classifier).** {:.0} ns per IPv4/TCP packet in raw mode, {:.0} ns in flow \
-             mode, {:.0} ns for the empty classifier (`BPF_PROG_TEST_RUN`).{situ} The two modes differ by \
+             mode, {:.0} ns for the empty classifier (`BPF_PROG_TEST_RUN`). The two modes differ by \
              {:.0} ns only, so most of the cost is the work they share: parsing (a bounds check per \
              header), the per-CPU counter block and the boot-time clock; raw mode adds the ring-buffer \
              reserve/submit of a 64-byte event, flow mode a per-CPU hash lookup of the 40-byte key. What \
@@ -692,22 +710,33 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
         );
     }
     if let (Some(b), Some(raw)) = (&base, s("ayaflow-raw")) {
-        let situ = bpf_in_situ(&res.capture, &t, "ayaflow-raw")
-            .map(|x| {
-                format!(
-                    ", of which about {:.3} s is the classifier itself (BPF in situ)",
-                    x / 1000.0
-                )
-            })
+        let situ = |o: &str, tr: &str| {
+            bpf_in_situ(&res.capture, tr, o)
+                .map(|x| format!("{x:.0}"))
+                .unwrap_or("?".into())
+        };
+        let big = plan
+            .traffic
+            .iter()
+            .find(|x| x.flows >= 100_000)
+            .map(|x| x.name())
             .unwrap_or_default();
         let _ = writeln!(
             w,
-            "- **Kernel, around the classifier** ({t}): raw mode adds {:.3} s per million packets to \
-             the sender's CPU{situ}; the rest is the ring buffer waking the agent and the agent's \
-             own kernel work when it runs on that CPU. This column is the noisiest of the report: \
-             softirq work is charged to whatever task runs when it executes. What would move it: a \
-             cheaper classifier (above), waking the agent less often (`BPF_RB_NO_WAKEUP` with a \
+            "- **Kernel, on real traffic** ({t}): the kernel's BPF statistics (warm-up round; they \
+             add two clock reads per run themselves) give {} ns per packet in raw mode, {} in \
+             aggregated mode (raw capture) and {} in flow mode, {} in flow mode with {big}: more \
+             than under `BPF_PROG_TEST_RUN`, where the same frame and map entry stay hot. Real \
+             packets and, with many flows, map entries are cold, and in raw mode a submit may wake \
+             the agent (an interrupt-driven wake-up, costly in a VM). The generator-side difference \
+             says {:.3} s per million packets for raw mode: it is the noisiest column of the report, \
+             as softirq work is charged to whatever task runs when it executes. What would move it: \
+             a cheaper classifier (above), waking the agent less often (`BPF_RB_NO_WAKEUP` with a \
              timer-driven drain), or flow mode.",
+            situ("ayaflow-raw", &t),
+            situ("ayaflow-agg", &t),
+            situ("ayaflow-flows", &t),
+            situ("ayaflow-flows", &big),
             raw.kernel_ctx - b.kernel_ctx
         );
     }
@@ -798,19 +827,67 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
         if n2 > n1 {
             let _ = writeln!(
                 w,
-                "- **Memory**: idle {:.0} MiB; {:.0} MiB with {} connections and {:.0} MiB with {} \
-                 ({:.0} bytes of RSS per additional connection between the two). RSS is what the \
-                 process holds: the live table, the raw-mode storage queue (up to 262,144 rows), \
-                 SQLite's page cache, and memory the allocator keeps after freeing, so it grows in \
-                 steps. What would move it: a compact connection key (fixed-size address arrays), a \
-                 smaller per-connection record, a smaller storage queue.",
+                "- **Memory**: idle {:.0} MiB; {:.0} MiB with {} connections and {:.0} MiB with {}, \
+                 that is at most {:.0} bytes per connection at {} ((RSS - idle RSS) / connections). \
+                 RSS is what the process holds: the live table, the raw-mode storage queue (up to \
+                 262,144 rows), SQLite's page cache, and memory the allocator keeps after freeing for \
+                 reuse, so it grows in steps rather than linearly. What would move it: a compact \
+                 connection key (fixed-size address arrays), a smaller per-connection record, a \
+                 smaller storage queue.",
                 l.idle_rss_kb as f64 / 1024.0,
                 r1 as f64 / 1024.0,
                 fmt_n(n1 as f64),
                 r2 as f64 / 1024.0,
                 fmt_n(n2 as f64),
-                (r2 as f64 - r1 as f64) * 1024.0 / (n2 - n1) as f64
+                (r2 as f64 - l.idle_rss_kb as f64) * 1024.0 / n2.max(1) as f64,
+                fmt_n(n2 as f64)
             );
+        }
+    }
+    if let Some(l) = &res.live {
+        let live: Vec<&crate::store_api::WrkResult> = l
+            .wrk
+            .iter()
+            .filter(|r| r.path.starts_with("/api/live"))
+            .collect();
+        if let (Some(a), Some(b)) = (live.first(), live.last())
+            && live.len() >= 2
+        {
+            let _ = writeln!(
+                w,
+                "- **API**: `/api/live` takes {:.0} ms (p50) with the first table size and {:.0} ms with \
+                 the last: each request walks the whole table under its lock, selects the top N and \
+                 builds snapshots, so it is linear in connections and briefly holds up the capture \
+                 pipeline. What would move it: a maintained top-N, or ranking on a precomputed key \
+                 outside the lock. `/metrics` reads counters only and stays well under a \
+                 millisecond at p50.",
+                a.p50_ms, b.p50_ms
+            );
+        }
+    }
+    if let (Some(fast), Some(slow)) = (
+        res.history
+            .iter()
+            .min_by(|a, b| a.p50_ms.total_cmp(&b.p50_ms)),
+        res.history
+            .iter()
+            .max_by(|a, b| a.p50_ms.total_cmp(&b.p50_ms)),
+    ) {
+        let _ = writeln!(
+            w,
+            "- **History queries** over {} rows: from {:.0} ms (`{}`) to {:.0} ms (`{}`) at p50. \
+             Each filter has its own single-column index and SQLite uses one of them; when it picks \
+             a poorly selective one (a common port, a protocol) it walks most of the table. What \
+             would move it: composite indexes that end in the row id (address, id), `ANALYZE` so the \
+             planner knows the selectivity, or time-partitioned tables.",
+            fmt_n(plan.history_rows as f64),
+            fast.p50_ms,
+            fast.path,
+            slow.p50_ms,
+            slow.path
+        );
+        {
+            let _ = ();
         }
     }
     let _ = writeln!(
