@@ -474,3 +474,49 @@ fn flow_mode_aggregates_then_falls_back_when_full() {
     // The sweep removed the idle entry: the map is empty again.
     assert!(flows.sweep(u64::MAX).is_empty());
 }
+
+/// Flow mode with more connections than one batched read returns: every one is reported once,
+/// nothing twice, and a later packet shows up as exactly one delta.
+#[test]
+fn flow_sweep_reads_every_entry_across_batches() {
+    use ayaflow_common::globals::CAPTURE_MODE_FLOWS;
+    require_bpf();
+    const FLOWS: u16 = 5000;
+    let opts = LoadOptions {
+        capture_mode: CAPTURE_MODE_FLOWS,
+        flow_map_size: 8192,
+        ..LoadOptions::default()
+    };
+    let mut prog = KernelProgram::load(&opts).unwrap();
+    let mut sweeper = prog.take_flows().unwrap();
+    let fd = prog.program_fd(Direction::Ingress);
+    let frame = |port: u16| {
+        eth(
+            ETH_P_IP,
+            &ipv4(17, A4, B4, &[], 0, &udp(port, 53, &[0; 20])),
+        )
+    };
+    for port in 0..FLOWS {
+        test_run(fd, &frame(10_000 + port), None, 1).unwrap();
+    }
+    let now = ayaflow::ebpf::ring::boot_time_ns();
+    let deltas = sweeper.sweep(now);
+    assert_eq!(deltas.len(), FLOWS as usize);
+    let mut ports: Vec<u16> = deltas.iter().map(|d| d.tuple.src_port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), FLOWS as usize, "each connection once");
+    assert!(
+        deltas
+            .iter()
+            .all(|d| d.packets == 1 && d.bytes == frame(0).len() as u64)
+    );
+    assert!(
+        sweeper.sweep(now).is_empty(),
+        "nothing new, nothing reported again"
+    );
+    test_run(fd, &frame(10_007), None, 1).unwrap();
+    let again = sweeper.sweep(now);
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].tuple.src_port, again[0].packets), (10_007, 1));
+}

@@ -1,9 +1,10 @@
 //! Flow mode: sweeps the kernel's `FLOWS` map every second and turns it into per-connection
 //! deltas for the live table and the aggregated history.
 //!
-//! How (after netobserv's `pkg/tracer/tracer.go`): collect the keys first, then read each
-//! entry's per-CPU values and subtract what the previous sweep already reported (a shadow map
-//! in userspace). Entries idle for longer than [`IDLE_AFTER`] are removed with
+//! How (after netobserv's `pkg/tracer/tracer.go`): read every entry with its per-CPU values
+//! (`BPF_MAP_LOOKUP_BATCH`, thousands of entries per syscall, so a sweep of 100,000 flows costs
+//! a few dozen syscalls) and subtract what the previous sweep already reported (a shadow map in
+//! userspace). Entries idle for longer than [`IDLE_AFTER`] are removed with
 //! `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which returns the final values and deletes the entry in one
 //! step, so a packet that lands between a read and a delete is never lost (aya 0.14 has no
 //! wrapper for it on per-CPU hash maps, hence the raw syscall). New keys created during a sweep
@@ -38,6 +39,36 @@ pub struct FlowDelta {
     pub first_seen_unix_ns: u64,
     pub last_seen_unix_ns: u64,
     pub tcp_flags: u8,
+}
+
+/// Entries read per `BPF_MAP_LOOKUP_BATCH` call.
+const BATCH: usize = 4096;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Per-CPU values are laid out one per possible CPU, each rounded up to 8 bytes.
+fn value_stride() -> usize {
+    size_of::<FlowStats>().div_ceil(8) * 8
+}
+
+/// The `FlowStats` of each CPU in a buffer the kernel filled.
+fn per_cpu_values(buf: &[u8], stride: usize) -> impl Iterator<Item = FlowStats> + '_ {
+    buf.chunks_exact(stride).map(|c| {
+        // SAFETY: each chunk starts with one FlowStats (plain old data) written by the kernel.
+        unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FlowStats>()) }
+    })
 }
 
 /// Per-CPU values summed into one.
@@ -87,18 +118,81 @@ impl FlowSweeper {
         }
     }
 
+    /// Every entry of the map with its per-CPU values merged. One `BPF_MAP_LOOKUP_BATCH`
+    /// syscall per [`BATCH`] entries (kernel 5.6+); two syscalls per entry (next key, lookup)
+    /// where batches are not supported.
+    fn read_all(&self) -> Vec<(FlowKey, FlowStats)> {
+        match self.read_batched() {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::debug!("batched read of FLOWS failed ({e}); reading key by key");
+                let Ok(view) = PerCpuHashMap::<&MapData, FlowKey, FlowStats>::try_from(&self.map)
+                else {
+                    return Vec::new();
+                };
+                let keys: Vec<FlowKey> = view.keys().filter_map(Result::ok).collect();
+                keys.into_iter()
+                    .filter_map(|k| Some((k, merge(view.get(&k, 0).ok()?.iter().copied()))))
+                    .collect()
+            }
+        }
+    }
+
+    fn read_batched(&self) -> io::Result<Vec<(FlowKey, FlowStats)>> {
+        let stride = value_stride();
+        let mut keys = vec![FlowKey::default(); BATCH];
+        let mut values = vec![0u8; BATCH * stride * self.possible_cpus];
+        // The hash map's batch token is a bucket index (u32); 8 bytes leave room.
+        let (mut in_batch, mut out_batch) = (0u64, 0u64);
+        let mut all = Vec::new();
+        let mut first = true;
+        loop {
+            let attr = BatchAttr {
+                in_batch: if first {
+                    0
+                } else {
+                    &in_batch as *const u64 as u64
+                },
+                out_batch: &mut out_batch as *mut u64 as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: BATCH as u32,
+                map_fd: self.data().fd().as_fd().as_raw_fd() as u32,
+                elem_flags: 0,
+                flags: 0,
+            };
+            // SAFETY: the key and value buffers hold BATCH entries (values for every possible
+            // CPU), the batch tokens are 8 bytes, and all outlive the call.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    &attr as *const BatchAttr,
+                    size_of::<BatchAttr>() as u32,
+                )
+            };
+            let err = (rc < 0).then(io::Error::last_os_error);
+            // The kernel reports how many entries it filled, also with ENOENT at the end.
+            let filled = attr.count as usize;
+            for (n, key) in keys.iter().enumerate().take(filled) {
+                let per_cpu =
+                    &values[n * stride * self.possible_cpus..(n + 1) * stride * self.possible_cpus];
+                all.push((*key, merge(per_cpu_values(per_cpu, stride))));
+            }
+            match err {
+                None => {}
+                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(all),
+                Some(e) => return Err(e),
+            }
+            in_batch = out_batch;
+            first = false;
+        }
+    }
+
     /// One sweep; `now_boot_ns` is CLOCK_BOOTTIME now.
     pub fn sweep(&mut self, now_boot_ns: u64) -> Vec<FlowDelta> {
-        let Ok(view) = PerCpuHashMap::<&MapData, FlowKey, FlowStats>::try_from(&self.map) else {
-            return Vec::new();
-        };
-        let keys: Vec<FlowKey> = view.keys().filter_map(Result::ok).collect();
         let mut deltas = Vec::new();
-        for key in keys {
-            let Ok(values) = view.get(&key, 0) else {
-                continue;
-            };
-            let mut total = merge(values.iter().copied());
+        for (key, mut total) in self.read_all() {
             let idle =
                 now_boot_ns.saturating_sub(total.last_seen_ns) > IDLE_AFTER.as_nanos() as u64;
             if idle {
@@ -134,8 +228,7 @@ impl FlowSweeper {
 
     /// Reads the final per-CPU values of `key` and deletes the entry, atomically.
     fn lookup_and_delete(&self, key: &FlowKey) -> io::Result<FlowStats> {
-        // Per-CPU values are laid out one per possible CPU, each rounded up to 8 bytes.
-        let stride = size_of::<FlowStats>().div_ceil(8) * 8;
+        let stride = value_stride();
         let mut buf = vec![0u8; stride * self.possible_cpus];
         #[repr(C)]
         struct ElemAttr {
@@ -165,11 +258,7 @@ impl FlowSweeper {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        let values = buf.chunks_exact(stride).map(|c| {
-            // SAFETY: each chunk holds one FlowStats (plain old data) written by the kernel.
-            unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FlowStats>()) }
-        });
-        Ok(merge(values))
+        Ok(merge(per_cpu_values(&buf, stride)))
     }
 
     /// Entries currently tracked (for tests and metrics).
