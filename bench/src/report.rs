@@ -798,9 +798,10 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
             w,
             "- **Flow mode** ({t}): {:.3} s per million packets in the agent and {} ring-buffer events: \
              the kernel aggregates, the agent sweeps the flow map every second, so its work is per flow \
-             and second, not per packet.{} What would move it: batch map operations \
-             (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_LOOKUP_AND_DELETE_BATCH`) instead of two syscalls per \
-             flow and sweep (next key, then lookup), and a longer sweep interval for idle flows.",
+             and second, not per packet.{} What would move it: reading only \
+             the flows that changed since the last sweep (a per-CPU \"dirty\" list or a ring of new \
+             keys), cheaper per-flow delta bookkeeping in the agent, and a longer sweep interval for \
+             idle flows.",
             fl.proc_cpu,
             opt_n(fl.events),
             big.map(|b| format!(
