@@ -40,7 +40,10 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 /// IPv4 addresses sit in the first four bytes of the address arrays, the rest zero; `ether_type`
 /// says which family. Frames that are not IP keep their EtherType, protocol 0 and zero addresses.
 /// ICMP and ICMPv6 have no ports: both are zero (type and code travel in the event).
-#[repr(C)]
+///
+/// Aligned to 8 so that the kernel program fills and zeroes it with whole 64-bit stores (an
+/// align-2 key made LLVM call a byte-by-byte `memset`/`memcpy` loop for every packet).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src_addr: [u8; 16],
@@ -57,14 +60,16 @@ pub struct FlowKey {
     pub direction: u8,
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::align_of::<FlowKey>() == 8);
 
 /// What the kernel accumulates per [`FlowKey`] in flow mode.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
-    /// CLOCK_BOOTTIME nanoseconds of the first packet.
+    /// CLOCK_MONOTONIC nanoseconds of the first packet, at jiffy resolution
+    /// (`bpf_ktime_get_coarse_ns`, the cheap clock; events use CLOCK_BOOTTIME).
     pub first_seen_ns: u64,
-    /// CLOCK_BOOTTIME nanoseconds of the latest packet.
+    /// CLOCK_MONOTONIC nanoseconds of the latest packet, as `first_seen_ns`.
     pub last_seen_ns: u64,
     /// Packets, counting each GSO segment.
     pub packets: u64,

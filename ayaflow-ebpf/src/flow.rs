@@ -1,6 +1,10 @@
 //! Per-packet accounting: counters, then an event (raw mode) or the flow map (flow mode).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_boot_ns, programs::TcContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns},
+    programs::TcContext,
+};
 use ayaflow_common::{
     counters::Counter,
     event::{EVENT_FLAG_FLOW_FALLBACK, EVENT_FLAG_PARSE_ERROR, PacketEvent},
@@ -56,17 +60,25 @@ pub fn observe(ctx: &TcContext, direction: u8) {
         }
     }
 
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: a load-time constant; volatile so the compiler does not fold the default.
     let mode = unsafe { core::ptr::read_volatile(&CAPTURE_MODE) };
     if mode == CAPTURE_MODE_FLOWS {
+        // The coarse CLOCK_MONOTONIC (jiffy resolution, a plain read) rather than
+        // `bpf_ktime_get_boot_ns`, which costs about 30 ns here, a third of the whole program
+        // (BENCHMARKS.md, section 1). The sweep reads the map once a second, so first/last-seen
+        // times need no finer grain.
+        // SAFETY: a plain helper call.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
         if add_to_flow(&p, packets, bytes, now) {
             return;
         }
         p.flags |= EVENT_FLAG_FLOW_FALLBACK;
         bump(counters, Counter::FlowFallbacks);
     }
+
+    // Events keep nanosecond CLOCK_BOOTTIME times: raw history orders packets by them.
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
 
     match EVENTS.reserve::<PacketEvent>(0) {
         Some(mut entry) => {

@@ -207,7 +207,7 @@ fn spawn_sweeper(
             let now = if last {
                 u64::MAX
             } else {
-                ebpf::ring::boot_time_ns()
+                ebpf::evict::flow_clock_ns()
             };
             let swept = tokio::task::spawn_blocking(move || p.deltas(&lock(&s).sweep(now))).await;
             if let Err(e) = swept {

@@ -499,7 +499,7 @@ fn flow_sweep_reads_every_entry_across_batches() {
     for port in 0..FLOWS {
         test_run(fd, &frame(10_000 + port), None, 1).unwrap();
     }
-    let now = ayaflow::ebpf::ring::boot_time_ns();
+    let now = ayaflow::ebpf::evict::flow_clock_ns();
     let deltas = sweeper.sweep(now);
     assert_eq!(deltas.len(), FLOWS as usize);
     let mut ports: Vec<u16> = deltas.iter().map(|d| d.tuple.src_port).collect();

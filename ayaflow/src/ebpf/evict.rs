@@ -29,6 +29,12 @@ pub const IDLE_AFTER: Duration = Duration::from_secs(2);
 
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 
+/// CLOCK_MONOTONIC now: the clock of the flow map's first/last-seen times (the kernel reads it
+/// with `bpf_ktime_get_coarse_ns`, which lags this by at most a jiffy).
+pub fn flow_clock_ns() -> u64 {
+    super::ring::clock_ns(libc::CLOCK_MONOTONIC)
+}
+
 /// What one connection direction added since the previous sweep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowDelta {
@@ -97,17 +103,20 @@ pub struct FlowSweeper {
     /// Totals reported so far, per live kernel entry.
     reported: HashMap<FlowKey, (u64, u64)>,
     possible_cpus: usize,
-    boot_to_unix_ns: u64,
+    /// Added to a [`flow_clock_ns`] time to get Unix time.
+    clock_to_unix_ns: u64,
 }
 
 impl FlowSweeper {
-    pub fn new(map: Map, boot_to_unix_ns: u64) -> io::Result<FlowSweeper> {
+    pub fn new(map: Map) -> io::Result<FlowSweeper> {
         let possible_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let clock_to_unix_ns =
+            super::ring::clock_ns(libc::CLOCK_REALTIME).saturating_sub(flow_clock_ns());
         Ok(FlowSweeper {
             map,
             reported: HashMap::new(),
             possible_cpus,
-            boot_to_unix_ns,
+            clock_to_unix_ns,
         })
     }
 
@@ -189,12 +198,12 @@ impl FlowSweeper {
         }
     }
 
-    /// One sweep; `now_boot_ns` is CLOCK_BOOTTIME now.
-    pub fn sweep(&mut self, now_boot_ns: u64) -> Vec<FlowDelta> {
+    /// One sweep; `now` is [`flow_clock_ns`] now.
+    pub fn sweep(&mut self, now: u64) -> Vec<FlowDelta> {
         let mut deltas = Vec::new();
         for (key, mut total) in self.read_all() {
             let idle =
-                now_boot_ns.saturating_sub(total.last_seen_ns) > IDLE_AFTER.as_nanos() as u64;
+                now.saturating_sub(total.last_seen_ns) > IDLE_AFTER.as_nanos() as u64;
             if idle {
                 match self.lookup_and_delete(&key) {
                     Ok(last) => total = last,
@@ -209,8 +218,8 @@ impl FlowSweeper {
                     direction: Direction::from_u8(key.direction).unwrap_or(Direction::Ingress),
                     packets: total.packets - seen_packets,
                     bytes: total.bytes.saturating_sub(seen_bytes),
-                    first_seen_unix_ns: total.first_seen_ns + self.boot_to_unix_ns,
-                    last_seen_unix_ns: total.last_seen_ns + self.boot_to_unix_ns,
+                    first_seen_unix_ns: total.first_seen_ns + self.clock_to_unix_ns,
+                    last_seen_unix_ns: total.last_seen_ns + self.clock_to_unix_ns,
                     tcp_flags: total.tcp_flags,
                 });
             }

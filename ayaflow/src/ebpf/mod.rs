@@ -178,7 +178,7 @@ impl KernelProgram {
     /// Takes the `FLOWS` map (once), for flow mode's sweeper.
     pub fn take_flows(&mut self) -> Result<evict::FlowSweeper, LoadError> {
         let map = self.take_map(globals::MAP_FLOWS)?;
-        evict::FlowSweeper::new(map, ring::boot_to_unix_offset_ns()).map_err(|e| LoadError::Other {
+        evict::FlowSweeper::new(map).map_err(|e| LoadError::Other {
             action: "opening FLOWS".into(),
             source: e.into(),
         })

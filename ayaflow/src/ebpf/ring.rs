@@ -13,7 +13,7 @@ use crate::{decode, flow::Packet};
 /// enough to keep latency to the live view low.
 pub const BATCH: usize = 4096;
 
-fn clock_ns(clock: libc::clockid_t) -> u64 {
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
