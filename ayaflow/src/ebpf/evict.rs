@@ -202,8 +202,7 @@ impl FlowSweeper {
     pub fn sweep(&mut self, now: u64) -> Vec<FlowDelta> {
         let mut deltas = Vec::new();
         for (key, mut total) in self.read_all() {
-            let idle =
-                now.saturating_sub(total.last_seen_ns) > IDLE_AFTER.as_nanos() as u64;
+            let idle = now.saturating_sub(total.last_seen_ns) > IDLE_AFTER.as_nanos() as u64;
             if idle {
                 match self.lookup_and_delete(&key) {
                     Ok(last) => total = last,
