@@ -112,22 +112,25 @@ fn bump(counters: Option<*mut ayaflow_common::counters::CounterBlock>, counter: 
 #[inline(always)]
 fn add_to_flow(p: &Parsed, packets: u32, bytes: u32, now: u64) -> bool {
     if let Some(s) = FLOWS.get_ptr_mut(&p.key) {
-        // SAFETY: this CPU's value; per-CPU maps need no lock.
-        update(unsafe { &mut *s }, p, packets, bytes, now);
+        add(s, p, packets, bytes, now);
         return true;
     }
-    let mut fresh = FlowStats {
+    let fresh = FlowStats {
         first_seen_ns: now,
-        ..FlowStats::default()
+        last_seen_ns: now,
+        packets: packets as u64,
+        bytes: bytes as u64,
+        tcp_flags: p.tcp_flags,
+        icmp_type: p.icmp_type,
+        icmp_code: p.icmp_code,
+        _pad: [0; 5],
     };
-    update(&mut fresh, p, packets, bytes, now);
     match FLOWS.insert(&p.key, &fresh, BPF_NOEXIST as u64) {
         Ok(()) => true,
-        // Another CPU inserted the key between our lookup and insert: add to ours.
+        // Another CPU inserted the key between our lookup and insert: add to its entry.
         Err(e) if e as i64 == -EEXIST => match FLOWS.get_ptr_mut(&p.key) {
             Some(s) => {
-                // SAFETY: as above.
-                update(unsafe { &mut *s }, p, packets, bytes, now);
+                add(s, p, packets, bytes, now);
                 true
             }
             None => false,
@@ -136,16 +139,42 @@ fn add_to_flow(p: &Parsed, packets: u32, bytes: u32, now: u64) -> bool {
     }
 }
 
+/// Adds to an entry other CPUs may update at the same time: the sums with atomic adds (exact),
+/// the TCP flags with an atomic OR (only when a flag is new, which is rare), the last-seen time
+/// and ICMP type/code with plain stores (any recent value will do).
 #[inline(always)]
-fn update(s: &mut FlowStats, p: &Parsed, packets: u32, bytes: u32, now: u64) {
-    // This CPU's slot of an entry another CPU created starts zeroed.
-    if s.first_seen_ns == 0 {
-        s.first_seen_ns = now;
+fn add(s: *mut FlowStats, p: &Parsed, packets: u32, bytes: u32, now: u64) {
+    // SAFETY: `s` points at a live map value (RCU keeps it valid while the program runs).
+    unsafe {
+        atomic_add(&raw mut (*s).packets, packets as u64);
+        atomic_add(&raw mut (*s).bytes, bytes as u64);
+        (*s).last_seen_ns = now;
+        let flags = p.tcp_flags;
+        if flags & !(*s).tcp_flags != 0 {
+            // BPF atomics are 32 or 64 bits: OR the 8-aligned word that starts with
+            // `tcp_flags` (little endian, so the flags are its low byte).
+            atomic_or((&raw mut (*s).tcp_flags).cast::<u64>(), flags as u64);
+        }
+        if p.icmp_type != 0 || p.icmp_code != 0 {
+            (*s).icmp_type = p.icmp_type;
+            (*s).icmp_code = p.icmp_code;
+        }
     }
-    s.packets += packets as u64;
-    s.bytes += bytes as u64;
-    s.last_seen_ns = now;
-    s.tcp_flags |= p.tcp_flags;
-    s.icmp_type = p.icmp_type;
-    s.icmp_code = p.icmp_code;
+}
+
+// Rust's BPF target has no compare-and-swap, so `core`'s atomics offer no read-modify-write;
+// the instructions themselves exist (BPF_ATOMIC, the OR since kernel 5.12), hence the asm.
+
+/// `*ptr += v` as one atomic instruction. `ptr` must be 8-aligned and valid.
+#[inline(always)]
+unsafe fn atomic_add(ptr: *mut u64, v: u64) {
+    // SAFETY: the caller's contract; the instruction touches only *ptr.
+    unsafe { core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) ptr, v = in(reg) v) };
+}
+
+/// `*ptr |= v` as one atomic instruction. `ptr` must be 8-aligned and valid.
+#[inline(always)]
+unsafe fn atomic_or(ptr: *mut u64, v: u64) {
+    // SAFETY: as for `atomic_add`.
+    unsafe { core::arch::asm!("lock *(u64 *)({p} + 0) |= {v}", p = in(reg) ptr, v = in(reg) v) };
 }

@@ -11,6 +11,8 @@
 //!    A full ring buffer is counted, never waited on.
 #![no_std]
 #![no_main]
+// BPF inline assembly (flow.rs's atomics); aya-ebpf needs the same feature.
+#![feature(asm_experimental_arch)]
 
 mod flow;
 mod maps;

@@ -12,9 +12,12 @@
 //! `take_closed` returns as an additional row. Readers of the `windows` table must therefore sum
 //! rows that share a window and key rather than expect one row each.
 
-use std::{collections::BTreeMap, collections::HashMap, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
-use crate::flow::{Direction, FiveTuple};
+use crate::flow::{Direction, FiveTuple, WireHashMap};
+
+/// The open entries of one window.
+type WindowSums = WireHashMap<(FiveTuple, Direction), Sums>;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
@@ -50,7 +53,7 @@ pub struct Aggregator {
     /// Open entries by window start (Unix seconds). A `BTreeMap` so `take_closed` can split off
     /// every ended window at once; it holds at most a few windows (the current one, plus late
     /// arrivals for old ones until the next tick).
-    windows: BTreeMap<i64, HashMap<(FiveTuple, Direction), Sums>>,
+    windows: BTreeMap<i64, WindowSums>,
 }
 
 impl Aggregator {
@@ -110,7 +113,7 @@ impl Aggregator {
 
     /// Number of (window, tuple, direction) entries held, for a memory gauge.
     pub fn len(&self) -> usize {
-        self.windows.values().map(HashMap::len).sum()
+        self.windows.values().map(WindowSums::len).sum()
     }
 
     /// Returns true if and only if no entry is held.
@@ -125,11 +128,8 @@ impl Aggregator {
         secs - secs % self.window_s
     }
 
-    fn rows(
-        &self,
-        windows: BTreeMap<i64, HashMap<(FiveTuple, Direction), Sums>>,
-    ) -> Vec<WindowRow> {
-        let mut out = Vec::with_capacity(windows.values().map(HashMap::len).sum());
+    fn rows(&self, windows: BTreeMap<i64, WindowSums>) -> Vec<WindowRow> {
+        let mut out = Vec::with_capacity(windows.values().map(WindowSums::len).sum());
         for (start, entries) in windows {
             let first = out.len();
             out.extend(

@@ -30,13 +30,13 @@
 
 use std::{
     cmp::{Ordering, Reverse},
-    collections::{HashMap, hash_map},
+    collections::hash_map,
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::flow::{Direction, FiveTuple, Packet, Protocol, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::flow::{Direction, FiveTuple, Packet, Protocol, TCP_FIN, TCP_RST, TCP_SYN, WireHashMap};
 
 /// How long a closed TCP connection keeps its slot, out of the active set, to absorb the packets
 /// that trail its close (the last ACK after the FINs, a retransmission), which would otherwise
@@ -186,12 +186,12 @@ fn canonical(tuple: &FiveTuple) -> (FiveTuple, bool) {
 pub struct ConnectionTable {
     /// Keyed by [`canonical`] tuple.
     ///
-    /// The std `HashMap` with its default SipHash-1-3, keyed randomly per process: keys are
-    /// addresses and ports that anyone on the network chooses, so an unkeyed fast hash (FxHash)
-    /// would let a sender craft colliding tuples and turn every lookup into a long probe. A
-    /// 42-byte key hashes in a few tens of nanoseconds, about 1% of a core at 500,000 packets/s,
-    /// and flow mode cuts the rate to one delta per flow per sweep. It also needs no dependency.
-    map: HashMap<FiveTuple, Entry>,
+    /// A [`WireHashMap`], seeded randomly: keys are addresses and ports that anyone on the
+    /// network chooses, so an unkeyed hash (FxHash) would let a sender craft colliding tuples
+    /// and turn every lookup into a long probe. foldhash rather than std's SipHash-1-3: the
+    /// same protection against senders who cannot see the seed, at a fraction of the cost per
+    /// key, which matters in flow mode where every sweep updates every active flow.
+    map: WireHashMap<FiveTuple, Entry>,
     /// Most entries `map` may hold, closed ones included.
     max: usize,
     /// Inactivity after which a connection expires, in nanoseconds.
@@ -213,7 +213,7 @@ impl ConnectionTable {
         let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         let linger = u64::try_from(CLOSED_LINGER.as_nanos()).unwrap_or(u64::MAX);
         ConnectionTable {
-            map: HashMap::with_capacity(max_connections),
+            map: WireHashMap::with_capacity_and_hasher(max_connections, Default::default()),
             max: max_connections,
             timeout_ns,
             linger_ns: linger.min(timeout_ns),
@@ -355,7 +355,7 @@ impl ConnectionTable {
         self.closing -= freed;
         self.stats.closed_total += expired as u64;
         if self.map.capacity() < self.max {
-            let mut rebuilt = HashMap::with_capacity(self.max);
+            let mut rebuilt = WireHashMap::with_capacity_and_hasher(self.max, Default::default());
             rebuilt.extend(self.map.drain());
             self.map = rebuilt;
         }

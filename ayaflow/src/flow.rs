@@ -2,6 +2,7 @@
 //! event (`decode.rs` checks the bytes, this module gives them meaning).
 
 use std::{
+    collections::HashMap,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -13,6 +14,12 @@ use ayaflow_common::{
 use serde::{Deserialize, Serialize};
 
 pub use ayaflow_common::flow::Direction;
+
+/// A hash map keyed by what arrives off the wire (addresses, ports, protocols): foldhash,
+/// randomly seeded per map, so a sender who does not know the seed cannot craft keys that all
+/// collide, and several times cheaper than std's SipHash-1-3 on these 40-byte keys (in flow
+/// mode every sweep hashes every active flow three times: shadow, table, window).
+pub type WireHashMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The protocol of a connection, as the API and the database name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -42,11 +42,19 @@ pub struct RunResult {
     /// CPU of the sending thread (send + receive softirq in its context).
     pub gen_cpu_ns: u64,
     pub ksoftirqd_ns: u64,
+    /// CPU 0's time inside the observer's hook on the packet path while sending, sampled
+    /// (`pathcost.rs`).
+    #[serde(default)]
+    pub path_ns: Option<u64>,
     /// /proc/stat busy time from traffic start until the observer had exited.
     pub machine: Machine,
     pub window_secs: f64,
     /// The observer's CPU from traffic start to its exit (its whole tree).
     pub obs_cpu: Cpu,
+    /// The same until everything was counted and it went idle, before it was told to stop:
+    /// without what it does at exit (the agent stores its last, partial window then).
+    #[serde(default)]
+    pub obs_cpu_observing: Cpu,
     pub obs_peak_kb: u64,
     /// What the observer says it counted (ayaflow: packets_total; tcpdump: captured; softflowd:
     /// packets processed; pmacctd: sum of its table).
@@ -87,10 +95,8 @@ pub fn run_one(
     } else {
         Some(Running::start(obs, pair, &dir, agent_bin)?)
     };
-    let bpf0 = running
-        .as_ref()
-        .filter(|r| r.observer.is_ayaflow())
-        .and_then(|_| observer::tcx_run_stats(pair));
+    let prog = obs.tcx_program();
+    let bpf0 = prog.and_then(|name| observer::tcx_run_stats(pair, name));
 
     // The agent's counters before the traffic: frames of neighbour discovery may have arrived
     // between its attach and now, and must not count against this run.
@@ -106,6 +112,9 @@ pub fn run_one(
     let cpu0 = running.as_ref().map(|r| r.cpu()).unwrap_or_default();
     let m0 = Machine::now();
     let k0 = procstat::ksoftirqd_ns();
+    let sampler = (obs != Observer::None)
+        .then(|| crate::pathcost::Sampler::start(&dir))
+        .flatten();
     let t0 = Instant::now();
     let sent = sender::send(
         &pair.ns_a,
@@ -117,6 +126,7 @@ pub fn run_one(
             rate: None,
         },
     )?;
+    let path_ns = sampler.and_then(|s| s.finish(obs));
     let rx1 = pair.rx_stats()?;
     let tx1 = pair.tx_stats()?;
     let delivered = rx1.rx_packets - rx0.rx_packets;
@@ -131,6 +141,7 @@ pub fn run_one(
         veth_drops,
         gen_secs: sent.elapsed.as_secs_f64(),
         gen_cpu_ns: sent.thread_cpu_ns,
+        path_ns,
         load,
         ..RunResult::default()
     };
@@ -162,14 +173,19 @@ pub fn run_one(
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
                 .sum()
         });
-        if let (Some(b0), Some(b1)) = (bpf0, observer::tcx_run_stats(pair))
-            && b1.1 > b0.1
-        {
-            r.bpf_ns_per_pkt = Some((b1.0 - b0.0) as f64 / (b1.1 - b0.1) as f64);
+        if obs == Observer::AyaFlows {
+            // Counted is not done: the sweeps that hand the last deltas over and remove the
+            // idle entries (IDLE_AFTER, 2 s) belong to observing this traffic too.
+            wait_idle(&running);
         }
     } else {
         wait_idle(&running);
         r.delivered = pair.rx_stats()?.rx_packets - rx0.rx_packets;
+    }
+    if let (Some(b0), Some(b1)) = (bpf0, prog.and_then(|n| observer::tcx_run_stats(pair, n)))
+        && b1.1 > b0.1
+    {
+        r.bpf_ns_per_pkt = Some((b1.0 - b0.0) as f64 / (b1.1 - b0.1) as f64);
     }
     // Tool counts (queried after the CPU has settled; the queries cost the tool CPU too).
     let hwm = running.hwm_kb();
@@ -209,6 +225,7 @@ pub fn run_one(
         cpu_before_stop
     };
     r.obs_cpu = end.since(&cpu0);
+    r.obs_cpu_observing = cpu_before_stop.since(&cpu0);
     // VmHWM, not wait4's ru_maxrss: a forked child inherits its parent's (the bench's) maxrss.
     r.obs_peak_kb = hwm;
 

@@ -143,6 +143,9 @@ pub fn prog_info(fd: BorrowedFd<'_>) -> Result<ProgInfo> {
     })
 }
 
+/// The empty classifier's program name.
+pub const EMPTY_NAME: &str = "empty_cls";
+
 /// Loads `r0 = -1; exit` as a TC classifier: the floor every classifier pays.
 pub fn load_empty() -> Result<OwnedFd> {
     let insns: [u64; 2] = [
@@ -167,7 +170,7 @@ pub fn load_empty() -> Result<OwnedFd> {
         _rest: [u64; 16],
     }
     let mut name = [0u8; 16];
-    name[..9].copy_from_slice(b"empty_cls");
+    name[..EMPTY_NAME.len()].copy_from_slice(EMPTY_NAME.as_bytes());
     let attr = Attr {
         prog_type: BPF_PROG_TYPE_SCHED_CLS,
         insn_cnt: 2,
@@ -305,4 +308,44 @@ pub fn run(repeat: u32, runs: usize) -> Result<Report> {
         rows,
         sizes,
     })
+}
+
+/// `--hold-empty-tc <if>`: attaches the empty classifier to `<if>`'s TCX ingress (in this
+/// process's network namespace), says "attached", and holds the link until a signal ends the
+/// process (the kernel detaches it when the link's fd closes).
+pub fn hold_empty_tc(ifname: &str) -> Result<()> {
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_TCX_INGRESS: u32 = 46;
+    let prog = load_empty()?;
+    let cname = std::ffi::CString::new(ifname)?;
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {ifname}: {}", std::io::Error::last_os_error());
+    }
+    // link_create: prog_fd, target_ifindex, attach_type, flags, then zeroed tcx options
+    // (relative_fd 0, expected_revision 0: append after whatever is attached).
+    let mut attr = [0u32; 16];
+    attr[0] = prog.as_raw_fd() as u32;
+    attr[1] = ifindex;
+    attr[2] = BPF_TCX_INGRESS;
+    // SAFETY: a zero-padded bpf_attr for BPF_LINK_CREATE.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_ptr(),
+            size_of_val(&attr) as u32,
+        )
+    };
+    if fd < 0 {
+        bail!(
+            "attaching the empty classifier to {ifname}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    eprintln!("empty classifier attached to {ifname} (TCX ingress, link fd {fd})");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
 }

@@ -20,6 +20,7 @@ mod http;
 mod kernel;
 mod netns;
 mod observer;
+mod pathcost;
 mod procstat;
 mod report;
 mod sender;
@@ -78,6 +79,10 @@ pub struct Args {
     /// Only render the report again from a results.json of an earlier run (no measuring).
     #[arg(long)]
     pub render: Option<PathBuf>,
+    /// Internal (the empty-tc observer): hold the empty classifier on this interface's TCX
+    /// ingress until interrupted.
+    #[arg(long, hide = true)]
+    pub hold_empty_tc: Option<String>,
     /// The command line to print in the report as the way to reproduce it.
     #[arg(long, default_value = "cargo xtask bench")]
     pub command: String,
@@ -229,6 +234,12 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(ifname) = &args.hold_empty_tc {
+        if let Err(e) = kernel::hold_empty_tc(ifname) {
+            eprintln!("bench: error: {e:#}");
+        }
+        return ExitCode::FAILURE;
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -20,8 +20,8 @@ use crate::{
 /// The agent's API port inside namespace `b`.
 pub const AGENT_PORT: u16 = 3000;
 
-/// The window of the aggregated modes, seconds.
-pub const WINDOW_SECS: u32 = 10;
+/// The window of the aggregated modes, seconds: the one `k8s/daemonset.yaml` sets.
+pub const WINDOW_SECS: u32 = 60;
 
 /// Who watches the traffic.
 #[derive(
@@ -44,10 +44,13 @@ pub enum Observer {
     Softflowd,
     /// `pmacctd`, 5-tuple accounting in its in-memory table.
     Pmacctd,
+    /// The empty classifier (`r0 = -1; exit`) on the same TCX hook: what any TC program costs
+    /// in situ (the hook's dispatch, and with the BPF statistics on, their own clock reads).
+    EmptyTc,
 }
 
 impl Observer {
-    pub const ALL: [Observer; 8] = [
+    pub const ALL: [Observer; 9] = [
         Observer::None,
         Observer::AyaRaw,
         Observer::AyaAgg,
@@ -56,6 +59,7 @@ impl Observer {
         Observer::TcpdumpFile,
         Observer::Softflowd,
         Observer::Pmacctd,
+        Observer::EmptyTc,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -68,6 +72,7 @@ impl Observer {
             Observer::TcpdumpFile => "tcpdump-file",
             Observer::Softflowd => "softflowd",
             Observer::Pmacctd => "pmacctd",
+            Observer::EmptyTc => "empty-tc",
         }
     }
 
@@ -83,7 +88,16 @@ impl Observer {
     }
 
     pub fn is_peer(&self) -> bool {
-        !self.is_ayaflow() && *self != Observer::None
+        !self.is_ayaflow() && !matches!(self, Observer::None | Observer::EmptyTc)
+    }
+
+    /// The name of its TCX program on if_b ingress, for the in-situ BPF statistics.
+    pub fn tcx_program(&self) -> Option<&'static str> {
+        match self {
+            o if o.is_ayaflow() => Some(ayaflow_common::globals::PROG_INGRESS),
+            Observer::EmptyTc => Some(crate::kernel::EMPTY_NAME),
+            _ => None,
+        }
     }
 
     /// The command line as a user would type it (`<if>` for the interface, `<dir>` for the
@@ -129,6 +143,8 @@ impl Observer {
         let window = WINDOW_SECS.to_string();
         match self {
             Observer::None => Vec::new(),
+            // This bench binary, holding the empty classifier's TCX link until SIGINT.
+            Observer::EmptyTc => s(&["ayaflow-bench", "--hold-empty-tc", ifname]),
             Observer::AyaRaw => agent(&["--capture-mode", "raw"]),
             Observer::AyaAgg => agent(&["--capture-mode", "raw", "--aggregation-window", &window]),
             Observer::AyaFlows => {
@@ -205,6 +221,9 @@ impl Running {
         let mut args = observer.args(dir, &pair.if_b);
         if observer.is_ayaflow() {
             args[0] = agent_bin.to_string_lossy().into_owned();
+        }
+        if observer == Observer::EmptyTc {
+            args[0] = std::env::current_exe()?.to_string_lossy().into_owned();
         }
         Running::spawn(observer, args, pair, dir)
     }
@@ -302,6 +321,7 @@ impl Running {
             Observer::TcpdumpNull | Observer::TcpdumpFile => self.log().contains("listening on"),
             Observer::Softflowd => self.dir.join("softflowd.ctl").exists(),
             Observer::Pmacctd => self.log().contains("waiting for data"),
+            Observer::EmptyTc => self.log().contains("attached"),
         }
     }
 
@@ -423,7 +443,7 @@ impl Drop for Running {
 
 /// The tc_ingress program attached to `if_b`: (run time ns, run count), when the kernel keeps
 /// statistics (`BPF_ENABLE_STATS`).
-pub fn tcx_run_stats(pair: &Pair) -> Option<(u64, u64)> {
+pub fn tcx_run_stats(pair: &Pair, program: &'static str) -> Option<(u64, u64)> {
     let ifname = pair.if_b.clone();
     in_ns(&pair.ns_b, move || {
         let (_, progs) = aya::programs::SchedClassifier::query_tcx(
@@ -431,9 +451,7 @@ pub fn tcx_run_stats(pair: &Pair) -> Option<(u64, u64)> {
             aya::programs::TcAttachType::Ingress,
         )
         .ok()?;
-        let p = progs
-            .iter()
-            .find(|p| p.name_as_str() == Some(ayaflow_common::globals::PROG_INGRESS))?;
+        let p = progs.iter().find(|p| p.name_as_str() == Some(program))?;
         Some((p.run_time().as_nanos() as u64, p.run_count()))
     })
     .ok()

@@ -8,8 +8,9 @@ use anyhow::{Result, bail};
 
 use crate::{cargo, setup, status};
 
-/// The tools of the comparison (tcpdump, softflowd, pmacct) and the API load generator (wrk).
-const BENCH_PACKAGES: &[&str] = &["tcpdump", "softflowd", "pmacct", "wrk"];
+/// The tools of the comparison (tcpdump, softflowd, pmacct), the API load generator (wrk) and
+/// perf (samples each observer's share of the kernel's packet path).
+const BENCH_PACKAGES: &[&str] = &["tcpdump", "softflowd", "pmacct", "wrk", "linux-perf"];
 
 pub fn run(quick: bool, args: &[String]) -> Result<()> {
     let toolchain = setup::all()?;

@@ -1,26 +1,26 @@
 //! Flow mode: sweeps the kernel's `FLOWS` map every second and turns it into per-connection
 //! deltas for the live table and the aggregated history.
 //!
-//! How (after netobserv's `pkg/tracer/tracer.go`): read every entry with its per-CPU values
-//! (`BPF_MAP_LOOKUP_BATCH`, thousands of entries per syscall, so a sweep of 100,000 flows costs
-//! a few dozen syscalls) and subtract what the previous sweep already reported (a shadow map in
-//! userspace). Entries idle for longer than [`IDLE_AFTER`] are removed with
+//! How (after netobserv's `pkg/tracer/tracer.go`): read every entry (`BPF_MAP_LOOKUP_BATCH`,
+//! thousands of entries per syscall, so a sweep of 100,000 flows costs a few dozen syscalls;
+//! the map is shared by all CPUs, so one value per entry) and subtract what the previous sweep
+//! already reported (a shadow map in userspace). Entries idle for longer than [`IDLE_AFTER`] are removed with
 //! `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which returns the final values and deletes the entry in one
 //! step, so a packet that lands between a read and a delete is never lost (aya 0.14 has no
-//! wrapper for it on per-CPU hash maps, hence the raw syscall). New keys created during a sweep
+//! wrapper for it on hash maps, hence the raw syscall). New keys created during a sweep
 //! are picked up by the next one.
 
 use std::{
-    collections::HashMap,
+    collections::hash_map,
     io,
     os::fd::{AsFd as _, AsRawFd},
     time::Duration,
 };
 
-use aya::maps::{Map, MapData, PerCpuHashMap};
+use aya::maps::{HashMap, Map, MapData};
 use ayaflow_common::flow::{Direction, FlowKey, FlowStats};
 
-use crate::flow::FiveTuple;
+use crate::flow::{FiveTuple, WireHashMap};
 
 /// How often the map is swept. This bounds how stale the live view is in flow mode.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -64,70 +64,46 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Per-CPU values are laid out one per possible CPU, each rounded up to 8 bytes.
-fn value_stride() -> usize {
-    size_of::<FlowStats>().div_ceil(8) * 8
-}
-
-/// The `FlowStats` of each CPU in a buffer the kernel filled.
-fn per_cpu_values(buf: &[u8], stride: usize) -> impl Iterator<Item = FlowStats> + '_ {
-    buf.chunks_exact(stride).map(|c| {
-        // SAFETY: each chunk starts with one FlowStats (plain old data) written by the kernel.
-        unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FlowStats>()) }
-    })
-}
-
-/// Per-CPU values summed into one.
-fn merge(values: impl IntoIterator<Item = FlowStats>) -> FlowStats {
-    let mut total = FlowStats::default();
-    for v in values {
-        if v.packets == 0 {
-            continue;
-        }
-        if v.first_seen_ns != 0
-            && (total.first_seen_ns == 0 || v.first_seen_ns < total.first_seen_ns)
-        {
-            total.first_seen_ns = v.first_seen_ns;
-        }
-        total.last_seen_ns = total.last_seen_ns.max(v.last_seen_ns);
-        total.packets += v.packets;
-        total.bytes += v.bytes;
-        total.tcp_flags |= v.tcp_flags;
-    }
-    total
+/// A `FlowStats` from the bytes the kernel wrote.
+fn stats_at(buf: &[u8]) -> FlowStats {
+    assert!(buf.len() >= size_of::<FlowStats>());
+    // SAFETY: the buffer holds a whole FlowStats (plain old data) written by the kernel.
+    unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<FlowStats>()) }
 }
 
 /// Owns the `FLOWS` map and the shadow of what was already reported.
 pub struct FlowSweeper {
     map: Map,
     /// Totals reported so far, per live kernel entry.
-    reported: HashMap<FlowKey, (u64, u64)>,
-    possible_cpus: usize,
+    reported: WireHashMap<FlowKey, (u64, u64)>,
     /// Added to a [`flow_clock_ns`] time to get Unix time.
     clock_to_unix_ns: u64,
 }
 
 impl FlowSweeper {
     pub fn new(map: Map) -> io::Result<FlowSweeper> {
-        let possible_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        if !matches!(map, Map::HashMap(_)) {
+            return Err(io::Error::other(
+                "FLOWS is not a BPF hash map: the kernel object does not match this agent",
+            ));
+        }
         let clock_to_unix_ns =
             super::ring::clock_ns(libc::CLOCK_REALTIME).saturating_sub(flow_clock_ns());
         Ok(FlowSweeper {
             map,
-            reported: HashMap::new(),
-            possible_cpus,
+            reported: WireHashMap::default(),
             clock_to_unix_ns,
         })
     }
 
     fn data(&self) -> &MapData {
         match &self.map {
-            Map::PerCpuHashMap(d) => d,
-            _ => unreachable!("checked when the sweeper was built from FLOWS"),
+            Map::HashMap(d) => d,
+            _ => unreachable!("checked in FlowSweeper::new"),
         }
     }
 
-    /// Every entry of the map with its per-CPU values merged. One `BPF_MAP_LOOKUP_BATCH`
+    /// Every entry of the map. One `BPF_MAP_LOOKUP_BATCH`
     /// syscall per [`BATCH`] entries (kernel 5.6+); two syscalls per entry (next key, lookup)
     /// where batches are not supported.
     fn read_all(&self) -> Vec<(FlowKey, FlowStats)> {
@@ -135,22 +111,18 @@ impl FlowSweeper {
             Ok(all) => all,
             Err(e) => {
                 tracing::debug!("batched read of FLOWS failed ({e}); reading key by key");
-                let Ok(view) = PerCpuHashMap::<&MapData, FlowKey, FlowStats>::try_from(&self.map)
-                else {
+                let Ok(view) = HashMap::<&MapData, FlowKey, FlowStats>::try_from(&self.map) else {
                     return Vec::new();
                 };
-                let keys: Vec<FlowKey> = view.keys().filter_map(Result::ok).collect();
-                keys.into_iter()
-                    .filter_map(|k| Some((k, merge(view.get(&k, 0).ok()?.iter().copied()))))
-                    .collect()
+                view.iter().filter_map(Result::ok).collect()
             }
         }
     }
 
     fn read_batched(&self) -> io::Result<Vec<(FlowKey, FlowStats)>> {
-        let stride = value_stride();
+        let stride = size_of::<FlowStats>();
         let mut keys = vec![FlowKey::default(); BATCH];
-        let mut values = vec![0u8; BATCH * stride * self.possible_cpus];
+        let mut values = vec![0u8; BATCH * stride];
         // The hash map's batch token is a bucket index (u32); 8 bytes leave room.
         let (mut in_batch, mut out_batch) = (0u64, 0u64);
         let mut all = Vec::new();
@@ -170,8 +142,8 @@ impl FlowSweeper {
                 elem_flags: 0,
                 flags: 0,
             };
-            // SAFETY: the key and value buffers hold BATCH entries (values for every possible
-            // CPU), the batch tokens are 8 bytes, and all outlive the call.
+            // SAFETY: the key and value buffers hold BATCH entries, the batch tokens are 8 bytes,
+            // and all outlive the call.
             let rc = unsafe {
                 libc::syscall(
                     libc::SYS_bpf,
@@ -184,9 +156,7 @@ impl FlowSweeper {
             // The kernel reports how many entries it filled, also with ENOENT at the end.
             let filled = attr.count as usize;
             for (n, key) in keys.iter().enumerate().take(filled) {
-                let per_cpu =
-                    &values[n * stride * self.possible_cpus..(n + 1) * stride * self.possible_cpus];
-                all.push((*key, merge(per_cpu_values(per_cpu, stride))));
+                all.push((*key, stats_at(&values[n * stride..(n + 1) * stride])));
             }
             match err {
                 None => {}
@@ -199,45 +169,62 @@ impl FlowSweeper {
     }
 
     /// One sweep; `now` is [`flow_clock_ns`] now.
+    ///
+    /// One shadow-map operation per entry. Deltas of keys seen for the first time come first,
+    /// oldest first, so that a connection seen in both directions in one sweep is oriented from
+    /// its initiator when the table creates its entry; the others (most of them, on a busy node)
+    /// need no order, and sorting them would be a third of the sweep at 100,000 flows.
     pub fn sweep(&mut self, now: u64) -> Vec<FlowDelta> {
-        let mut deltas = Vec::new();
+        let idle_after = IDLE_AFTER.as_nanos() as u64;
+        let mut fresh = Vec::new();
+        let mut known = Vec::with_capacity(self.reported.len());
         for (key, mut total) in self.read_all() {
-            let idle = now.saturating_sub(total.last_seen_ns) > IDLE_AFTER.as_nanos() as u64;
-            if idle {
+            let idle = now.saturating_sub(total.last_seen_ns) > idle_after;
+            let seen = if idle {
                 match self.lookup_and_delete(&key) {
                     Ok(last) => total = last,
                     // Someone else removed it, or the kernel refused: retry on the next sweep.
                     Err(_) => continue,
                 }
-            }
-            let (seen_packets, seen_bytes) = self.reported.get(&key).copied().unwrap_or((0, 0));
-            if total.packets > seen_packets {
-                deltas.push(FlowDelta {
-                    tuple: FiveTuple::from(&key),
-                    direction: Direction::from_u8(key.direction).unwrap_or(Direction::Ingress),
-                    packets: total.packets - seen_packets,
-                    bytes: total.bytes.saturating_sub(seen_bytes),
-                    first_seen_unix_ns: total.first_seen_ns + self.clock_to_unix_ns,
-                    last_seen_unix_ns: total.last_seen_ns + self.clock_to_unix_ns,
-                    tcp_flags: total.tcp_flags,
-                });
-            }
-            if idle {
-                self.reported.remove(&key);
+                self.reported.remove(&key)
             } else {
-                self.reported.insert(key, (total.packets, total.bytes));
+                match self.reported.entry(key) {
+                    hash_map::Entry::Occupied(mut o) => {
+                        Some(std::mem::replace(o.get_mut(), (total.packets, total.bytes)))
+                    }
+                    hash_map::Entry::Vacant(v) => {
+                        v.insert((total.packets, total.bytes));
+                        None
+                    }
+                }
+            };
+            let (seen_packets, seen_bytes) = seen.unwrap_or((0, 0));
+            if total.packets <= seen_packets {
+                continue;
+            }
+            let delta = FlowDelta {
+                tuple: FiveTuple::from(&key),
+                direction: Direction::from_u8(key.direction).unwrap_or(Direction::Ingress),
+                packets: total.packets - seen_packets,
+                bytes: total.bytes.saturating_sub(seen_bytes),
+                first_seen_unix_ns: total.first_seen_ns + self.clock_to_unix_ns,
+                last_seen_unix_ns: total.last_seen_ns + self.clock_to_unix_ns,
+                tcp_flags: total.tcp_flags,
+            };
+            if seen.is_some() {
+                known.push(delta);
+            } else {
+                fresh.push(delta);
             }
         }
-        // Oldest first, so that a connection seen in both directions in one sweep is oriented
-        // from its initiator when the table creates its entry.
-        deltas.sort_by_key(|d| d.first_seen_unix_ns);
-        deltas
+        fresh.sort_by_key(|d| d.first_seen_unix_ns);
+        fresh.append(&mut known);
+        fresh
     }
 
-    /// Reads the final per-CPU values of `key` and deletes the entry, atomically.
+    /// Reads the final values of `key` and deletes the entry, atomically.
     fn lookup_and_delete(&self, key: &FlowKey) -> io::Result<FlowStats> {
-        let stride = value_stride();
-        let mut buf = vec![0u8; stride * self.possible_cpus];
+        let mut buf = [0u8; size_of::<FlowStats>()];
         #[repr(C)]
         struct ElemAttr {
             map_fd: u32,
@@ -253,8 +240,7 @@ impl FlowSweeper {
             value: buf.as_mut_ptr() as u64,
             flags: 0,
         };
-        // SAFETY: attr points at a key and a buffer sized for every possible CPU, both alive
-        // for the call.
+        // SAFETY: attr points at a key and a buffer of one value, both alive for the call.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -266,48 +252,11 @@ impl FlowSweeper {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(merge(per_cpu_values(&buf, stride)))
+        Ok(stats_at(&buf))
     }
 
     /// Entries currently tracked (for tests and metrics).
     pub fn tracked(&self) -> usize {
         self.reported.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merge_sums_and_spans_cpus() {
-        let a = FlowStats {
-            first_seen_ns: 10,
-            last_seen_ns: 20,
-            packets: 2,
-            bytes: 100,
-            tcp_flags: 0x02,
-            ..Default::default()
-        };
-        let b = FlowStats {
-            first_seen_ns: 5,
-            last_seen_ns: 30,
-            packets: 1,
-            bytes: 60,
-            tcp_flags: 0x10,
-            ..Default::default()
-        };
-        let idle_cpu = FlowStats::default();
-        let m = merge([a, idle_cpu, b]);
-        assert_eq!(
-            (
-                m.first_seen_ns,
-                m.last_seen_ns,
-                m.packets,
-                m.bytes,
-                m.tcp_flags
-            ),
-            (5, 30, 3, 160, 0x12)
-        );
     }
 }
