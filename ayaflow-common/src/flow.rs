@@ -66,10 +66,12 @@ const _: () = assert!(core::mem::align_of::<FlowKey>() == 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
-    /// CLOCK_MONOTONIC nanoseconds of the first packet, at jiffy resolution
-    /// (`bpf_ktime_get_coarse_ns`, the cheap clock; events use CLOCK_BOOTTIME).
+    /// CLOCK_MONOTONIC nanoseconds of the first packet (`bpf_ktime_get_ns`, read once per
+    /// flow; events use CLOCK_BOOTTIME).
     pub first_seen_ns: u64,
-    /// CLOCK_MONOTONIC nanoseconds of the latest packet, as `first_seen_ns`.
+    /// CLOCK_MONOTONIC nanoseconds of the latest packet, at jiffy resolution
+    /// (`bpf_ktime_get_coarse_ns`, the clock that is cheap enough for every packet); never
+    /// below `first_seen_ns`.
     pub last_seen_ns: u64,
     /// Packets, counting each GSO segment.
     pub packets: u64,

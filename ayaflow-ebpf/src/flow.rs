@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     programs::TcContext,
 };
 use ayaflow_common::{
@@ -115,9 +115,14 @@ fn add_to_flow(p: &Parsed, packets: u32, bytes: u32, now: u64) -> bool {
         add(s, p, packets, bytes, now);
         return true;
     }
+    // A new connection's first packet gets the precise clock (the same CLOCK_MONOTONIC as the
+    // coarse one): the agent orients a connection seen both ways in one sweep by which side
+    // came first, and SYN and SYN-ACK are usually within one jiffy. Once per flow, not per packet.
+    // SAFETY: a plain helper call.
+    let first = unsafe { bpf_ktime_get_ns() }.max(now);
     let fresh = FlowStats {
-        first_seen_ns: now,
-        last_seen_ns: now,
+        first_seen_ns: first,
+        last_seen_ns: first,
         packets: packets as u64,
         bytes: bytes as u64,
         tcp_flags: p.tcp_flags,
@@ -141,14 +146,18 @@ fn add_to_flow(p: &Parsed, packets: u32, bytes: u32, now: u64) -> bool {
 
 /// Adds to an entry other CPUs may update at the same time: the sums with atomic adds (exact),
 /// the TCP flags with an atomic OR (only when a flag is new, which is rare), the last-seen time
-/// and ICMP type/code with plain stores (any recent value will do).
+/// and ICMP type/code with plain stores (any recent value will do: last-seen only decides when
+/// an idle entry is removed).
 #[inline(always)]
 fn add(s: *mut FlowStats, p: &Parsed, packets: u32, bytes: u32, now: u64) {
     // SAFETY: `s` points at a live map value (RCU keeps it valid while the program runs).
     unsafe {
         atomic_add(&raw mut (*s).packets, packets as u64);
         atomic_add(&raw mut (*s).bytes, bytes as u64);
-        (*s).last_seen_ns = now;
+        // Coarse time can lag the precise first-seen time by up to a jiffy.
+        if now > (*s).last_seen_ns {
+            (*s).last_seen_ns = now;
+        }
         let flags = p.tcp_flags;
         if flags & !(*s).tcp_flags != 0 {
             // BPF atomics are 32 or 64 bits: OR the 8-aligned word that starts with
