@@ -112,11 +112,19 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// Rows per multi-row `INSERT` statement: one statement step instead of many amortises
 /// SQLite's per-statement work (binding stays per value). The rest of a batch goes row by row.
+/// Measured (3 million raw rows): 1 row per statement 280,000 rows/s, 16 rows 370,000,
+/// 64 rows 400,000, 256 rows 415,000.
 const ROWS_PER_INSERT: usize = 64;
 
-/// Writer page cache, in KiB (`PRAGMA cache_size`): holds the upper levels of every index, the
-/// current bucket of the `*_tuples` indexes and the `tuples` table.
-const WRITER_CACHE_KIB: i64 = 32 * 1024;
+/// The writer checkpoints the WAL into the database file once it holds this many pages
+/// (`PRAGMA wal_autocheckpoint`, SQLite's default is 1,000): 32 MiB with 4 KiB pages, about
+/// 400,000 raw rows. Index pages written by several transactions in a row are then copied
+/// once instead of once per transaction: 10 to 40 % more rows per second measured with 50,000
+/// rows per transaction. It stays below [`JOURNAL_SIZE_LIMIT_BYTES`], and readers pay nothing
+/// for a longer WAL (its index is a hash table in shared memory).
+/// A larger page cache (`cache_size`) than SQLite's 2 MiB measured no faster: the pages the
+/// writer touches are few (see `schema.rs`).
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
 
 /// Most keys the writer keeps in its [`TupleIds`] map (about 100 bytes each); beyond, it
 /// starts over, and keys are looked up in `tuples` again as they come.
@@ -429,8 +437,8 @@ impl Store {
             .map_err(|e| StoreError::sqlite(&path, "setting synchronous=NORMAL", e))?;
         conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)
             .map_err(|e| StoreError::sqlite(&path, "setting journal_size_limit", e))?;
-        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
-            .map_err(|e| StoreError::sqlite(&path, "setting cache_size", e))?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+            .map_err(|e| StoreError::sqlite(&path, "setting wal_autocheckpoint", e))?;
         schema::migrate(&mut conn, &path)?;
         Store::finish(conn, path)
     }
