@@ -813,6 +813,32 @@ fn a_version_1_file_migrates_keeping_every_row_and_id() {
         (SCHEMA_VERSION, 3),
         "a/egress, a/ingress, b/ingress"
     );
+    // The views show rows with the version 1 columns, for sqlite3 users.
+    let v1_columns: (String, String, i64, String, String) = conn
+        .query_row(
+            "SELECT src, dst, dst_port, proto, direction FROM packets_view WHERE id = 5",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .expect("packets_view");
+    assert_eq!(
+        v1_columns,
+        (
+            "10.0.0.1".into(),
+            "fd00::1".into(),
+            443,
+            "TCP".into(),
+            "egress".into()
+        )
+    );
+    let window_sum: i64 = conn
+        .query_row(
+            "SELECT sum(bytes) FROM windows_view WHERE proto = 'TCP' AND direction = 'egress'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("windows_view");
+    assert_eq!(window_sum, 1000);
     let reader = Store::open_read_only(&path).expect("readers open the migrated file");
     assert_eq!(reader.row_counts().expect("count").packets, 5);
 }

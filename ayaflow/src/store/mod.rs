@@ -117,11 +117,13 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 const ROWS_PER_INSERT: usize = 64;
 
 /// The writer checkpoints the WAL into the database file once it holds this many pages
-/// (`PRAGMA wal_autocheckpoint`, SQLite's default is 1,000): 32 MiB with 4 KiB pages, about
-/// 400,000 raw rows. Index pages written by several transactions in a row are then copied
-/// once instead of once per transaction: 10 to 40 % more rows per second measured with 50,000
-/// rows per transaction. It stays below [`JOURNAL_SIZE_LIMIT_BYTES`], and readers pay nothing
-/// for a longer WAL (its index is a hash table in shared memory).
+/// (`PRAGMA wal_autocheckpoint`, SQLite's default is 1,000): 32 MiB with 4 KiB pages. Index
+/// pages written by several transactions in a row are then copied once instead of once per
+/// transaction: 10 to 40 % more rows per second measured with 50,000 rows per transaction.
+/// The `-wal` file may reach this size besides the database file (and the size cap of
+/// [`Store::set_max_bytes`], which counts the database file only); it stays below
+/// [`JOURNAL_SIZE_LIMIT_BYTES`].
+///
 /// A larger page cache (`cache_size`) than SQLite's 2 MiB measured no faster: the pages the
 /// writer touches are few (see `schema.rs`).
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;

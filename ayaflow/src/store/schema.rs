@@ -31,6 +31,8 @@ use super::StoreError;
 ///   when the writer inserts, and serves the `src` filter by its first column.
 /// - `packets` and `windows` hold integers only and point at their key with `tuple_id`.
 ///   `bucket` is always `id >> BUCKET_SHIFT`: the writer assigns ids itself to fill it in.
+/// - `packets_view` and `windows_view` show the rows with the columns of version 1 (key
+///   inline as text), for reading the file with `sqlite3`; the store never reads them.
 /// - Each big-table row costs two index inserts, both near the end of their B-tree, so the
 ///   pages they touch stay few and cached however large the table grows:
 ///   - `*_time (time, tuple_id)`: rows arrive roughly in time order. It serves retention and
@@ -154,7 +156,16 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE windows;
     ALTER TABLE windows_v2 RENAME TO windows;
     CREATE INDEX windows_time   ON windows (window_start, tuple_id);
-    CREATE INDEX windows_tuples ON windows (bucket, tuple_id);",
+    CREATE INDEX windows_tuples ON windows (bucket, tuple_id);
+
+    CREATE VIEW packets_view AS
+        SELECT p.id, p.ts_unix_ns, k.direction, k.proto, k.src, k.src_port, k.dst, k.dst_port,
+               p.packets, p.bytes, p.tcp_flags, p.icmp_type, p.icmp_code, p.flags, p.vlan_id
+        FROM packets AS p JOIN tuples AS k ON k.id = p.tuple_id;
+    CREATE VIEW windows_view AS
+        SELECT w.id, w.window_start, w.window_end, k.proto, k.src, k.src_port, k.dst,
+               k.dst_port, k.direction, w.packets, w.bytes
+        FROM windows AS w JOIN tuples AS k ON k.id = w.tuple_id;",
 ];
 
 /// `bucket = id >> BUCKET_SHIFT` in `packets` and `windows` (see [`MIGRATIONS`], version 2).
@@ -230,6 +241,11 @@ mod tests {
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .expect("sqlite_master is readable");
         assert_eq!(tables, ["packets", "tuples", "windows"]);
+        let views: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("sqlite_master is readable");
+        assert_eq!(views, ["packets_view", "windows_view"]);
 
         // Running again is a no-op, not a "table already exists" error.
         migrate(&mut conn, path).expect("migrating twice is idempotent");
