@@ -32,10 +32,12 @@
 //! # Reading
 //!
 //! [`Store::query_history`] first finds the ids of matching rows, newest first, then reads those
-//! rows joined to their key. Key filters (address, port, protocol, direction) select `tuples`
-//! ids; the row ids come from whichever of three plans reads least: the time index (a time range
-//! covering at most a quarter of the rows), the buckets newest first (few matching keys), or
-//! the table by id, newest first (many matching keys, or no filter but the cursor).
+//! rows joined to their key. Without a time range, key filters (address, port, protocol,
+//! direction) are first tried on the newest thousand rows below the cursor, which fills the page
+//! when many keys match. Otherwise they select `tuples` ids, and the row ids come from whichever
+//! of three plans reads least: the time index (a time range covering at most a quarter of the
+//! rows), the buckets newest first (few matching keys), or the table by id, newest first (many
+//! matching keys, or no filter but the cursor).
 //!
 //! # History rows as JSON
 //!
@@ -127,6 +129,10 @@ const ROWS_PER_INSERT: usize = 64;
 /// A larger page cache (`cache_size`) than SQLite's 2 MiB measured no faster: the pages the
 /// writer touches are few (see `schema.rs`).
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
+
+/// Rows [`Store::query_history`] tests one by one against their keys before it reads the list
+/// of matching keys (see `matching_ids`): about half a millisecond.
+const PROBE_ROWS: i64 = 1024;
 
 /// Most keys the writer keeps in its [`TupleIds`] map (about 100 bytes each); beyond, it
 /// starts over, and keys are looked up in `tuples` again as they come.
@@ -784,10 +790,64 @@ impl Store {
         Ok(HistoryPage { rows, next_cursor })
     }
 
-    /// The ids of the newest `want` rows of `table` that match `q`, newest first. `force`
-    /// overrides the plan (tests compare them); the time plan needs a time filter, the bucket
-    /// plan a key filter.
+    /// The ids of the newest `want` rows of `table` that match `q`, newest first.
+    ///
+    /// With key filters but no time range it first tests the newest [`PROBE_ROWS`] rows below
+    /// the cursor against their keys: a filter that matches many keys (a protocol, a common
+    /// port) fills the page there, before the list of matching keys is even read. `force` skips
+    /// that and overrides the plan (tests compare them); the time plan needs a time filter,
+    /// the bucket plan a key filter.
     fn matching_ids(
+        &self,
+        table: Table,
+        q: &HistoryQuery,
+        want: usize,
+        force: Option<Plan>,
+    ) -> rusqlite::Result<Vec<i64>> {
+        let has_time = q.from_unix_s.is_some() || q.to_unix_s.is_some();
+        let Some((keys_sql, key_args)) = key_conditions(q, "k.", 4) else {
+            return self.planned_ids(table, q, want, force);
+        };
+        if force.is_some() || has_time {
+            return self.planned_ids(table, q, want, force);
+        }
+        let Some((_, max_id)) = self.id_bounds(table)? else {
+            return Ok(Vec::new());
+        };
+        // Ids in [floor, top) are tested here, the rest by a plan.
+        let top = q
+            .before_id
+            .unwrap_or(i64::MAX)
+            .min(max_id.saturating_add(1));
+        let floor = top.saturating_sub(PROBE_ROWS);
+        // CROSS JOIN keeps `r` the outer loop: walk ids down, look each key up.
+        let sql = format!(
+            "SELECT r.id FROM {} AS r NOT INDEXED CROSS JOIN tuples AS k ON k.id = r.tuple_id \
+             WHERE r.id < ?2 AND r.id >= ?3{keys_sql} ORDER BY r.id DESC LIMIT ?1",
+            table.name
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut args = vec![
+            Value::Integer(want as i64),
+            Value::Integer(top),
+            Value::Integer(floor),
+        ];
+        args.extend(key_args);
+        let mut ids = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<i64>>>()?;
+        if ids.len() < want {
+            let older = HistoryQuery {
+                before_id: Some(floor),
+                ..q.clone()
+            };
+            ids.extend(self.planned_ids(table, &older, want - ids.len(), None)?);
+        }
+        Ok(ids)
+    }
+
+    /// [`Store::matching_ids`] through one of the plans, chosen by cost unless `force`d.
+    fn planned_ids(
         &self,
         table: Table,
         q: &HistoryQuery,
@@ -975,40 +1035,10 @@ impl Store {
     /// The `tuples` ids that pass the key filters of `q` (address, port, protocol, direction),
     /// ascending; `None` if `q` has no key filter.
     fn matching_tuples(&self, q: &HistoryQuery) -> rusqlite::Result<Option<Vec<i64>>> {
-        if q.addr.is_none() && q.port.is_none() && q.proto.is_none() && q.direction.is_none() {
+        let Some((conditions, args)) = key_conditions(q, "", 1) else {
             return Ok(None);
-        }
-        let mut sql = String::from("SELECT id FROM tuples WHERE 1 = 1");
-        let mut args: Vec<Value> = Vec::new();
-        let mut bind = |sql: &mut String, fragment: &str, v: Value| {
-            args.push(v);
-            // `?N` lets a fragment use its value twice (src OR dst).
-            sql.push_str(&fragment.replace("?N", &format!("?{}", args.len())));
         };
-        if let Some(addr) = q.addr {
-            bind(
-                &mut sql,
-                " AND (src = ?N OR dst = ?N)",
-                Value::Text(addr.to_string()),
-            );
-        }
-        if let Some(port) = q.port {
-            bind(
-                &mut sql,
-                " AND (src_port = ?N OR dst_port = ?N)",
-                Value::Integer(port.into()),
-            );
-        }
-        if let Some(proto) = q.proto {
-            bind(&mut sql, " AND proto = ?N", Value::Text(proto.to_string()));
-        }
-        if let Some(d) = q.direction {
-            bind(
-                &mut sql,
-                " AND direction = ?N",
-                Value::Text(direction_name(d).to_owned()),
-            );
-        }
+        let mut sql = format!("SELECT id FROM tuples WHERE 1 = 1{conditions}");
         sql.push_str(" ORDER BY id");
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let ids = stmt
@@ -1063,6 +1093,45 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     rusqlite::vtab::array::load_module(conn)
         .map_err(|e| StoreError::sqlite(path, "registering the rarray module", e))?;
     Ok(())
+}
+
+/// The key filters of `q` as SQL conditions on `tuples` columns (prefixed with `prefix`, e.g.
+/// `k.`), each starting with ` AND `, numbering parameters from `?first`; `None` if `q` has no
+/// key filter. Fixed fragments only; the values are returned to be bound.
+fn key_conditions(q: &HistoryQuery, prefix: &str, first: usize) -> Option<(String, Vec<Value>)> {
+    if q.addr.is_none() && q.port.is_none() && q.proto.is_none() && q.direction.is_none() {
+        return None;
+    }
+    let mut sql = String::new();
+    let mut args: Vec<Value> = Vec::new();
+    let mut bind = |fragment: &str, v: Value| {
+        // `?N` lets a fragment use its value twice (src OR dst).
+        let n = format!("?{}", first + args.len());
+        args.push(v);
+        sql.push_str(&fragment.replace("?N", &n).replace("$.", prefix));
+    };
+    if let Some(addr) = q.addr {
+        bind(
+            " AND ($.src = ?N OR $.dst = ?N)",
+            Value::Text(addr.to_string()),
+        );
+    }
+    if let Some(port) = q.port {
+        bind(
+            " AND ($.src_port = ?N OR $.dst_port = ?N)",
+            Value::Integer(port.into()),
+        );
+    }
+    if let Some(proto) = q.proto {
+        bind(" AND $.proto = ?N", Value::Text(proto.to_string()));
+    }
+    if let Some(d) = q.direction {
+        bind(
+            " AND $.direction = ?N",
+            Value::Text(direction_name(d).to_owned()),
+        );
+    }
+    Some((sql, args))
 }
 
 /// The id the next row of `table` gets: ids are assigned by the writer so that `bucket` can be
