@@ -210,10 +210,13 @@ enum Plan {
 /// A key of the `tuples` table.
 type TupleKey = (FiveTuple, Direction);
 
+/// Hashes [`TupleKey`]s: one hash per stored row, so a fast one (see Cargo.toml).
+type KeyHasher = foldhash::fast::RandomState;
+
 /// The writer's map from key to `tuples.id`, valid for the rows committed to this file.
 #[derive(Debug, Default)]
 struct TupleIds {
-    ids: HashMap<TupleKey, i64>,
+    ids: HashMap<TupleKey, i64, KeyHasher>,
     /// Keys inserted into `tuples` since the last sweep.
     created_since_sweep: u64,
     /// Keys left in `tuples` after the last sweep.
@@ -582,7 +585,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
         // Keys this transaction created: they join the map only once it commits.
-        let mut created: HashMap<TupleKey, i64> = HashMap::new();
+        let mut created: HashMap<TupleKey, i64, KeyHasher> = HashMap::default();
         let cached = &self.tuples.ids;
         let mut tuple_id = |tuple: &FiveTuple, direction: Direction| -> rusqlite::Result<i64> {
             let key = (*tuple, direction);
