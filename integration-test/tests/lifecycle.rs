@@ -55,7 +55,7 @@ fn sigterm_detaches_and_keeps_every_row() {
         "still attached after SIGTERM: {left}"
     );
     // Every ICMP packet is in the history after the graceful stop: 3 requests in, 3 replies out.
-    let rows = run(std::process::Command::new("sqlite3").arg(&db).arg("SELECT direction, COUNT(*) FROM packets WHERE proto = 'ICMP' GROUP BY direction ORDER BY direction"));
+    let rows = run(std::process::Command::new("sqlite3").arg(&db).arg("SELECT direction, COUNT(*) FROM packets_view WHERE proto = 'ICMP' GROUP BY direction ORDER BY direction"));
     assert_eq!(
         rows.trim(),
         "egress|3\ningress|3",
@@ -158,7 +158,7 @@ fn aggregated_windows_sum_to_the_traffic() {
         );
         ping(&pair, 25);
         assert!(agent.terminate().success());
-        let q = "SELECT direction, SUM(packets), SUM(bytes) FROM windows WHERE proto = 'ICMP' GROUP BY direction ORDER BY direction";
+        let q = "SELECT direction, SUM(packets), SUM(bytes) FROM windows_view WHERE proto = 'ICMP' GROUP BY direction ORDER BY direction";
         // 25 echo requests in, 25 replies out, 14 + 20 + 8 + 56 bytes each.
         assert_eq!(
             sql(&db, q),
@@ -200,7 +200,7 @@ fn kill_9_keeps_every_committed_row() {
     assert_eq!(
         sql(
             &db,
-            "SELECT COUNT(*) FROM packets WHERE proto = 'ICMP' AND direction = 'ingress'"
+            "SELECT COUNT(*) FROM packets_view WHERE proto = 'ICMP' AND direction = 'ingress'"
         ),
         "20"
     );

@@ -15,12 +15,38 @@ use super::StoreError;
 
 /// Every migration, oldest first. Index `i` takes a file from version `i` to `i + 1`.
 ///
-/// Columns: addresses are the canonical `IpAddr` display text (`10.0.0.1`, `fd00::1`) so that
-/// filters compare strings exactly; `proto` is the `Protocol` display name (`TCP`, `IP-47`,
-/// `ETH-0x0806`); `direction` is `ingress` or `egress`; times are integers (nanoseconds for raw
-/// packets, seconds for windows). Indexes serve the history filters: time range (and retention),
-/// either address, either port, protocol. SQLite appends the rowid to every index entry, so an
-/// equality filter can still walk `id DESC` without sorting.
+/// # Version 2 (current)
+///
+/// ```text
+/// tuples   id | proto src src_port dst dst_port direction          (one row per distinct key)
+/// packets  id | ts_unix_ns tuple_id bucket | packets bytes tcp_flags icmp_type icmp_code flags vlan_id
+/// windows  id | window_start window_end tuple_id bucket | packets bytes
+/// ```
+///
+/// - `tuples` is the dimension table: each distinct (five-tuple, direction) once, addresses as
+///   the canonical `IpAddr` display text (`10.0.0.1`, `fd00::1`) so that filters compare
+///   strings exactly, `proto` as the `Protocol` display name (`TCP`, `IP-47`, `ETH-0x0806`),
+///   `direction` as `ingress` or `egress`. The address, port and protocol filters run here, on
+///   a table of conversations rather than of packets. `tuples_key` (unique) finds a key's id
+///   when the writer inserts, and serves the `src` filter by its first column.
+/// - `packets` and `windows` hold integers only and point at their key with `tuple_id`.
+///   `bucket` is always `id >> BUCKET_SHIFT`: the writer assigns ids itself to fill it in.
+/// - `packets_view` and `windows_view` show the rows with the columns of version 1 (key
+///   inline as text), for reading the file with `sqlite3`; the store never reads them.
+/// - Each big-table row costs two index inserts, both near the end of their B-tree, so the
+///   pages they touch stay few and cached however large the table grows:
+///   - `*_time (time, tuple_id)`: rows arrive roughly in time order. It serves retention and
+///     time ranges; with `tuple_id` in it, a time range plus key filters reads the index only.
+///   - `*_tuples (bucket, tuple_id)`: within the current bucket the position is random, but
+///     the bucket is small (2^16 rows). The rowid that SQLite appends to every entry makes it
+///     `(bucket, tuple_id, id)`: the store walks buckets newest first and stops as soon as it
+///     has a page of rows, one seek per matching key and bucket.
+///
+/// # Version 1
+///
+/// `packets` and `windows` with the key columns inline as text and six single-column indexes
+/// each (time, src, dst, src_port, dst_port, proto): six random-order B-tree inserts per row.
+/// Migration 2 keeps every row and its id.
 const MIGRATIONS: &[&str] = &[
     // 1: raw packets and aggregated windows.
     "CREATE TABLE packets (
@@ -66,7 +92,85 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX windows_src_port ON windows (src_port);
     CREATE INDEX windows_dst_port ON windows (dst_port);
     CREATE INDEX windows_proto    ON windows (proto);",
+    // 2: conversations move to `tuples`; the big tables keep integers and two indexes each.
+    // Ids are kept (they are the API's paging cursors); `16` is BUCKET_SHIFT.
+    "CREATE TABLE tuples (
+        id          INTEGER PRIMARY KEY,
+        proto       TEXT    NOT NULL,
+        src         TEXT    NOT NULL,
+        src_port    INTEGER NOT NULL,
+        dst         TEXT    NOT NULL,
+        dst_port    INTEGER NOT NULL,
+        direction   TEXT    NOT NULL
+    );
+    CREATE UNIQUE INDEX tuples_key ON tuples (src, dst, src_port, dst_port, proto, direction);
+    CREATE INDEX tuples_dst        ON tuples (dst);
+    CREATE INDEX tuples_src_port   ON tuples (src_port);
+    CREATE INDEX tuples_dst_port   ON tuples (dst_port);
+
+    INSERT INTO tuples (proto, src, src_port, dst, dst_port, direction)
+        SELECT proto, src, src_port, dst, dst_port, direction FROM packets
+        UNION
+        SELECT proto, src, src_port, dst, dst_port, direction FROM windows;
+
+    CREATE TABLE packets_v2 (
+        id          INTEGER PRIMARY KEY,
+        ts_unix_ns  INTEGER NOT NULL,
+        tuple_id    INTEGER NOT NULL,
+        bucket      INTEGER NOT NULL,
+        packets     INTEGER NOT NULL,
+        bytes       INTEGER NOT NULL,
+        tcp_flags   INTEGER NOT NULL,
+        icmp_type   INTEGER NOT NULL,
+        icmp_code   INTEGER NOT NULL,
+        flags       INTEGER NOT NULL,
+        vlan_id     INTEGER NOT NULL
+    );
+    INSERT INTO packets_v2
+        SELECT p.id, p.ts_unix_ns, t.id, p.id >> 16, p.packets, p.bytes, p.tcp_flags,
+               p.icmp_type, p.icmp_code, p.flags, p.vlan_id
+        FROM packets AS p JOIN tuples AS t
+          ON t.src = p.src AND t.dst = p.dst AND t.src_port = p.src_port
+         AND t.dst_port = p.dst_port AND t.proto = p.proto AND t.direction = p.direction
+        ORDER BY p.id;
+    DROP TABLE packets;
+    ALTER TABLE packets_v2 RENAME TO packets;
+    CREATE INDEX packets_time   ON packets (ts_unix_ns, tuple_id);
+    CREATE INDEX packets_tuples ON packets (bucket, tuple_id);
+
+    CREATE TABLE windows_v2 (
+        id            INTEGER PRIMARY KEY,
+        window_start  INTEGER NOT NULL,
+        window_end    INTEGER NOT NULL,
+        tuple_id      INTEGER NOT NULL,
+        bucket        INTEGER NOT NULL,
+        packets       INTEGER NOT NULL,
+        bytes         INTEGER NOT NULL
+    );
+    INSERT INTO windows_v2
+        SELECT w.id, w.window_start, w.window_end, t.id, w.id >> 16, w.packets, w.bytes
+        FROM windows AS w JOIN tuples AS t
+          ON t.src = w.src AND t.dst = w.dst AND t.src_port = w.src_port
+         AND t.dst_port = w.dst_port AND t.proto = w.proto AND t.direction = w.direction
+        ORDER BY w.id;
+    DROP TABLE windows;
+    ALTER TABLE windows_v2 RENAME TO windows;
+    CREATE INDEX windows_time   ON windows (window_start, tuple_id);
+    CREATE INDEX windows_tuples ON windows (bucket, tuple_id);
+
+    CREATE VIEW packets_view AS
+        SELECT p.id, p.ts_unix_ns, k.direction, k.proto, k.src, k.src_port, k.dst, k.dst_port,
+               p.packets, p.bytes, p.tcp_flags, p.icmp_type, p.icmp_code, p.flags, p.vlan_id
+        FROM packets AS p JOIN tuples AS k ON k.id = p.tuple_id;
+    CREATE VIEW windows_view AS
+        SELECT w.id, w.window_start, w.window_end, k.proto, k.src, k.src_port, k.dst,
+               k.dst_port, k.direction, w.packets, w.bytes
+        FROM windows AS w JOIN tuples AS k ON k.id = w.tuple_id;",
 ];
+
+/// `bucket = id >> BUCKET_SHIFT` in `packets` and `windows` (see [`MIGRATIONS`], version 2).
+/// Migration 2 writes the literal `16`: changing this needs a new migration.
+pub(crate) const BUCKET_SHIFT: u32 = 16;
 
 /// The schema version this build writes and reads: the number of migrations.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -96,6 +200,16 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         check_not_newer(current, path)?;
         if current >= target {
             continue;
+        }
+        if current > 0 {
+            // Only files with rows are slow to migrate (migration 2: about 6 s per million).
+            tracing::info!(
+                path = %path.display(),
+                from = current,
+                to = target,
+                "migrating the history database; this rewrites its tables and takes about a \
+                 minute per ten million rows"
+            );
         }
         tx.execute_batch(sql)
             .map_err(|e| StoreError::sqlite(path, "creating tables and indexes", e))?;
@@ -136,7 +250,12 @@ mod tests {
             .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .expect("sqlite_master is readable");
-        assert_eq!(tables, ["packets", "windows"]);
+        assert_eq!(tables, ["packets", "tuples", "windows"]);
+        let views: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("sqlite_master is readable");
+        assert_eq!(views, ["packets_view", "windows_view"]);
 
         // Running again is a no-op, not a "table already exists" error.
         migrate(&mut conn, path).expect("migrating twice is idempotent");
