@@ -642,7 +642,8 @@ fn section_storage(w: &mut String, cmd: &str, plan: &Plan, res: &Results) {
             w,
             "Raw rows written through the agent's own `Store::insert_packets` in transactions of \
              50,000 rows (as its writer does), 100,000 conversations over 24 hours, IPv4 and IPv6, \
-             six indexes. Bytes per row: the file (and WAL) after close, divided by the rows.\n\n\
+             schema version 2 (each conversation stored once in `tuples`, integer rows with two \
+             append-friendly indexes). Bytes per row: the file (and WAL) after close, divided by the rows.\n\n\
              Reproduce: `{cmd} -- --sections storage`\n\n\
              | rows | seconds | rows/s overall | rows/s, first 10 % | rows/s, last 10 % | bytes on disk | bytes/row |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
              | {} | {:.1} | {} | {} | {} | {} | {:.0} |\n",
@@ -759,11 +760,12 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
             w,
             "- **Kernel (the classifier).** {:.0} ns per IPv4/TCP packet in raw mode, {:.0} ns in flow \
              mode, {:.0} ns for the empty classifier (`BPF_PROG_TEST_RUN`). The two modes differ by \
-             {:.0} ns only, so most of the cost is the work they share: parsing (a bounds check per \
-             header), the per-CPU counter block and the boot-time clock; raw mode adds the ring-buffer \
-             reserve/submit of a 64-byte event, flow mode a hash lookup of the 40-byte key and two atomic adds. What \
-             would move it: parsing only as deep as the key needs, one counter update per packet instead \
-             of several read-modify-writes, and a smaller event.",
+             {:.0} ns: both parse (one bounds check per header, whole-word loads) and update the \
+             per-CPU counter block; raw mode adds the precise boot-time clock (about 30 ns in this VM) \
+             and the ring-buffer reserve/submit of a 64-byte event, flow mode the coarse clock (a plain \
+             read), a hash lookup of the 40-byte key and two atomic adds. What would move it: a \
+             smaller key for IPv4 (the hash covers all 40 bytes), one counter update per packet \
+             instead of several, and in raw mode a smaller event.",
             r.raw_ns,
             r.flows_ns,
             r.empty_ns,
@@ -793,7 +795,8 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
              says {:.3} s per million packets for raw mode: it is the noisiest column of the report, \
              as softirq work is charged to whatever task runs when it executes. What would move it: \
              a cheaper classifier (above), waking the agent less often (`BPF_RB_NO_WAKEUP` with a \
-             timer-driven drain), or flow mode.",
+             timer-driven drain), or flow mode. Section 3's sampled *in its hook* column measures the \
+             same cost without the statistics' clock reads.",
             situ("ayaflow-raw", &t),
             situ("ayaflow-agg", &t),
             situ("ayaflow-flows", &t),
@@ -818,12 +821,13 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
         let _ = writeln!(
             w,
             "- **Storage** ({t}): raw mode costs {:.3} s per million packets in the agent, {:.3} s more \
-             than aggregated mode, for one SQLite row per packet (text addresses and protocol, six \
-             indexes). It stored {} of {} events; {} rows were dropped at the bounded storage queue \
-             (counted, never silently). Sustained, SQLite takes about {} rows/s here (section 4), so \
-             any rate above that is dropped. What would move it: integer/blob columns instead of text, \
-             fewer indexes (or indexes built per closed time partition), larger transactions, a \
-             writer that does not share its CPU with the reader, or storing windows (aggregated mode).",
+             than aggregated mode, for one SQLite row per packet (schema 2: integer columns, the \
+             conversation once in `tuples`, two indexes). It stored {} of {} events; {} rows were \
+             dropped at the bounded storage queue (counted, never silently). SQLite alone takes about {} \
+             rows/s here (section 4), but in the agent the writer shares two CPUs with the generator \
+             and the ring-buffer reader, so a rate close to that is partly dropped. What would move \
+             it: a writer thread with a CPU of its own, fewer per-packet columns, time-partitioned \
+             tables, or storing windows (aggregated or flow mode).",
             raw.proc_cpu,
             raw.proc_cpu - agg.proc_cpu,
             opt_n(raw.rows),
@@ -847,14 +851,16 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
             "- **Flow mode** ({t}): {:.3} s per million packets in the agent and {} ring-buffer events: \
              the kernel aggregates, the agent sweeps the flow map every second, so its work is per flow \
              and second, not per packet.{} What would move it: reading only \
-             the flows that changed since the last sweep (a per-CPU \"dirty\" list or a ring of new \
-             keys), cheaper per-flow delta bookkeeping in the agent, and a longer sweep interval for \
-             idle flows.",
+             the flows that changed since the last sweep (a ring of new keys plus a generation \
+             counter), one userspace map per flow for the shadow, the table and the window instead \
+             of three, and removing idle entries in batches.",
             fl.proc_cpu,
             opt_n(fl.events),
             big.map(|b| format!(
-                " With 100,000 flows it costs {:.3} s per million packets: the sweep reads every entry \
-                 on every CPU each second.",
+                " With 100,000 flows it costs {:.3} s per million packets: every second the sweep \
+                 reads every entry (one value each, the map is shared by all CPUs) and updates the \
+                 shadow, the live table and the window of each; each flow that ends costs one \
+                 lookup-and-delete syscall.",
                 b.proc_cpu
             ))
             .unwrap_or_default()
@@ -938,10 +944,10 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
         let _ = writeln!(
             w,
             "- **History queries** over {} rows: from {:.0} ms (`{}`) to {:.0} ms (`{}`) at p50. \
-             Each filter has its own single-column index and SQLite uses one of them; when it picks \
-             a poorly selective one (a common port, a protocol) it walks most of the table. What \
-             would move it: composite indexes that end in the row id (address, id), `ANALYZE` so the \
-             planner knows the selectivity, or time-partitioned tables.",
+             A filter is resolved against the small `tuples` table first, then the matching rows are \
+             read by (time, conversation) or (bucket, conversation), newest first. What would move \
+             it: a warm read connection per API worker instead of one per request (each query starts \
+             with a cold SQLite cache), and time-partitioned tables for long ranges.",
             fmt_n(plan.history_rows as f64),
             fast.p50_ms,
             fast.path,

@@ -71,10 +71,32 @@ pub fn venv_dir() -> PathBuf {
     ayaflow_build::workspace_root().join(".tools").join("venv")
 }
 
+/// True if and only if the venv's `pip` script runs an interpreter of this venv
+/// (`#!<venv>/bin/python` or `python3`).
+fn scripts_point_here(venv: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(venv.join("bin/pip")) else {
+        return false;
+    };
+    let bin = format!("#!{}/", venv.join("bin").display());
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().strip_prefix(&bin))
+        .is_some_and(|exe| exe.starts_with("python"))
+}
+
 /// Creates the venv if needed and installs the [`PYTHON_TOOLS`] it lacks (exact versions).
 fn python_tools() -> Result<()> {
     let venv = venv_dir();
     let python = venv.join("bin/python");
+    if python.exists() && !scripts_point_here(&venv) {
+        // A venv copied or reached through another path (a symlinked `.tools`) has scripts whose
+        // `#!` names an interpreter that may not exist: make it again.
+        eprintln!(
+            "xtask: {} was made for another path; making it again",
+            venv.display()
+        );
+        std::fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
+    }
     if !python.exists() {
         // Debian's interpreter, whose venv module python3-venv provides; elsewhere PATH's.
         let system = if Path::new("/usr/bin/python3").exists() {
