@@ -596,61 +596,24 @@ impl Store {
             created.insert(key, id);
             Ok(id)
         };
-        if !packets.is_empty() {
-            let mut next = next_id(&tx, "packets").map_err(err)?;
-            let many = insert_sql(
-                "packets",
-                RAW_INSERT_COLUMNS,
-                RAW_INSERT_VALUES,
-                ROWS_PER_INSERT,
-            );
-            let one = insert_sql("packets", RAW_INSERT_COLUMNS, RAW_INSERT_VALUES, 1);
-            let mut stmt_many = tx.prepare_cached(&many).map_err(err)?;
-            let mut stmt_one = tx.prepare_cached(&one).map_err(err)?;
-            let mut chunks = packets.chunks_exact(ROWS_PER_INSERT);
-            for chunk in &mut chunks {
-                for (i, p) in chunk.iter().enumerate() {
-                    let t = tuple_id(&p.tuple, p.direction).map_err(err)?;
-                    bind_packet(&mut stmt_many, i * RAW_INSERT_VALUES, next, t, p).map_err(err)?;
-                    next += 1;
-                }
-                stmt_many.raw_execute().map_err(err)?;
-            }
-            for p in chunks.remainder() {
-                let t = tuple_id(&p.tuple, p.direction).map_err(err)?;
-                bind_packet(&mut stmt_one, 0, next, t, p).map_err(err)?;
-                stmt_one.raw_execute().map_err(err)?;
-                next += 1;
-            }
-        }
-        if !windows.is_empty() {
-            let mut next = next_id(&tx, "windows").map_err(err)?;
-            let many = insert_sql(
-                "windows",
-                WINDOW_INSERT_COLUMNS,
-                WINDOW_INSERT_VALUES,
-                ROWS_PER_INSERT,
-            );
-            let one = insert_sql("windows", WINDOW_INSERT_COLUMNS, WINDOW_INSERT_VALUES, 1);
-            let mut stmt_many = tx.prepare_cached(&many).map_err(err)?;
-            let mut stmt_one = tx.prepare_cached(&one).map_err(err)?;
-            let mut chunks = windows.chunks_exact(ROWS_PER_INSERT);
-            for chunk in &mut chunks {
-                for (i, w) in chunk.iter().enumerate() {
-                    let t = tuple_id(&w.tuple, w.direction).map_err(err)?;
-                    bind_window(&mut stmt_many, i * WINDOW_INSERT_VALUES, next, t, w)
-                        .map_err(err)?;
-                    next += 1;
-                }
-                stmt_many.raw_execute().map_err(err)?;
-            }
-            for w in chunks.remainder() {
-                let t = tuple_id(&w.tuple, w.direction).map_err(err)?;
-                bind_window(&mut stmt_one, 0, next, t, w).map_err(err)?;
-                stmt_one.raw_execute().map_err(err)?;
-                next += 1;
-            }
-        }
+        insert_rows(
+            &tx,
+            "packets",
+            (RAW_INSERT_COLUMNS, RAW_INSERT_VALUES),
+            packets,
+            |p| tuple_id(&p.tuple, p.direction),
+            bind_packet,
+        )
+        .map_err(err)?;
+        insert_rows(
+            &tx,
+            "windows",
+            (WINDOW_INSERT_COLUMNS, WINDOW_INSERT_VALUES),
+            windows,
+            |w| tuple_id(&w.tuple, w.direction),
+            bind_window,
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)?;
         let t = &mut self.tuples;
         t.created_since_sweep += created.len() as u64;
@@ -1139,6 +1102,39 @@ fn key_conditions(q: &HistoryQuery, prefix: &str, first: usize) -> Option<(Strin
 
 /// The id the next row of `table` gets: ids are assigned by the writer so that `bucket` can be
 /// filled in (`bucket = id >> BUCKET_SHIFT`). Read under the write lock.
+/// Appends `rows` to `table` with ids from the next free one: [`ROWS_PER_INSERT`] rows per
+/// statement, then the remainder one by one. `columns` are the columns after `id` and how many
+/// values a row binds; `bind` binds one row at a parameter offset given its id and tuple id.
+fn insert_rows<T>(
+    conn: &Connection,
+    table: &str,
+    (columns, values): (&str, usize),
+    rows: &[T],
+    mut tuple_id: impl FnMut(&T) -> rusqlite::Result<i64>,
+    bind: fn(&mut Statement<'_>, usize, i64, i64, &T) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut next = next_id(conn, table)?;
+    let mut many = conn.prepare_cached(&insert_sql(table, columns, values, ROWS_PER_INSERT))?;
+    let mut one = conn.prepare_cached(&insert_sql(table, columns, values, 1))?;
+    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+    for chunk in &mut chunks {
+        for (i, row) in chunk.iter().enumerate() {
+            bind(&mut many, i * values, next, tuple_id(row)?, row)?;
+            next += 1;
+        }
+        many.raw_execute()?;
+    }
+    for row in chunks.remainder() {
+        bind(&mut one, 0, next, tuple_id(row)?, row)?;
+        one.raw_execute()?;
+        next += 1;
+    }
+    Ok(())
+}
+
 fn next_id(conn: &Connection, table: &str) -> rusqlite::Result<i64> {
     conn.prepare_cached(&format!("SELECT coalesce(max(id), 0) + 1 FROM {table}"))?
         .query_row([], |r| r.get(0))
