@@ -201,6 +201,11 @@ pub struct ConnectionTable {
     linger_ns: u64,
     /// Entries of `map` marked closed, not yet freed by `expire`.
     closing: usize,
+    /// No entry expires or is freed before this time (Unix ns): the earliest deadline seen by
+    /// the last scan, lowered by every entry created or closed since. `expire` skips its full
+    /// scan before it, which at 100,000 connections and four ticks a second was a tenth of
+    /// flow mode's agent CPU.
+    next_deadline_ns: u64,
     /// Lifetime counters.
     stats: TableStats,
 }
@@ -218,6 +223,7 @@ impl ConnectionTable {
             timeout_ns,
             linger_ns: linger.min(timeout_ns),
             closing: 0,
+            next_deadline_ns: u64::MAX,
             stats: TableStats::default(),
         }
     }
@@ -290,6 +296,9 @@ impl ConnectionTable {
                 if entry.closed && tcp_flags & TCP_SYN != 0 {
                     // The tuple is reused by a new connection: start over, oriented by it.
                     *entry = Entry::new(along_key, first_seen, last_seen);
+                    self.next_deadline_ns = self
+                        .next_deadline_ns
+                        .min(last_seen.saturating_add(self.timeout_ns));
                     self.closing -= 1;
                 }
                 entry
@@ -299,7 +308,12 @@ impl ConnectionTable {
                 self.stats.overflow_connections += 1;
                 return;
             }
-            hash_map::Entry::Vacant(v) => v.insert(Entry::new(along_key, first_seen, last_seen)),
+            hash_map::Entry::Vacant(v) => {
+                self.next_deadline_ns = self
+                    .next_deadline_ns
+                    .min(last_seen.saturating_add(self.timeout_ns));
+                v.insert(Entry::new(along_key, first_seen, last_seen))
+            }
         };
 
         let hook = direction as usize;
@@ -323,6 +337,9 @@ impl ConnectionTable {
         if tcp_flags & TCP_RST != 0 || (entry.fin_from_src && entry.fin_from_dst) {
             entry.closed = true;
             self.closing += 1;
+            self.next_deadline_ns = self
+                .next_deadline_ns
+                .min(entry.last_seen.saturating_add(self.linger_ns));
             self.stats.closed_total += 1;
         }
     }
@@ -336,22 +353,32 @@ impl ConnectionTable {
     /// spare room no longer covers the way up to `max_connections`, this rebuilds the map at its
     /// original size; as only this method removes entries, no insert can then make it grow.
     pub fn expire(&mut self, now_unix_ns: u64) -> usize {
+        if now_unix_ns < self.next_deadline_ns {
+            // Nothing can be due yet (see `next_deadline_ns`): the scan would remove nothing.
+            return 0;
+        }
         let (timeout, linger) = (self.timeout_ns, self.linger_ns);
         let mut expired = 0;
         let mut freed = 0;
+        let mut next_deadline = u64::MAX;
         self.map.retain(|_, e| {
             // A clock that stepped back makes everything look fresh rather than expire it.
             let idle = now_unix_ns.saturating_sub(e.last_seen);
-            if e.closed {
+            let (keep, allowed) = if e.closed {
                 let keep = idle < linger;
                 freed += usize::from(!keep);
-                keep
+                (keep, linger)
             } else {
                 let keep = idle < timeout;
                 expired += usize::from(!keep);
-                keep
+                (keep, timeout)
+            };
+            if keep {
+                next_deadline = next_deadline.min(e.last_seen.saturating_add(allowed));
             }
+            keep
         });
+        self.next_deadline_ns = next_deadline;
         self.closing -= freed;
         self.stats.closed_total += expired as u64;
         if self.map.capacity() < self.max {
@@ -775,6 +802,31 @@ mod tests {
         all.truncate(50);
         assert_eq!(t.top(50, SortKey::Packets), all);
         assert!(all.iter().all(|s| s.packets == 96));
+    }
+
+    /// Skipping scans before the earliest deadline changes nothing: every entry still goes
+    /// exactly when its own timeout (or, once closed, its linger) has passed, in any order.
+    #[test]
+    fn expiry_happens_at_each_entry_deadline() {
+        let mut t = ConnectionTable::new(16, TIMEOUT);
+        let timeout = TIMEOUT.as_nanos() as u64;
+        let udp = |port| tuple(Protocol::Udp, (1, port), (2, 53));
+        t.record(&packet(udp(1), Direction::Ingress, 20 * SEC, 60, 0));
+        t.record(&packet(udp(2), Direction::Ingress, 10 * SEC, 60, 0));
+        assert_eq!(t.expire(10 * SEC + timeout - 1), 0);
+        assert_eq!(t.expire(10 * SEC + timeout), 1, "udp(2) at its deadline");
+        // Created after that scan with an older timestamp (a late sweep): still on time.
+        t.record(&packet(udp(3), Direction::Ingress, 15 * SEC, 60, 0));
+        assert_eq!(t.expire(15 * SEC + timeout), 1, "udp(3) at its deadline");
+        // A connection closed by RST is freed after the linger, not the timeout.
+        let c2s = client_to_server();
+        t.record(&packet(c2s, Direction::Ingress, 16 * SEC, 60, TCP_SYN));
+        t.record(&packet(c2s, Direction::Ingress, 17 * SEC, 60, TCP_RST));
+        assert_eq!(t.map.len(), 2);
+        t.expire(17 * SEC + CLOSED_LINGER.as_nanos() as u64);
+        assert_eq!(t.map.len(), 1, "the closed entry freed after its linger");
+        assert_eq!(t.expire(20 * SEC + timeout), 1, "udp(1) last");
+        assert!(t.map.is_empty());
     }
 
     #[test]
