@@ -455,10 +455,11 @@ fn section_capture(w: &mut String, cmd: &str, plan: &Plan, res: &Results) {
          with the defaults it loses most packets between its core and its plugin).\n\n\
          *process CPU* is the tool's whole process tree (pmacctd's core and plugin), from the first \
          packet until it exited. *machine extra* is what the whole machine spends per million \
-         packets beyond the run with no observer (the issue-5 measure), computed two ways: \
-         *attributed* = process CPU + kernel-side extra (immune to other work on the machine), and \
-         */proc/stat* = all CPUs' busy time over the run minus the baseline's (includes everything \
-         else running). *in its hook* is CPU 0's time inside the observer's hook on the packet path, \
+         packets beyond the run with no observer (the issue-5 measure), computed three ways: \
+         *sampled* = process CPU + *in its hook* (below; the criteria use it), *attributed* = process \
+         CPU + kernel-side extra (other processes do not move it, the machine's speed drifting \
+         between rounds does), and */proc/stat* = all CPUs' busy time over the run minus the \
+         baseline's (includes everything else running). *in its hook* is CPU 0's time inside the observer's hook on the packet path, \
          sampled with `perf record -C 0` while the traffic flows (ayaFlow's and the empty \
          classifier's JIT-ed program; AF_PACKET's `tpacket_rcv`/`packet_rcv` for the libpcap tools, \
          which copy every packet into the tool's ring and wake it): the same method for every \
@@ -773,6 +774,11 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
         );
     }
     if let (Some(b), Some(raw)) = (&base, s("ayaflow-raw")) {
+        let hook = |o: &str| {
+            s(o).and_then(|m| m.path)
+                .map(|x| format!("{x:.3}"))
+                .unwrap_or("?".into())
+        };
         let situ = |o: &str, tr: &str| {
             bpf_in_situ(&res.capture, tr, o)
                 .map(|x| format!("{x:.0}"))
@@ -791,16 +797,22 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
              aggregated mode (raw capture) and {} in flow mode, {} in flow mode with {big}: more \
              than under `BPF_PROG_TEST_RUN`, where the same frame and map entry stay hot. Real \
              packets and, with many flows, map entries are cold, and in raw mode a submit may wake \
-             the agent (an interrupt-driven wake-up, costly in a VM). The generator-side difference \
-             says {:.3} s per million packets for raw mode: it is the noisiest column of the report, \
-             as softirq work is charged to whatever task runs when it executes. What would move it: \
-             a cheaper classifier (above), waking the agent less often (`BPF_RB_NO_WAKEUP` with a \
-             timer-driven drain), or flow mode. Section 3's sampled *in its hook* column measures the \
-             same cost without the statistics' clock reads.",
+             the agent (an interrupt-driven wake-up, costly in a VM). Sampled without the \
+             statistics (section 3, *in its hook*): {} s per million packets in raw mode, {} in \
+             aggregated mode, {} in flow mode. Aggregated mode's agent keeps up and sleeps, so more \
+             submits find it waiting and wake it: the wake-ups, not the program, are most of raw \
+             capture's kernel cost. The generator-side difference says {:.3} s per million packets \
+             for raw mode: the noisiest column of the report, as it moves with the machine's speed \
+             between rounds. What would move it: waking the agent less often (`BPF_RB_NO_WAKEUP` \
+             with a timer-driven drain, a forced wake-up only when the ring fills), a cheaper \
+             classifier (above), or flow mode.",
             situ("ayaflow-raw", &t),
             situ("ayaflow-agg", &t),
             situ("ayaflow-flows", &t),
             situ("ayaflow-flows", &big),
+            hook("ayaflow-raw"),
+            hook("ayaflow-agg"),
+            hook("ayaflow-flows"),
             raw.kernel_ctx - b.kernel_ctx
         );
     }
@@ -878,11 +890,11 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
         let _ = writeln!(
             w,
             "- **The peers** ({t}): pcap-based tools pay in the kernel for copying every frame into \
-             their TPACKET_V3 ring ({:.3} s per million packets for tcpdump) and little in userspace \
-             when they only write ({:.3} s per million for `tcpdump -w /dev/null`).{pm} The baseline \
-             (no observer) costs {:.3} s per million packets on the sender's CPU: generator, veth, IP \
-             and UDP receive path.",
-            td.kernel_ctx - b.kernel_ctx,
+             their TPACKET_V3 ring and waking the reader ({} s per million packets in `tpacket_rcv` \
+             for tcpdump, sampled) and little in userspace when they only write ({:.3} s per million \
+             for `tcpdump -w /dev/null`).{pm} The baseline (no observer) costs {:.3} s per million \
+             packets on the sender's CPU: generator, veth, IP and UDP receive path.",
+            td.path.map(|x| format!("{x:.3}")).unwrap_or("?".into()),
             td.proc_cpu,
             b.kernel_ctx
         );
