@@ -1,7 +1,7 @@
 //! Per-packet accounting: counters, then an event (raw mode) or the flow map (flow mode).
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     programs::TcContext,
 };
@@ -23,6 +23,11 @@ use crate::{
 /// so the mode not chosen is dead code.
 #[unsafe(no_mangle)]
 static CAPTURE_MODE: u32 = 0;
+
+/// Load-time constant set by the agent (`globals::WAKEUP_BYTES`): a submit wakes the agent only
+/// when more than this is waiting; otherwise its timer drains the ring.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 0;
 
 const EEXIST: i64 = 17;
 
@@ -94,7 +99,14 @@ pub fn observe(ctx: &TcContext, direction: u8) {
                 vlan_id: p.vlan_id,
                 _pad: [0; 2],
             });
-            entry.submit(0);
+            // SAFETY: a load-time constant, as CAPTURE_MODE.
+            let wake_at = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > wake_at {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags as u64);
         }
         None => bump(counters, Counter::RingbufDrops),
     }

@@ -83,6 +83,12 @@ impl KernelProgram {
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::CAPTURE_MODE, &opts.capture_mode, true)
+            // A quarter of the ring: the timer drains long before, a burst still wakes it.
+            .override_global(
+                globals::WAKEUP_BYTES,
+                &(u64::from(opts.ring_buffer_size) / 4),
+                true,
+            )
             .map_max_entries(globals::MAP_EVENTS, opts.ring_buffer_size)
             .map_max_entries(globals::MAP_FLOWS, opts.flow_map_size)
             .load(OBJECT)
