@@ -796,16 +796,14 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
              add two clock reads per run themselves) give {} ns per packet in raw mode, {} in \
              aggregated mode (raw capture) and {} in flow mode, {} in flow mode with {big}: more \
              than under `BPF_PROG_TEST_RUN`, where the same frame and map entry stay hot. Real \
-             packets and, with many flows, map entries are cold, and in raw mode a submit may wake \
-             the agent (an interrupt-driven wake-up, costly in a VM). Sampled without the \
-             statistics (section 3, *in its hook*): {} s per million packets in raw mode, {} in \
-             aggregated mode, {} in flow mode. Aggregated mode's agent keeps up and sleeps, so more \
-             submits find it waiting and wake it: the wake-ups, not the program, are most of raw \
-             capture's kernel cost. The generator-side difference says {:.3} s per million packets \
-             for raw mode: the noisiest column of the report, as it moves with the machine's speed \
-             between rounds. What would move it: waking the agent less often (`BPF_RB_NO_WAKEUP` \
-             with a timer-driven drain, a forced wake-up only when the ring fills), a cheaper \
-             classifier (above), or flow mode.",
+             packets and, with many flows, map entries are cold, and in raw mode a submit wakes \
+             the agent only when a quarter of the ring is waiting (otherwise events are submitted \
+             with `BPF_RB_NO_WAKEUP` and the agent drains every 10 ms; a wake-up per event used to \
+             be most of raw capture's kernel cost). Sampled without the statistics (section 3, *in \
+             its hook*): {} s per million packets in raw mode, {} in aggregated mode, {} in flow \
+             mode. The generator-side difference says {:.3} s per million packets for raw mode: the \
+             noisiest column of the report, as it moves with the machine's speed between rounds. \
+             What would move it: a cheaper classifier (above), or flow mode.",
             situ("ayaflow-raw", &t),
             situ("ayaflow-agg", &t),
             situ("ayaflow-flows", &t),
@@ -822,10 +820,9 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
             "- **Ring buffer + userspace parse + connection table** ({t}): in aggregated mode with raw \
              capture the agent reads every event, decodes it, updates the live table and sums windows, \
              storing only a row per flow and window: {:.3} s per million packets ({:.0} ns per packet, \
-             {:.3} s of it in the kernel: epoll wake-ups and ring-buffer reads). What would move it: \
-             fewer wake-ups and larger batches per wake-up, hashing the five-tuple once for both the table \
-             and the aggregator, a smaller key than `IpAddr` pairs; or flow mode, which removes the \
-             per-packet event.",
+             {:.3} s of it in the kernel: timer wake-ups and ring-buffer reads). What would move it: \
+             hashing the five-tuple once for both the table and the aggregator, a smaller key than \
+             `IpAddr` pairs; or flow mode, which removes the per-packet event.",
             agg.proc_cpu,
             agg.proc_cpu * 1000.0,
             agg.sys
