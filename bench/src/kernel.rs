@@ -234,8 +234,11 @@ pub struct Report {
 /// (raw and flow mode) and the empty one, interleaved so that all see the same machine.
 pub fn run(repeat: u32, runs: usize) -> Result<Report> {
     // Raw mode pushes one 64-byte event (+ 8-byte header) per repetition: size the ring so a
-    // whole run fits and each measures the real reserve+submit path, not the "full" path.
-    let ring = ((repeat as u64 * 72).next_power_of_two()).max(8 << 20) as u32;
+    // whole run fits and each measures the real reserve+submit path, not the "full" path, and
+    // four times that, so that a run never fills a quarter of it: past a quarter the program
+    // forces a wake-up of the reader on every submit (`globals::WAKEUP_BYTES`), which nobody
+    // reads here and which the agent's 10 ms drain keeps from happening in practice.
+    let ring = ((repeat as u64 * 72 * 4).next_power_of_two()).max(8 << 20) as u32;
     let mut raw = KernelProgram::load(&LoadOptions {
         capture_mode: globals::CAPTURE_MODE_RAW,
         ring_buffer_size: ring,

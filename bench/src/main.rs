@@ -201,6 +201,9 @@ pub struct Results {
     #[serde(default)]
     pub rerendered_by: Option<String>,
     pub kernel: Option<kernel::Report>,
+    /// Set when section 1 was measured again apart from the rest: on which commit, and why.
+    #[serde(default)]
+    pub kernel_rerun: Option<String>,
     pub capture: Vec<capture::RunResult>,
     pub store: Option<store_api::StoreResult>,
     pub history: Vec<store_api::WrkResult>,

@@ -268,6 +268,12 @@ pub fn render(args: &Args, plan: &Plan, res: &Results) -> String {
 
     if let Some(k) = &res.kernel {
         section_kernel(w, cmd, k);
+        if let Some(why) = &res.kernel_rerun {
+            let _ = writeln!(
+                w,
+                "**This section was measured again, apart from the rest:** {why}\n"
+            );
+        }
     }
     if !res.capture.is_empty() {
         section_capture(w, cmd, plan, res);
