@@ -21,7 +21,7 @@ pub enum Counter {
     ParseErrors,
     /// Events lost because the ring buffer was full (the packet is still counted above).
     RingbufDrops,
-    /// Flow mode: packets sent through the ring buffer because the flow map was full.
+    /// Flow mode: packets sent through the ring buffer because the flow table had no free slot for them.
     FlowFallbacks,
 }
 

@@ -7,7 +7,7 @@ use crate::flow::FlowKey;
 pub const EVENT_FLAG_PARSE_ERROR: u8 = 1;
 /// A non-first IP fragment: it has no ports.
 pub const EVENT_FLAG_FRAGMENT: u8 = 2;
-/// In flow mode: the flow map was full, so this packet came through the ring buffer instead.
+/// In flow mode: the flow table had no free slot for its connection, so this packet came through the ring buffer instead.
 pub const EVENT_FLAG_FLOW_FALLBACK: u8 = 4;
 
 /// One packet (or one GSO aggregate, `packets` segments long) seen by a hook.

@@ -1,7 +1,7 @@
-//! Per-packet accounting: counters, then an event (raw mode) or the flow map (flow mode).
+//! Per-packet accounting: counters, then an event (raw mode) or the flow table (flow mode).
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     programs::TcContext,
 };
@@ -9,13 +9,14 @@ use ayaflow_common::{
     counters::Counter,
     event::{EVENT_FLAG_FLOW_FALLBACK, EVENT_FLAG_PARSE_ERROR, PacketEvent},
     flow::{
-        ETH_P_IP, ETH_P_IPV6, FlowStats, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+        ETH_P_IP, ETH_P_IPV6, FLOW_PROBES, FlowKey, FlowSlot, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_TCP, IPPROTO_UDP, SLOT_CLAIMED, SLOT_EMPTY, SLOT_LIVE, flow_hash,
     },
     globals::CAPTURE_MODE_FLOWS,
 };
 
 use crate::{
-    maps::{COUNTERS, EVENTS, FLOWS},
+    maps::{COUNTERS, EVENTS, FLOWS, FLOWS_USED},
     parse::{Parsed, parse},
 };
 
@@ -29,7 +30,13 @@ static CAPTURE_MODE: u32 = 0;
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
 
-const EEXIST: i64 = 17;
+/// Load-time constant set by the agent (`globals::FLOW_HASH_SEED`).
+#[unsafe(no_mangle)]
+static FLOW_HASH_SEED: u64 = 0;
+
+/// Load-time constant set by the agent (`globals::FLOW_SLOT_MASK`): `FLOWS` slots minus one.
+#[unsafe(no_mangle)]
+static FLOW_SLOT_MASK: u32 = 0;
 
 #[inline(always)]
 pub fn observe(ctx: &TcContext, direction: u8) {
@@ -120,49 +127,106 @@ fn bump(counters: Option<*mut ayaflow_common::counters::CounterBlock>, counter: 
     }
 }
 
-/// Adds the packet to its `FLOWS` entry. Returns false when the map is full.
+/// Adds the packet to its connection's slot in `FLOWS`, claiming an empty slot for a new
+/// connection. Returns false when none of the [`FLOW_PROBES`] slots from the key's hash on is
+/// the connection's or free.
+///
+/// Probing stops at the first empty slot: a connection whose slot lies further on (the one
+/// before it was freed since) gets a second slot there. The agent sums slots by key, and the
+/// old slot goes idle and is freed, so nothing is lost; lookups stay short.
 #[inline(always)]
 fn add_to_flow(p: &Parsed, packets: u32, bytes: u32, now: u64) -> bool {
-    if let Some(s) = FLOWS.get_ptr_mut(&p.key) {
-        add(s, p, packets, bytes, now);
-        return true;
+    // SAFETY: load-time constants, as CAPTURE_MODE.
+    let (seed, mask) = unsafe {
+        (
+            core::ptr::read_volatile(&FLOW_HASH_SEED),
+            core::ptr::read_volatile(&FLOW_SLOT_MASK),
+        )
+    };
+    let key = p.key.words();
+    let mut index = flow_hash(&key, seed);
+    for _ in 0..FLOW_PROBES {
+        index &= mask;
+        let Some(s) = FLOWS.get_ptr_mut(index) else {
+            return false;
+        };
+        // SAFETY: `s` points at a slot of the array, valid while the program runs; fields other
+        // CPUs or the agent change are read with volatile loads and changed with atomics.
+        unsafe {
+            let state = core::ptr::read_volatile(&raw const (*s).state);
+            if state == SLOT_LIVE {
+                if same_key(&raw const (*s).key, &key) {
+                    add(s, p, packets, bytes, now);
+                    return true;
+                }
+            } else if state == SLOT_EMPTY
+                && cmpxchg32(&raw mut (*s).state, SLOT_EMPTY, SLOT_CLAIMED) == SLOT_EMPTY
+            {
+                claim(s, p, packets, bytes, now);
+                mark_used(index);
+                return true;
+            }
+        }
+        index = index.wrapping_add(1);
     }
+    false
+}
+
+/// Whether the slot's key is `key` (as [`FlowKey::words`]): five 64-bit compares.
+#[inline(always)]
+unsafe fn same_key(slot: *const FlowKey, b: &[u64; 5]) -> bool {
+    // SAFETY: an 8-aligned 40-byte key (FlowKey's layout); it does not change while the slot
+    // is live.
+    let a = unsafe { &*slot.cast::<[u64; 5]>() };
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
+}
+
+/// Sets the slot's bit in `FLOWS_USED`, so that the agent's sweep visits it. The agent clears
+/// a bit before it frees the slot, and the program can claim the slot only once it is free, so
+/// this never races with the clearing. A sweep between `claim` and this sees the slot at the
+/// next sweep.
+#[inline(always)]
+fn mark_used(index: u32) {
+    if let Some(word) = FLOWS_USED.get_ptr_mut(index / 64) {
+        // SAFETY: a word of the array; the agent changes it only atomically too.
+        unsafe { atomic_or(word, 1u64 << (index % 64)) };
+    }
+}
+
+/// Fills a slot this program just claimed, then makes it live. Until then no one else reads or
+/// writes it (other CPUs skip claimed slots, the agent too), so plain stores do.
+#[inline(always)]
+unsafe fn claim(s: *mut FlowSlot, p: &Parsed, packets: u32, bytes: u32, now: u64) {
     // A new connection's first packet gets the precise clock (the same CLOCK_MONOTONIC as the
     // coarse one): the agent orients a connection seen both ways in one sweep by which side
     // came first, and SYN and SYN-ACK are usually within one jiffy. Once per flow, not per packet.
     // SAFETY: a plain helper call.
     let first = unsafe { bpf_ktime_get_ns() }.max(now);
-    let fresh = FlowStats {
-        first_seen_ns: first,
-        last_seen_ns: first,
-        packets: packets as u64,
-        bytes: bytes as u64,
-        tcp_flags: p.tcp_flags,
-        icmp_type: p.icmp_type,
-        icmp_code: p.icmp_code,
-        _pad: [0; 5],
-    };
-    match FLOWS.insert(&p.key, &fresh, BPF_NOEXIST as u64) {
-        Ok(()) => true,
-        // Another CPU inserted the key between our lookup and insert: add to its entry.
-        Err(e) if e as i64 == -EEXIST => match FLOWS.get_ptr_mut(&p.key) {
-            Some(s) => {
-                add(s, p, packets, bytes, now);
-                true
-            }
-            None => false,
-        },
-        Err(_) => false,
+    // SAFETY: the caller claimed `s`.
+    unsafe {
+        (*s).key = p.key;
+        (*s).tcp_flags = p.tcp_flags;
+        (*s).icmp_type = p.icmp_type;
+        (*s).icmp_code = p.icmp_code;
+        (*s).first_seen_ns = first;
+        (*s).last_seen_ns = first;
+        // The agent left the sums at zero when it freed the slot; add, as for a live slot, so
+        // that this holds even for a slot the agent never touched.
+        atomic_add(&raw mut (*s).packets, packets as u64);
+        atomic_add(&raw mut (*s).bytes, bytes as u64);
+        // An atomic exchange is a full barrier: whoever sees the slot live sees its key.
+        xchg32(&raw mut (*s).state, SLOT_LIVE);
     }
 }
 
-/// Adds to an entry other CPUs may update at the same time: the sums with atomic adds (exact),
-/// the TCP flags with an atomic OR (only when a flag is new, which is rare), the last-seen time
-/// and ICMP type/code with plain stores (any recent value will do: last-seen only decides when
-/// an idle entry is removed).
+/// Adds to a live slot other CPUs may update at the same time, and the agent empties: the sums
+/// with atomic adds (exact), packets before bytes (the agent takes bytes before packets, so a
+/// packet is never reported after its bytes), the TCP flags with an atomic OR (only when a flag
+/// is new, which is rare), the last-seen time and ICMP type/code with plain stores (any recent
+/// value will do: last-seen only decides when an idle slot is freed).
 #[inline(always)]
-fn add(s: *mut FlowStats, p: &Parsed, packets: u32, bytes: u32, now: u64) {
-    // SAFETY: `s` points at a live map value (RCU keeps it valid while the program runs).
+fn add(s: *mut FlowSlot, p: &Parsed, packets: u32, bytes: u32, now: u64) {
+    // SAFETY: `s` points at a live slot (see `add_to_flow`).
     unsafe {
         atomic_add(&raw mut (*s).packets, packets as u64);
         atomic_add(&raw mut (*s).bytes, bytes as u64);
@@ -172,9 +236,9 @@ fn add(s: *mut FlowStats, p: &Parsed, packets: u32, bytes: u32, now: u64) {
         }
         let flags = p.tcp_flags;
         if flags & !(*s).tcp_flags != 0 {
-            // BPF atomics are 32 or 64 bits: OR the 8-aligned word that starts with
+            // BPF atomics are 32 or 64 bits: OR the 4-aligned word that starts with
             // `tcp_flags` (little endian, so the flags are its low byte).
-            atomic_or((&raw mut (*s).tcp_flags).cast::<u64>(), flags as u64);
+            atomic_or32((&raw mut (*s).tcp_flags).cast::<u32>(), flags as u32);
         }
         if p.icmp_type != 0 || p.icmp_code != 0 {
             (*s).icmp_type = p.icmp_type;
@@ -184,7 +248,8 @@ fn add(s: *mut FlowStats, p: &Parsed, packets: u32, bytes: u32, now: u64) {
 }
 
 // Rust's BPF target has no compare-and-swap, so `core`'s atomics offer no read-modify-write;
-// the instructions themselves exist (BPF_ATOMIC, the OR since kernel 5.12), hence the asm.
+// the instructions themselves exist (BPF_ATOMIC: add since kernel 5.2, or, xchg and cmpxchg
+// since 5.12), hence the asm.
 
 /// `*ptr += v` as one atomic instruction. `ptr` must be 8-aligned and valid.
 #[inline(always)]
@@ -198,4 +263,40 @@ unsafe fn atomic_add(ptr: *mut u64, v: u64) {
 unsafe fn atomic_or(ptr: *mut u64, v: u64) {
     // SAFETY: as for `atomic_add`.
     unsafe { core::arch::asm!("lock *(u64 *)({p} + 0) |= {v}", p = in(reg) ptr, v = in(reg) v) };
+}
+
+/// `*ptr |= v` as one atomic instruction. `ptr` must be 4-aligned and valid.
+#[inline(always)]
+unsafe fn atomic_or32(ptr: *mut u32, v: u32) {
+    // SAFETY: as for `atomic_add`.
+    unsafe { core::arch::asm!("lock *(u32 *)({p} + 0) |= {v}", p = in(reg) ptr, v = in(wreg) v) };
+}
+
+/// Sets `*ptr` to `v` and returns the old value, atomically, with a full barrier. `ptr` must be
+/// 4-aligned and valid.
+#[inline(always)]
+unsafe fn xchg32(ptr: *mut u32, v: u32) -> u32 {
+    let old: u32;
+    // SAFETY: as for `atomic_add`.
+    unsafe {
+        core::arch::asm!("{v} = xchg32_32({p} + 0, {v})", p = in(reg) ptr, v = inout(wreg) v => old)
+    };
+    old
+}
+
+/// If `*ptr == expected`, sets it to `new`; returns the value found, atomically, with a full
+/// barrier. `ptr` must be 4-aligned and valid.
+#[inline(always)]
+unsafe fn cmpxchg32(ptr: *mut u32, expected: u32, new: u32) -> u32 {
+    let found: u32;
+    // SAFETY: as for `atomic_add`. BPF_CMPXCHG compares with and returns into r0 (w0).
+    unsafe {
+        core::arch::asm!(
+            "w0 = cmpxchg32_32({p} + 0, w0, {n})",
+            p = in(reg) ptr,
+            n = in(wreg) new,
+            inout("w0") expected => found,
+        )
+    };
+    found
 }

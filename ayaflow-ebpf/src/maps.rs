@@ -1,12 +1,13 @@
 //! Every map of the program, each with its key, value and sizing.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use ayaflow_common::{
     counters::{COUNTER_BLOCKS, CounterBlock},
-    flow::{FlowKey, FlowStats},
+    flow::FlowSlot,
 };
 
 /// Per-packet events for userspace (`PacketEvent`, 64 B + 8 B ring header each).
@@ -19,13 +20,22 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(COUNTER_BLOCKS, 0);
 
-/// Flow mode: key `FlowKey` (40 B), value `FlowStats` (40 B), one value shared by all CPUs and
-/// updated with atomic adds (no lock). Memory is about `max_entries × 128 B` (preallocated); the
-/// agent sets `max_entries` from `--flow-map-size`.
+/// Flow mode: the flow table, `FlowSlot`s (80 B each) in an array the agent maps into its
+/// memory. The agent sets the size (`--flow-map-size` rounded up to a power of two). The
+/// program finds a connection's slot itself (`flow_hash`, linear probing), see `flow.rs`.
 ///
-/// Shared rather than per-CPU, measured (BENCHMARKS.md): the per-CPU value lives apart from the
-/// key, one more cache miss per packet (in situ at 100,000 flows most of the classifier's time
-/// is such misses), and the agent's sweep must read `nCPU` values per entry, 64 times the data
-/// on a 64-CPU node. One flow's packets arrive on one CPU (RSS), so the atomics rarely contend.
+/// An array rather than a BPF hash map, measured (BENCHMARKS.md): the hash map's lookup was
+/// half of flow mode's cost (`jhash` over the 40-byte key, then the bucket and the element, two
+/// cache misses per packet with many flows, where a slot is one), and its sweep needed system
+/// calls, a userspace copy of every entry's last totals, and a syscall per removed entry.
+/// Shared by all CPUs and updated with atomic adds: a per-CPU value would multiply the table by
+/// the CPUs, and one flow's packets arrive on one CPU (RSS), so the atomics rarely contend.
 #[map(name = "FLOWS")]
-pub static FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(65536, 0);
+pub static FLOWS: Array<FlowSlot> = Array::with_max_entries(65536, BPF_F_MMAPABLE);
+
+/// Flow mode: one bit per `FLOWS` slot, set by the program when it claims the slot and cleared
+/// by the agent when it frees it, so that a sweep visits the slots in use rather than the whole
+/// table (32 KiB of bits for 262,144 slots instead of 20 MiB of slots). The agent sets the size
+/// (slots / 64) and maps it into its memory.
+#[map(name = "FLOWS_USED")]
+pub static FLOWS_USED: Array<u64> = Array::with_max_entries(1024, BPF_F_MMAPABLE);

@@ -139,8 +139,14 @@ pub async fn run(config: Config) -> Result<()> {
     let tick_task = tokio::spawn(tick(pipeline.clone(), shutdown.clone()));
     let mut sink = pipeline.clone();
     let ring_shutdown = shutdown.clone();
-    let ring_task =
-        tokio::spawn(async move { ebpf::ring::run(ring, &mut sink, ring_shutdown.wait()).await });
+    let drain_interval = if flows {
+        ebpf::ring::FLOW_MODE_DRAIN_INTERVAL
+    } else {
+        ebpf::ring::DRAIN_INTERVAL
+    };
+    let ring_task = tokio::spawn(async move {
+        ebpf::ring::run(ring, &mut sink, ring_shutdown.wait(), drain_interval).await
+    });
 
     let sweep_task = sweeper.map(|s| spawn_sweeper(s, pipeline.clone(), shutdown.clone()));
 

@@ -1,7 +1,7 @@
 //! Time-window aggregation for the history's aggregated mode: sums packets and bytes per
 //! (window, five-tuple, direction) and hands out rows once their window has ended.
 //!
-//! The pipeline feeds it single packets (raw events) or deltas read from the kernel flow map,
+//! The pipeline feeds it single packets (raw events) or deltas read from the kernel flow table,
 //! calls [`Aggregator::take_closed`] on every tick and [`Aggregator::take_all`] at shutdown, and
 //! sends the rows to the storage writer (`storage.rs`), which stores them in the `windows` table.
 //!

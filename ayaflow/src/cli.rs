@@ -135,7 +135,8 @@ pub struct CliArgs {
     )]
     pub max_connections: Option<String>,
 
-    /// Entries of the kernel flow map (flows mode) [default: 65536]
+    /// Slots of the kernel flow table (flows mode), rounded up to a power of two; keep it
+    /// about twice the connections (one per direction) seen at once [default: 65536]
     #[arg(
         long,
         env = "AYAFLOW_FLOW_MAP_SIZE",

@@ -42,8 +42,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 /// ([`crate::connections::ConnectionTable::new`]), so a typo such as an extra zero must not
 /// become an allocation failure: 2^24 entries already take about 3.3 GiB.
 pub const MAX_MAX_CONNECTIONS: usize = 1 << 24;
-/// Default number of entries of the kernel flow map.
+/// Default number of slots of the kernel flow table (5 MiB).
 pub const DEFAULT_FLOW_MAP_SIZE: u32 = 65_536;
+/// Largest accepted `flow_map_size`: 2^24 slots of 80 B already take 1.25 GiB of kernel memory.
+pub const MAX_FLOW_MAP_SIZE: u32 = 1 << 24;
 /// Default size of the kernel ring buffer: 8 MiB holds tens of thousands of events, a few
 /// hundred milliseconds at high packet rates, which covers a scheduling hiccup of the reader.
 pub const DEFAULT_RING_BUFFER_SIZE: u32 = 8 << 20;
@@ -79,7 +81,7 @@ impl DirectionChoice {
 pub enum CaptureMode {
     /// One ring-buffer event per packet. This is the default when the aggregation window is 0.
     Raw,
-    /// Aggregate per flow in a kernel hash map that userspace sweeps. This is the default when
+    /// Aggregate per flow in a kernel table that userspace sweeps. This is the default when
     /// an aggregation window is set.
     Flows,
 }
@@ -113,7 +115,8 @@ pub struct Config {
     pub capture_mode: CaptureMode,
     /// Bound of the live connection table, from 1 to [`MAX_MAX_CONNECTIONS`].
     pub max_connections: usize,
-    /// Entries of the kernel flow map (flows mode), at least 1.
+    /// Slots of the kernel flow table (flows mode), from 1 to [`MAX_FLOW_MAP_SIZE`]; the table
+    /// gets the next power of two.
     pub flow_map_size: u32,
     /// Bytes of the kernel ring buffer: a power of two, at least the page size.
     pub ring_buffer_size: u32,
@@ -404,7 +407,7 @@ const FLOW_MAP_SIZE: Opt = Opt {
     flag: "--flow-map-size",
     env: "AYAFLOW_FLOW_MAP_SIZE",
     yaml: "flow_map_size",
-    expected: "a whole number of entries from 1 to 4294967295",
+    expected: "a whole number of slots from 1 to 16777216",
 };
 const RING_BUFFER_SIZE: Opt = Opt {
     id: "ring_buffer_size",
@@ -768,9 +771,8 @@ fn resolve(cli: &Cli, yaml: &YamlFile, yaml_origin: &str) -> Result<Config, Conf
         &yaml.flow_map_size,
     ) {
         None => defaults.flow_map_size,
-        Some(g) => {
-            u32::try_from(g.number(1, u32::MAX.into())?).map_err(|_| g.invalid(g.shown()))?
-        }
+        Some(g) => u32::try_from(g.number(1, MAX_FLOW_MAP_SIZE.into())?)
+            .map_err(|_| g.invalid(g.shown()))?,
     };
 
     let ring_buffer_size = match layers.pick(
@@ -1657,7 +1659,7 @@ ring_buffer_size: 16777216
             env: &[],
             yaml: None,
             message: "--flow-map-size = 0 (from the command line): expected a whole number of \
-                      entries from 1 to 4294967295",
+                      slots from 1 to 16777216",
             exact: true,
         },
         ErrorCase {

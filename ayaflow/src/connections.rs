@@ -2,7 +2,7 @@
 //! show right now.
 //!
 //! The pipeline feeds it every raw packet ([`ConnectionTable::record`]) or, in flow mode, every
-//! delta swept from the kernel flow map ([`ConnectionTable::record_delta`]), and calls
+//! delta swept from the kernel flow table ([`ConnectionTable::record_delta`]), and calls
 //! [`ConnectionTable::expire`] on each tick. The API reads it with [`ConnectionTable::top`].
 //!
 //! A connection is keyed by protocol and both endpoints regardless of direction, so `A -> B`
@@ -242,7 +242,7 @@ impl ConnectionTable {
         );
     }
 
-    /// Adds a delta swept from the kernel flow map (flow mode): `packets` and `bytes` seen by
+    /// Adds a delta swept from the kernel flow table (flow mode): `packets` and `bytes` seen by
     /// the `direction` hook between `first_seen_unix_ns` and `last_seen_unix_ns`, with the OR of
     /// their TCP flags.
     ///
@@ -250,7 +250,7 @@ impl ConnectionTable {
     /// the same sweep that may be the responder's.
     #[expect(
         clippy::too_many_arguments,
-        reason = "mirrors the kernel's FlowKey + FlowStats"
+        reason = "mirrors the kernel's FlowKey + FlowSlot"
     )]
     pub fn record_delta(
         &mut self,

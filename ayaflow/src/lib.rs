@@ -3,7 +3,7 @@
 //!
 //! Layout (data flows top to bottom):
 //! - `ebpf`: loads and attaches the embedded kernel program, drains its ring buffer, reads its
-//!   per-CPU counters (and, in flow mode, sweeps its flow map).
+//!   per-CPU counters (and, in flow mode, sweeps its flow table).
 //! - `decode` + `flow`: length-checked bytes -> `PacketEvent` -> the domain `Packet`.
 //! - `connections`: the bounded live connection table (timeouts, FIN/RST, top-N).
 //! - `pipeline`: fans packets out to the connection table and, through a bounded queue, to the

@@ -249,7 +249,7 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
             ),
             (
                 "ayaflow_flow_fallbacks",
-                "Flow mode: packets sent as events because the flow map was full; raise --flow-map-size.",
+                "Flow mode: packets sent as events because the flow table had no free slot for them; raise --flow-map-size.",
                 Counter::FlowFallbacks,
             ),
         ];

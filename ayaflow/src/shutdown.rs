@@ -1,7 +1,7 @@
 //! Waits for SIGINT or SIGTERM and tells every task through a `watch` channel.
 //!
 //! Order on shutdown (see `agent.rs`): the API stops accepting; the capture tasks drain the
-//! ring buffer (and sweep the flow map) one last time; the pipeline flushes the current
+//! ring buffer (and sweep the flow table) one last time; the pipeline flushes the current
 //! aggregation window; storage writes everything queued and closes the database; then the
 //! kernel program is dropped, which detaches it.
 

@@ -291,7 +291,8 @@ fn section_kernel(w: &mut String, cmd: &str, k: &crate::kernel::Report) {
          frames. The empty classifier is `r0 = -1; exit` (the same verdict, TC_ACT_UNSPEC): the \
          floor any TC program pays, here the test runner's own loop. Raw mode includes the ring-buffer \
          reserve + submit of one 64-byte event (the ring is sized so that no event is dropped); flow \
-         mode the shared hash update (two atomic adds) of an existing flow.\n\nReproduce: `{cmd} -- --sections kernel`\n",
+         mode finding the flow's slot in the flow table (a seeded hash, five 64-bit key compares) and \
+         its two atomic adds.\n\nReproduce: `{cmd} -- --sections kernel`\n",
         fmt_n(k.repeat as f64),
         k.runs
     );
@@ -357,8 +358,9 @@ fn section_capture(w: &mut String, cmd: &str, plan: &Plan, res: &Results) {
          - *BPF in situ*: the classifier's run time per packet on this traffic, from the kernel's \
          BPF statistics (warm-up round only, as they cost a little themselves: two clock reads per \
          run, which the empty classifier on the same hook shows below the table).\n\
-         - Agent flags: `--max-connections 262144 --flow-map-size 262144` so that 100,000 flows fit; \
-         aggregated modes use `--aggregation-window {WINDOW_SECS}`.\n",
+         - Agent flags: `--max-connections 262144 --flow-map-size 262144` so that 100,000 flows fit \
+         (the same table for 1,000 flows: its 20 MiB are mapped into the agent, which shows in its \
+         RSS); aggregated modes use `--aggregation-window {WINDOW_SECS}`.\n",
         fmt_n(plan.packets as f64)
     );
     let _ = writeln!(
@@ -864,18 +866,16 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
         let _ = writeln!(
             w,
             "- **Flow mode** ({t}): {:.3} s per million packets in the agent and {} ring-buffer events: \
-             the kernel aggregates, the agent sweeps the flow map every second, so its work is per flow \
-             and second, not per packet.{} What would move it: reading only \
-             the flows that changed since the last sweep (a ring of new keys plus a generation \
-             counter), one userspace map per flow for the shadow, the table and the window instead \
-             of three, and removing idle entries in batches.",
+             the kernel aggregates, the agent sweeps the flow table every second (mapped into its \
+             memory: the slots in use, found from a bitmap, their sums taken with atomic exchanges, \
+             no system call), so its work is per flow and second, not per packet.{} What would move \
+             it: one userspace map per flow for the live table and the window instead of two, and \
+             skipping flows with no new packets.",
             fl.proc_cpu,
             opt_n(fl.events),
             big.map(|b| format!(
                 " With 100,000 flows it costs {:.3} s per million packets: every second the sweep \
-                 reads every entry (one value each, the map is shared by all CPUs) and updates the \
-                 shadow, the live table and the window of each; each flow that ends costs one \
-                 lookup-and-delete syscall.",
+                 reads every slot in use and updates the live table and the window of each flow.",
                 b.proc_cpu
             ))
             .unwrap_or_default()

@@ -307,7 +307,7 @@ fn flow_mode_exact_counts_both_directions() {
     exact_counts("both", "flows", &[]);
 }
 
-/// A flow map too small for the traffic: new connections fall back to ring-buffer events,
+/// A flow table too small for the traffic: new connections fall back to ring-buffer events,
 /// the fallback is counted, and every number stays exact.
 #[test]
 fn flow_mode_full_map_falls_back_to_events() {
@@ -316,6 +316,6 @@ fn flow_mode_full_map_falls_back_to_events() {
         + metric(&text, "ayaflow_flow_fallbacks_total{direction=\"egress\"}").unwrap();
     assert!(
         fallbacks > 0,
-        "a 4-entry map must overflow with this traffic: {text}"
+        "a 4-slot table must overflow with this traffic: {text}"
     );
 }

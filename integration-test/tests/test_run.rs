@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ayaflow::ebpf::{
     KernelProgram, LoadOptions,
     counters::Totals,
+    evict::FlowDelta,
     test_run::{SkBuffCtx, test_run},
 };
 use ayaflow_common::{
@@ -419,8 +420,26 @@ fn frames_the_kernel_test_runner_refuses() {
     }
 }
 
+/// Sweeps until the table holds no connection (drained slots are freed a grace period after
+/// they were drained), returning every delta on the way.
+fn sweep_until_empty(flows: &mut ayaflow::ebpf::evict::FlowSweeper) -> Vec<FlowDelta> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut all = flows.sweep(u64::MAX);
+    while flows.tracked() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slots still held after 30 s: {}",
+            flows.tracked()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        all.extend(flows.sweep(u64::MAX));
+    }
+    all
+}
+
 /// Flow mode: packets of one connection accumulate in `FLOWS` (no event), a second connection
-/// that does not fit in a full map falls back to an event flagged as such, and both are counted.
+/// that does not fit in a full table falls back to an event flagged as such, and both are
+/// counted. Once the first connection is idle its slot is freed, and the second one gets it.
 #[test]
 fn flow_mode_aggregates_then_falls_back_when_full() {
     use ayaflow_common::{event::EVENT_FLAG_FLOW_FALLBACK, globals::CAPTURE_MODE_FLOWS};
@@ -434,6 +453,7 @@ fn flow_mode_aggregates_then_falls_back_when_full() {
     let mut ring = prog.take_events().unwrap();
     let counters = prog.take_counters().unwrap();
     let mut flows = prog.take_flows().unwrap();
+    assert_eq!(flows.capacity(), 1);
     let first = eth(
         ETH_P_IP,
         &ipv4(17, A4, B4, &[], 0, &udp(1000, 53, &[0; 40])),
@@ -448,14 +468,20 @@ fn flow_mode_aggregates_then_falls_back_when_full() {
     }
     assert_eq!(test_run(fd, &second, None, 1).unwrap().retval, PASS);
 
-    // The first connection: one map entry with 3 packets, no events.
-    let deltas = flows.sweep(u64::MAX);
+    // The first connection: one slot with 3 packets, no events.
+    let deltas = flows.sweep(ayaflow::ebpf::evict::flow_clock_ns());
     assert_eq!(deltas.len(), 1, "{deltas:?}");
     assert_eq!(
         (deltas[0].tuple.src_port, deltas[0].packets, deltas[0].bytes),
         (1000, 3, 3 * first.len() as u64)
     );
-    // The second: the map (1 entry) was full, so it came as a flagged event.
+    assert!(
+        flows
+            .sweep(ayaflow::ebpf::evict::flow_clock_ns())
+            .is_empty(),
+        "nothing new, nothing reported again"
+    );
+    // The second: the table (1 slot) was full, so it came as a flagged event.
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
         events.push(ayaflow::decode::packet_event(&item).unwrap());
@@ -471,24 +497,39 @@ fn flow_mode_aggregates_then_falls_back_when_full() {
     );
     assert_eq!(t.get(Direction::Ingress, Counter::FlowFallbacks), 1);
     assert_eq!(t.get(Direction::Ingress, Counter::RingbufDrops), 0);
-    // The sweep removed the idle entry: the map is empty again.
-    assert!(flows.sweep(u64::MAX).is_empty());
+
+    // Idle (every slot is, at `u64::MAX`): drained, then freed, with nothing more to report.
+    assert!(sweep_until_empty(&mut flows).is_empty());
+    // The freed slot takes the second connection: no event this time.
+    assert_eq!(test_run(fd, &second, None, 1).unwrap().retval, PASS);
+    let deltas = flows.sweep(ayaflow::ebpf::evict::flow_clock_ns());
+    assert_eq!(deltas.len(), 1, "{deltas:?}");
+    assert_eq!((deltas[0].tuple.src_port, deltas[0].packets), (1001, 1));
+    assert!(ring.next().is_none());
+    assert_eq!(
+        counters
+            .read()
+            .unwrap()
+            .get(Direction::Ingress, Counter::FlowFallbacks),
+        1
+    );
 }
 
-/// Flow mode with more connections than one batched read returns: every one is reported once,
-/// nothing twice, and a later packet shows up as exactly one delta.
+/// Flow mode with thousands of connections: every one is reported once, nothing twice, and a
+/// later packet shows up as exactly one delta.
 #[test]
-fn flow_sweep_reads_every_entry_across_batches() {
+fn flow_sweep_reports_every_connection_once() {
     use ayaflow_common::globals::CAPTURE_MODE_FLOWS;
     require_bpf();
     const FLOWS: u16 = 5000;
     let opts = LoadOptions {
         capture_mode: CAPTURE_MODE_FLOWS,
-        flow_map_size: 8192,
+        flow_map_size: 16384,
         ..LoadOptions::default()
     };
     let mut prog = KernelProgram::load(&opts).unwrap();
     let mut sweeper = prog.take_flows().unwrap();
+    let counters = prog.take_counters().unwrap();
     let fd = prog.program_fd(Direction::Ingress);
     let frame = |port: u16| {
         eth(
@@ -499,6 +540,14 @@ fn flow_sweep_reads_every_entry_across_batches() {
     for port in 0..FLOWS {
         test_run(fd, &frame(10_000 + port), None, 1).unwrap();
     }
+    // At a quarter full, probing finds every connection a slot.
+    assert_eq!(
+        counters
+            .read()
+            .unwrap()
+            .get(Direction::Ingress, Counter::FlowFallbacks),
+        0
+    );
     let now = ayaflow::ebpf::evict::flow_clock_ns();
     let deltas = sweeper.sweep(now);
     assert_eq!(deltas.len(), FLOWS as usize);
@@ -519,4 +568,67 @@ fn flow_sweep_reads_every_entry_across_batches() {
     let again = sweeper.sweep(now);
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].tuple.src_port, again[0].packets), (10_007, 1));
+}
+
+/// Flow mode while the agent sweeps at the same time, on another CPU, draining and freeing
+/// slots as fast as it can (every slot counts as idle): the sums taken add up exactly to the
+/// packets the program saw, none lost between a read and a free, none counted twice.
+#[test]
+fn flow_sweeps_racing_the_kernel_lose_nothing() {
+    use ayaflow_common::globals::CAPTURE_MODE_FLOWS;
+    require_bpf();
+    const CALLS: u32 = 200;
+    const REPEAT: u32 = 50_000;
+    let opts = LoadOptions {
+        capture_mode: CAPTURE_MODE_FLOWS,
+        flow_map_size: 64,
+        ..LoadOptions::default()
+    };
+    let mut prog = KernelProgram::load(&opts).unwrap();
+    let mut sweeper = prog.take_flows().unwrap();
+    let counters = prog.take_counters().unwrap();
+    let fd = prog.program_fd(Direction::Ingress);
+    let frames: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            eth(
+                ETH_P_IP,
+                &ipv4(6, A4, B4, &[], 0, &tcp(40_000 + i, 443, 0x10, &[0; 10])),
+            )
+        })
+        .collect();
+    let sent = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            for call in 0..CALLS {
+                let frame = &frames[call as usize % frames.len()];
+                assert_eq!(test_run(fd, frame, None, REPEAT).unwrap().retval, PASS);
+            }
+        });
+        let mut all = Vec::new();
+        while !sender.is_finished() {
+            all.extend(sweeper.sweep(u64::MAX));
+        }
+        sender.join().unwrap();
+        all.extend(sweep_until_empty(&mut sweeper));
+        all
+    });
+    let packets: u64 = sent.iter().map(|d| d.packets).sum();
+    let bytes: u64 = sent.iter().map(|d| d.bytes).sum();
+    let expected_packets = u64::from(CALLS) * u64::from(REPEAT);
+    let t = counters.read().unwrap();
+    let fallbacks = t.get(Direction::Ingress, Counter::FlowFallbacks);
+    assert_eq!(
+        packets + fallbacks,
+        expected_packets,
+        "{fallbacks} fell back"
+    );
+    assert_eq!(
+        bytes + fallbacks * frames[0].len() as u64,
+        t.get(Direction::Ingress, Counter::Bytes)
+    );
+    assert_eq!(
+        t.get(Direction::Ingress, Counter::Packets),
+        expected_packets
+    );
+    let ports: std::collections::BTreeSet<u16> = sent.iter().map(|d| d.tuple.src_port).collect();
+    assert_eq!(ports.len(), frames.len());
 }

@@ -1,36 +1,43 @@
-//! Flow mode: sweeps the kernel's `FLOWS` map every second and turns it into per-connection
+//! Flow mode: sweeps the kernel's `FLOWS` table every second and turns it into per-connection
 //! deltas for the live table and the aggregated history.
 //!
-//! How (after netobserv's `pkg/tracer/tracer.go`): read every entry (`BPF_MAP_LOOKUP_BATCH`,
-//! thousands of entries per syscall, so a sweep of 100,000 flows costs a few dozen syscalls;
-//! the map is shared by all CPUs, so one value per entry) and subtract what the previous sweep
-//! already reported (a shadow map in userspace). Entries idle for longer than [`IDLE_AFTER`] are removed with
-//! `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which returns the final values and deletes the entry in one
-//! step, so a packet that lands between a read and a delete is never lost (aya 0.14 has no
-//! wrapper for it on hash maps, hence the raw syscall). New keys created during a sweep
-//! are picked up by the next one.
+//! The table is a BPF array of [`FlowSlot`]s that this module maps into the agent's memory
+//! (`BPF_F_MMAPABLE`), so a sweep is a walk over memory, without a system call. The kernel adds
+//! to a slot's sums with atomic adds; a sweep takes them with atomic exchanges (`swap(0)`), so
+//! what it reads is exactly what was added since the previous sweep: no copy of the previous
+//! totals is kept, and no packet is lost or counted twice.
+//!
+//! A slot's `state` says who may do what (see `ayaflow_common::flow`):
+//! - `EMPTY` -> `CLAIMED` -> `LIVE`: the kernel program, for a connection's first packet.
+//! - `LIVE` -> `DRAINING`: a sweep, once the slot's last packet is older than [`IDLE_AFTER`]. The
+//!   kernel program no longer matches a draining slot (a new packet of that connection gets a
+//!   new slot), but a program that matched it just before may still be adding.
+//! - `DRAINING` -> `EMPTY`: a later sweep, at least [`DRAIN_GRACE`] after, long past any program
+//!   run: it takes what was added meanwhile, clears the key, and frees the slot.
 
 use std::{
-    collections::hash_map,
     io,
-    os::fd::{AsFd as _, AsRawFd},
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::Duration,
 };
 
-use aya::maps::{HashMap, Map, MapData};
-use ayaflow_common::flow::{Direction, FlowKey, FlowStats};
+use aya::maps::Map;
+use ayaflow_common::flow::{Direction, FlowKey, FlowSlot, SLOT_DRAINING, SLOT_EMPTY, SLOT_LIVE};
 
-use crate::flow::{FiveTuple, WireHashMap};
+use crate::flow::FiveTuple;
 
-/// How often the map is swept. This bounds how stale the live view is in flow mode.
+/// How often the table is swept. This bounds how stale the live view is in flow mode.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// An entry whose last packet is older than this is removed from the kernel map.
+/// A slot whose last packet is older than this is drained and freed.
 pub const IDLE_AFTER: Duration = Duration::from_secs(2);
+/// How long a draining slot waits before it is freed: far longer than any run of the kernel
+/// program (microseconds), which may have matched the slot just before it was drained.
+pub const DRAIN_GRACE: Duration = Duration::from_millis(100);
 
-const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-
-/// CLOCK_MONOTONIC now: the clock of the flow map's first/last-seen times (the kernel reads it
-/// with `bpf_ktime_get_coarse_ns`, which lags this by at most a jiffy).
+/// CLOCK_MONOTONIC now: the clock of the flow table's first/last-seen times (the kernel reads
+/// it with `bpf_ktime_get_coarse_ns`, which lags this by at most a jiffy).
 pub fn flow_clock_ns() -> u64 {
     super::ring::clock_ns(libc::CLOCK_MONOTONIC)
 }
@@ -47,174 +54,194 @@ pub struct FlowDelta {
     pub tcp_flags: u8,
 }
 
-/// Entries read per `BPF_MAP_LOOKUP_BATCH` call.
-const BATCH: usize = 4096;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// The `batch` member of `union bpf_attr`.
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+/// A BPF array created with `BPF_F_MMAPABLE`, mapped into this process and accessed in place.
+struct Mapped<T> {
+    base: NonNull<T>,
+    len: usize,
+    mapped_bytes: usize,
 }
 
-/// A `FlowStats` from the bytes the kernel wrote.
-fn stats_at(buf: &[u8]) -> FlowStats {
-    assert!(buf.len() >= size_of::<FlowStats>());
-    // SAFETY: the buffer holds a whole FlowStats (plain old data) written by the kernel.
-    unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<FlowStats>()) }
+// SAFETY: the mapping is plain shared memory; every access to what the kernel changes goes
+// through atomics.
+unsafe impl<T> Send for Mapped<T> {}
+
+impl<T> Mapped<T> {
+    fn map(name: &str, map: &Map) -> io::Result<Mapped<T>> {
+        let Map::Array(data) = map else {
+            return Err(io::Error::other(format!(
+                "{name} is not a BPF array: the kernel object does not match this agent"
+            )));
+        };
+        let info = data.info().map_err(io::Error::other)?;
+        if info.value_size() as usize != size_of::<T>() {
+            return Err(io::Error::other(format!(
+                "{name} holds {}-byte values, this agent expects {}: the kernel object does not \
+                 match this agent",
+                info.value_size(),
+                size_of::<T>()
+            )));
+        }
+        let len = info.max_entries() as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let mapped_bytes = (len * size_of::<T>()).div_ceil(page) * page;
+        // SAFETY: maps the array's values shared with the kernel; the mapping lives until Drop,
+        // which unmaps exactly this range.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("mapping {name}: {e}")));
+        }
+        Ok(Mapped {
+            base: NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?,
+            len,
+            mapped_bytes,
+        })
+    }
+
+    fn at(&self, i: usize) -> *mut T {
+        assert!(i < self.len);
+        // SAFETY: in bounds of the mapping (checked above); the base is page-aligned and the
+        // values are 8-byte multiples, so every value is 8-aligned.
+        unsafe { self.base.as_ptr().add(i) }
+    }
 }
 
-/// Owns the `FLOWS` map and the shadow of what was already reported.
+impl<T> Drop for Mapped<T> {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the range mapped in `map`, which nothing uses after this.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped_bytes) };
+    }
+}
+
+/// What a sweep knows about a slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Seen {
+    /// Empty, or live but not reported yet: its first delta is a new connection's.
+    #[default]
+    New,
+    /// Reported at least once.
+    Reported,
+    /// Set to draining at this [`flow_clock_ns`] time.
+    Draining(u64),
+}
+
+/// Owns the `FLOWS` table and its `FLOWS_USED` bits.
 pub struct FlowSweeper {
-    map: Map,
-    /// Totals reported so far, per live kernel entry.
-    reported: WireHashMap<FlowKey, (u64, u64)>,
+    table: Mapped<FlowSlot>,
+    /// Bit `i % 64` of word `i / 64` is set while slot `i` may hold a connection.
+    used: Mapped<u64>,
+    seen: Vec<Seen>,
     /// Added to a [`flow_clock_ns`] time to get Unix time.
     clock_to_unix_ns: u64,
 }
 
 impl FlowSweeper {
-    pub fn new(map: Map) -> io::Result<FlowSweeper> {
-        if !matches!(map, Map::HashMap(_)) {
-            return Err(io::Error::other(
-                "FLOWS is not a BPF hash map: the kernel object does not match this agent",
-            ));
+    /// Maps `FLOWS` and `FLOWS_USED` (the maps themselves may be dropped after: the mappings
+    /// keep the memory alive).
+    pub fn new(flows: &Map, used: &Map) -> io::Result<FlowSweeper> {
+        let table = Mapped::<FlowSlot>::map("FLOWS", flows)?;
+        let used = Mapped::<u64>::map("FLOWS_USED", used)?;
+        if used.len * 64 < table.len {
+            return Err(io::Error::other(format!(
+                "FLOWS_USED has {} bits for {} slots: the kernel object does not match this agent",
+                used.len * 64,
+                table.len
+            )));
         }
         let clock_to_unix_ns =
             super::ring::clock_ns(libc::CLOCK_REALTIME).saturating_sub(flow_clock_ns());
         Ok(FlowSweeper {
-            map,
-            reported: WireHashMap::default(),
+            seen: vec![Seen::New; table.len],
+            table,
+            used,
             clock_to_unix_ns,
         })
     }
 
-    fn data(&self) -> &MapData {
-        match &self.map {
-            Map::HashMap(d) => d,
-            _ => unreachable!("checked in FlowSweeper::new"),
-        }
+    /// The bits of `FLOWS_USED` word `w`.
+    fn used_word(&self, w: usize) -> &AtomicU64 {
+        // SAFETY: a valid, aligned u64 of the mapping, changed by the kernel only atomically.
+        unsafe { AtomicU64::from_ptr(self.used.at(w)) }
     }
 
-    /// Every entry of the map. One `BPF_MAP_LOOKUP_BATCH`
-    /// syscall per [`BATCH`] entries (kernel 5.6+); two syscalls per entry (next key, lookup)
-    /// where batches are not supported.
-    fn read_all(&self) -> Vec<(FlowKey, FlowStats)> {
-        match self.read_batched() {
-            Ok(all) => all,
-            Err(e) => {
-                tracing::debug!("batched read of FLOWS failed ({e}); reading key by key");
-                let Ok(view) = HashMap::<&MapData, FlowKey, FlowStats>::try_from(&self.map) else {
-                    return Vec::new();
-                };
-                view.iter().filter_map(Result::ok).collect()
-            }
-        }
-    }
-
-    fn read_batched(&self) -> io::Result<Vec<(FlowKey, FlowStats)>> {
-        let stride = size_of::<FlowStats>();
-        let mut keys = vec![FlowKey::default(); BATCH];
-        let mut values = vec![0u8; BATCH * stride];
-        // The hash map's batch token is a bucket index (u32); 8 bytes leave room.
-        let (mut in_batch, mut out_batch) = (0u64, 0u64);
-        let mut all = Vec::new();
-        let mut first = true;
-        loop {
-            let attr = BatchAttr {
-                in_batch: if first {
-                    0
-                } else {
-                    &in_batch as *const u64 as u64
-                },
-                out_batch: &mut out_batch as *mut u64 as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: BATCH as u32,
-                map_fd: self.data().fd().as_fd().as_raw_fd() as u32,
-                elem_flags: 0,
-                flags: 0,
-            };
-            // SAFETY: the key and value buffers hold BATCH entries, the batch tokens are 8 bytes,
-            // and all outlive the call.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &attr as *const BatchAttr,
-                    size_of::<BatchAttr>() as u32,
-                )
-            };
-            let err = (rc < 0).then(io::Error::last_os_error);
-            // The kernel reports how many entries it filled, also with ENOENT at the end.
-            let filled = attr.count as usize;
-            for (n, key) in keys.iter().enumerate().take(filled) {
-                all.push((*key, stats_at(&values[n * stride..(n + 1) * stride])));
-            }
-            match err {
-                None => {}
-                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(all),
-                Some(e) => return Err(e),
-            }
-            in_batch = out_batch;
-            first = false;
-        }
-    }
-
-    /// One sweep; `now` is [`flow_clock_ns`] now.
+    /// One sweep; `now` is [`flow_clock_ns`] now (`u64::MAX` treats every slot as idle).
     ///
-    /// One shadow-map operation per entry. Deltas of keys seen for the first time come first,
-    /// oldest first, so that a connection seen in both directions in one sweep is oriented from
-    /// its initiator when the table creates its entry; the others (most of them, on a busy node)
-    /// need no order, and sorting them would be a third of the sweep at 100,000 flows.
+    /// Deltas of connections seen for the first time come first, oldest first, so that a
+    /// connection seen in both directions in one sweep is oriented from its initiator when the
+    /// table creates its entry; the others (most of them, on a busy node) need no order.
     pub fn sweep(&mut self, now: u64) -> Vec<FlowDelta> {
         let idle_after = IDLE_AFTER.as_nanos() as u64;
+        let grace = DRAIN_GRACE.as_nanos() as u64;
+        let clock = flow_clock_ns();
         let mut fresh = Vec::new();
-        let mut known = Vec::with_capacity(self.reported.len());
-        for (key, mut total) in self.read_all() {
-            let idle = now.saturating_sub(total.last_seen_ns) > idle_after;
-            let seen = if idle {
-                match self.lookup_and_delete(&key) {
-                    Ok(last) => total = last,
-                    // Someone else removed it, or the kernel refused: retry on the next sweep.
-                    Err(_) => continue,
-                }
-                self.reported.remove(&key)
-            } else {
-                match self.reported.entry(key) {
-                    hash_map::Entry::Occupied(mut o) => {
-                        Some(std::mem::replace(o.get_mut(), (total.packets, total.bytes)))
+        let mut known = Vec::new();
+        for i in self.used_slots() {
+            let slot = self.table.at(i);
+            // SAFETY: `slot` is a valid, aligned slot of the mapping; fields the kernel changes
+            // are accessed atomically, the others only while the state forbids the kernel to
+            // change them (a live or draining slot's key and first-seen time).
+            let s = unsafe { SlotRef::new(slot) };
+            match s.state().load(Ordering::Acquire) {
+                SLOT_LIVE => {
+                    let delta = s.take(self.clock_to_unix_ns);
+                    if let Some(d) = delta {
+                        if self.seen[i] == Seen::New {
+                            fresh.push(d);
+                        } else {
+                            known.push(d);
+                        }
+                        self.seen[i] = Seen::Reported;
                     }
-                    hash_map::Entry::Vacant(v) => {
-                        v.insert((total.packets, total.bytes));
-                        None
+                    if now.saturating_sub(s.last_seen_ns()) > idle_after
+                        && s.state()
+                            .compare_exchange(
+                                SLOT_LIVE,
+                                SLOT_DRAINING,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_ok()
+                    {
+                        self.seen[i] = Seen::Draining(clock);
                     }
                 }
-            };
-            let (seen_packets, seen_bytes) = seen.unwrap_or((0, 0));
-            if total.packets <= seen_packets {
-                continue;
-            }
-            let delta = FlowDelta {
-                tuple: FiveTuple::from(&key),
-                direction: Direction::from_u8(key.direction).unwrap_or(Direction::Ingress),
-                packets: total.packets - seen_packets,
-                bytes: total.bytes.saturating_sub(seen_bytes),
-                first_seen_unix_ns: total.first_seen_ns + self.clock_to_unix_ns,
-                last_seen_unix_ns: total.last_seen_ns + self.clock_to_unix_ns,
-                tcp_flags: total.tcp_flags,
-            };
-            if seen.is_some() {
-                known.push(delta);
-            } else {
-                fresh.push(delta);
+                SLOT_DRAINING => {
+                    let since = match self.seen[i] {
+                        Seen::Draining(t) => t,
+                        // Not set by this sweeper (cannot happen with one agent per table):
+                        // give it the full grace from now.
+                        _ => {
+                            self.seen[i] = Seen::Draining(clock);
+                            continue;
+                        }
+                    };
+                    if clock.saturating_sub(since) < grace {
+                        continue;
+                    }
+                    // Late additions: from programs that matched the slot just before it
+                    // was drained.
+                    if let Some(d) = s.take(self.clock_to_unix_ns) {
+                        known.push(d);
+                    }
+                    // The bit first: the kernel can claim the slot (and set the bit) only once
+                    // it is empty.
+                    self.used_word(i / 64)
+                        .fetch_and(!(1u64 << (i % 64)), Ordering::AcqRel);
+                    s.free();
+                    self.seen[i] = Seen::New;
+                }
+                // Empty, or being claimed by the kernel right now (the next sweep reads it).
+                _ => {}
             }
         }
         fresh.sort_by_key(|d| d.first_seen_unix_ns);
@@ -222,41 +249,95 @@ impl FlowSweeper {
         fresh
     }
 
-    /// Reads the final values of `key` and deletes the entry, atomically.
-    fn lookup_and_delete(&self, key: &FlowKey) -> io::Result<FlowStats> {
-        let mut buf = [0u8; size_of::<FlowStats>()];
-        #[repr(C)]
-        struct ElemAttr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
+    /// Indices of the slots whose `FLOWS_USED` bit is set, as the bits are now.
+    fn used_slots(&self) -> Vec<usize> {
+        let mut slots = Vec::new();
+        for w in 0..self.used.len {
+            let mut bits = self.used_word(w).load(Ordering::Acquire);
+            while bits != 0 {
+                let i = w * 64 + bits.trailing_zeros() as usize;
+                if i < self.table.len {
+                    slots.push(i);
+                }
+                bits &= bits - 1;
+            }
         }
-        let attr = ElemAttr {
-            map_fd: self.data().fd().as_fd().as_raw_fd() as u32,
-            _pad: 0,
-            key: key as *const FlowKey as u64,
-            value: buf.as_mut_ptr() as u64,
-            flags: 0,
-        };
-        // SAFETY: attr points at a key and a buffer of one value, both alive for the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-                &attr as *const ElemAttr,
-                size_of::<ElemAttr>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(stats_at(&buf))
+        slots
     }
 
-    /// Entries currently tracked (for tests and metrics).
+    /// Slots holding a connection (live or draining), for tests and metrics.
     pub fn tracked(&self) -> usize {
-        self.reported.len()
+        self.seen.iter().filter(|s| **s != Seen::New).count()
+    }
+
+    /// Slots in the table.
+    pub fn capacity(&self) -> usize {
+        self.table.len
+    }
+}
+
+/// Access to one mapped slot.
+struct SlotRef(*mut FlowSlot);
+
+impl SlotRef {
+    /// # Safety
+    /// `slot` must point at a valid, 8-aligned `FlowSlot` for as long as the value is used.
+    unsafe fn new(slot: *mut FlowSlot) -> SlotRef {
+        SlotRef(slot)
+    }
+
+    fn state(&self) -> &AtomicU32 {
+        // SAFETY: a valid, aligned u32 (see `new`), changed by the kernel only atomically.
+        unsafe { AtomicU32::from_ptr(&raw mut (*self.0).state) }
+    }
+
+    fn u64_at(&self, field: *mut u64) -> &AtomicU64 {
+        // SAFETY: `field` is an 8-aligned u64 of this slot.
+        unsafe { AtomicU64::from_ptr(field) }
+    }
+
+    fn last_seen_ns(&self) -> u64 {
+        // SAFETY: a field of this slot.
+        self.u64_at(unsafe { &raw mut (*self.0).last_seen_ns })
+            .load(Ordering::Relaxed)
+    }
+
+    /// Takes the sums added since the last take, with what the slot says about its connection;
+    /// `None` if nothing was added. Bytes are taken before packets: the kernel adds packets
+    /// first, so a packet is never reported after its bytes.
+    fn take(&self, clock_to_unix_ns: u64) -> Option<FlowDelta> {
+        // SAFETY: fields of this slot; the key and first-seen time do not change while the
+        // slot is live or draining; flags and ICMP bytes are read as one atomic word.
+        unsafe {
+            let bytes = self
+                .u64_at(&raw mut (*self.0).bytes)
+                .swap(0, Ordering::AcqRel);
+            let packets = self
+                .u64_at(&raw mut (*self.0).packets)
+                .swap(0, Ordering::AcqRel);
+            if packets == 0 && bytes == 0 {
+                return None;
+            }
+            let key: FlowKey = std::ptr::read_volatile(&raw const (*self.0).key);
+            let first = std::ptr::read_volatile(&raw const (*self.0).first_seen_ns);
+            let extras = AtomicU32::from_ptr((&raw mut (*self.0).tcp_flags).cast::<u32>())
+                .load(Ordering::Relaxed);
+            Some(FlowDelta {
+                tuple: FiveTuple::from(&key),
+                direction: Direction::from_u8(key.direction).unwrap_or(Direction::Ingress),
+                packets,
+                bytes,
+                first_seen_unix_ns: first + clock_to_unix_ns,
+                last_seen_unix_ns: self.last_seen_ns().max(first) + clock_to_unix_ns,
+                tcp_flags: extras as u8,
+            })
+        }
+    }
+
+    /// Clears a drained slot and hands it back to the kernel.
+    fn free(&self) {
+        // SAFETY: the slot is draining and past its grace: no one else writes it.
+        unsafe { std::ptr::write_volatile(&raw mut (*self.0).key, FlowKey::default()) };
+        self.state().store(SLOT_EMPTY, Ordering::Release);
     }
 }

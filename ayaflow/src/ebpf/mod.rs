@@ -36,7 +36,8 @@ pub struct LoadOptions {
     pub capture_mode: u32,
     /// Bytes of the `EVENTS` ring buffer (a power of two, at least a page).
     pub ring_buffer_size: u32,
-    /// Entries of the `FLOWS` map.
+    /// Connections the `FLOWS` table is sized for: it gets this many slots, rounded up to a
+    /// power of two (see [`flow_table_slots`]).
     pub flow_map_size: u32,
 }
 
@@ -48,6 +49,21 @@ impl Default for LoadOptions {
             flow_map_size: 65536,
         }
     }
+}
+
+/// Slots of the `FLOWS` table for `flow_map_size`: the next power of two (so a slot index is a
+/// mask of the hash), at least 1, at most 2^31.
+pub fn flow_table_slots(flow_map_size: u32) -> u32 {
+    flow_map_size.clamp(1, 1 << 31).next_power_of_two()
+}
+
+/// A seed for the flow table's hash, from the standard library's randomly keyed hasher (the OS
+/// random source), so that colliding keys cannot be chosen in advance.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(u64::from(std::process::id()));
+    h.finish()
 }
 
 /// The loaded (and possibly attached) classifier with its maps.
@@ -81,6 +97,7 @@ impl KernelProgram {
             return Err(LoadError::NoBtf { path: BTF_PATH });
         }
         raise_memlock_limit();
+        let slots = flow_table_slots(opts.flow_map_size);
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::CAPTURE_MODE, &opts.capture_mode, true)
             // A quarter of the ring: the timer drains long before, a burst still wakes it.
@@ -90,7 +107,10 @@ impl KernelProgram {
                 true,
             )
             .map_max_entries(globals::MAP_EVENTS, opts.ring_buffer_size)
-            .map_max_entries(globals::MAP_FLOWS, opts.flow_map_size)
+            .override_global(globals::FLOW_HASH_SEED, &random_seed(), true)
+            .override_global(globals::FLOW_SLOT_MASK, &(slots - 1), true)
+            .map_max_entries(globals::MAP_FLOWS, slots)
+            .map_max_entries(globals::MAP_FLOWS_USED, slots.div_ceil(64))
             .load(OBJECT)
             .map_err(|e| LoadError::from_aya("loading the eBPF object", e))?;
         for d in Direction::ALL {
@@ -181,10 +201,11 @@ impl KernelProgram {
         counters::CounterReader::new(map)
     }
 
-    /// Takes the `FLOWS` map (once), for flow mode's sweeper.
+    /// Takes the `FLOWS` table (once), for flow mode's sweeper.
     pub fn take_flows(&mut self) -> Result<evict::FlowSweeper, LoadError> {
-        let map = self.take_map(globals::MAP_FLOWS)?;
-        evict::FlowSweeper::new(map).map_err(|e| LoadError::Other {
+        let flows = self.take_map(globals::MAP_FLOWS)?;
+        let used = self.take_map(globals::MAP_FLOWS_USED)?;
+        evict::FlowSweeper::new(&flows, &used).map_err(|e| LoadError::Other {
             action: "opening FLOWS".into(),
             source: e.into(),
         })

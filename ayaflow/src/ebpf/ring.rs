@@ -46,11 +46,19 @@ pub trait PacketSink: Send {
 /// by a hundred a second.
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// Reads until `shutdown` resolves, then drains what is left once and returns.
+/// [`DRAIN_INTERVAL`] in flow mode, where events are only the connections the flow table had
+/// no slot for: rare, so ten timer wake-ups a second instead of a hundred (a burst still wakes
+/// the reader at a quarter of the ring).
+pub const FLOW_MODE_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Reads until `shutdown` resolves, then drains what is left once and returns. Besides
+/// wake-ups, drains every `drain_interval` ([`DRAIN_INTERVAL`] or
+/// [`FLOW_MODE_DRAIN_INTERVAL`]).
 pub async fn run(
     ring: RingBuf<MapData>,
     sink: &mut impl PacketSink,
     shutdown: impl std::future::Future<Output = ()>,
+    drain_interval: std::time::Duration,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives
     // (the AsyncFd owns the ring buffer), which is what `register_with_interest` requires.
@@ -59,7 +67,7 @@ pub async fn run(
     let offset = boot_to_unix_offset_ns();
     let mut batch = Vec::with_capacity(BATCH);
     tokio::pin!(shutdown);
-    let mut timer = tokio::time::interval(DRAIN_INTERVAL);
+    let mut timer = tokio::time::interval(drain_interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
