@@ -160,12 +160,17 @@ const RAW_COLUMNS: &str = "r.id, r.tuple_id, r.ts_unix_ns, r.packets, r.bytes, r
 
 const WINDOW_COLUMNS: &str = "r.id, r.tuple_id, r.window_start, r.window_end, r.packets, r.bytes";
 
-/// `INSERT INTO {table} (id, {columns}) VALUES (...), (...)` with `rows` rows of `values`
-/// placeholders each.
+/// `INSERT OR FAIL INTO {table} (id, {columns}) VALUES (...), (...)` with `rows` rows of
+/// `values` placeholders each.
+///
+/// `OR FAIL`, not the default `ABORT`: to undo the earlier rows of a failing multi-row
+/// statement, ABORT makes SQLite copy every page the statement touches into a statement
+/// journal (a temporary file) first. FAIL keeps those rows instead, which is safe here because
+/// every caller rolls the whole transaction back on any error.
 fn insert_sql(table: &str, columns: &str, values: usize, rows: usize) -> String {
     let row = format!("({})", vec!["?"; values].join(", "));
     format!(
-        "INSERT INTO {table} (id, {columns}) VALUES {}",
+        "INSERT OR FAIL INTO {table} (id, {columns}) VALUES {}",
         vec![row; rows].join(", ")
     )
 }
