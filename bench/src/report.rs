@@ -772,9 +772,12 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
              {:.0} ns: both parse (one bounds check per header, whole-word loads) and update the \
              per-CPU counter block; raw mode adds the precise boot-time clock (about 30 ns in this VM) \
              and the ring-buffer reserve/submit of a 64-byte event, flow mode the coarse clock (a plain \
-             read), a hash lookup of the 40-byte key and two atomic adds. What would move it: a \
-             smaller key for IPv4 (the hash covers all 40 bytes), one counter update per packet \
-             instead of several, and in raw mode a smaller event.",
+             read), a seeded multiply-xor hash of the 40-byte key, one slot of the flow table \
+             (five word compares) and two atomic adds. In situ the flow-mode figure is higher than \
+             here: the slot is a cache and TLB miss when many flows spread over the table (here one \
+             flow is hit again and again). What would move it: a smaller table or denser slots for \
+             fewer pages touched, one counter update per packet instead of several, and in raw mode \
+             a smaller event.",
             r.raw_ns,
             r.flows_ns,
             r.empty_ns,
