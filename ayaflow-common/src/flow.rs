@@ -64,32 +64,47 @@ const _: () = assert!(core::mem::align_of::<FlowKey>() == 8);
 
 /// A slot of the flow table ([`FlowSlot::state`]) that holds no connection.
 pub const SLOT_EMPTY: u32 = 0;
-/// The kernel program claimed the slot and is writing a new connection into it.
-pub const SLOT_CLAIMED: u32 = 1;
 /// The slot holds a connection: the kernel adds to it, the agent takes the sums away.
 pub const SLOT_LIVE: u32 = 2;
 /// The agent found the connection idle; the kernel no longer matches it, and the agent frees
 /// the slot at a later sweep, after reading what was added meanwhile.
 pub const SLOT_DRAINING: u32 = 3;
 
-/// Slots the kernel program tries, from the key's hash onwards (linear probing), before a new
-/// connection falls back to a ring-buffer event.
+/// A position of the flow table's index (`FLOW_INDEX`) that points at no slot.
+pub const INDEX_EMPTY: u32 = 0;
+/// A position the kernel program took for a new connection and is about to point at a slot.
+/// Any other value is a slot number plus one.
+pub const INDEX_RESERVED: u32 = u32::MAX;
+
+/// Index positions the kernel program tries, from the key's hash onwards (linear probing),
+/// before a new connection falls back to a ring-buffer event.
 pub const FLOW_PROBES: u32 = 8;
 
+/// Index positions per slot: the index is kept at most half full, so probe runs stay short.
+pub const INDEX_POSITIONS_PER_SLOT: u32 = 2;
+
 /// One slot of the flow table (flow mode): a connection's key and what its packets added since
-/// the agent last took the sums.
+/// the agent last took the sums. Exactly one cache line, the only memory of the table a packet
+/// of a known connection writes.
 ///
-/// The table is a BPF array that the agent maps into its memory (`BPF_F_MMAPABLE`). The kernel
-/// adds with atomic adds; the agent takes the sums with atomic exchanges (`swap(0)`), so no
-/// packet is lost or counted twice between the two sides, and the agent reads the table
+/// The table is two-level. A hash of the key picks a position of `FLOW_INDEX` (4 bytes each),
+/// which holds the number of the connection's slot; slots are handed out densely from a free
+/// stack, so the slots in use stay packed together. Measured (BENCHMARKS.md): with 100,000
+/// connections a packet's slot was a cache and TLB miss in a sparse table of 80-byte slots;
+/// the index is small enough to stay cached and the dense slots touch far fewer pages.
+///
+/// The slots are a BPF array that the agent maps into its memory (`BPF_F_MMAPABLE`). The
+/// kernel adds with atomic adds; the agent takes the sums with atomic exchanges (`swap(0)`), so
+/// no packet is lost or counted twice between the two sides, and the agent reads the table
 /// without a system call. Ownership of a slot moves with `state` (see the `SLOT_*` constants):
-/// the kernel claims an empty slot with a compare-and-exchange, the agent drains idle ones.
+/// the kernel fills a slot it popped from the free stack and makes it live, the agent drains
+/// idle ones and pushes them back.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot {
     /// `SLOT_*`.
     pub state: u32,
-    /// OR of every TCP flag byte seen (the kernel ORs the 32-bit word that starts here).
+    /// OR of the TCP flag bytes seen (the kernel ORs the 32-bit word that starts here).
     pub tcp_flags: u8,
     /// Type and code of the latest ICMP/ICMPv6 message.
     pub icmp_type: u8,
@@ -100,23 +115,59 @@ pub struct FlowSlot {
     pub packets: u64,
     /// Bytes on the wire since the agent last took them, headers of every segment included.
     pub bytes: u64,
-    /// CLOCK_MONOTONIC nanoseconds of the first packet (`bpf_ktime_get_ns`, read once per
-    /// connection; events use CLOCK_BOOTTIME).
-    pub first_seen_ns: u64,
-    /// CLOCK_MONOTONIC nanoseconds of the latest packet, at jiffy resolution
-    /// (`bpf_ktime_get_coarse_ns`, the clock that is cheap enough for every packet); never
-    /// below `first_seen_ns`.
-    pub last_seen_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowSlot>() == 80);
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
 const _: () = assert!(core::mem::offset_of!(FlowSlot, key) == 8);
 
-/// The flow table's slot for a key given as its five 64-bit words ([`FlowKey::words`]): where
-/// linear probing starts. The kernel program computes it; the agent never needs to, it reads
-/// every slot. A seeded multiply-xor, a few instructions (the kernel's hash map spent about as
-/// long in `jhash` as in the rest of the program). The seed is random per agent start, so where
-/// keys collide cannot be known in advance; a run of [`FLOW_PROBES`] taken slots only sends the
-/// new connection to the ring buffer, counted.
+/// What the kernel program writes once, when it claims a slot: kept beside the slots
+/// (`FLOW_CLAIMS`, same numbering) so that a slot stays one cache line.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotClaim {
+    /// CLOCK_MONOTONIC nanoseconds of the connection's first packet (`bpf_ktime_get_ns`).
+    pub first_seen_ns: u64,
+    /// The `FLOW_INDEX` position that points at the slot, which the agent empties when it
+    /// frees the slot.
+    pub index_pos: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SlotClaim>() == 16);
+
+/// The free stack of slots (`FLOW_FREE`, with its top word `FLOW_FREE_TOP`), as both sides
+/// read it. The kernel program pops, the agent pushes, both with a compare-and-exchange of the
+/// top word, which holds a generation count (high 32 bits, bumped by every change, so a stale
+/// compare-and-exchange always fails) and how many slots are taken (low 32 bits).
+///
+/// Entry `i` of `FLOW_FREE` holds a slot number XOR `i`, so the all-zero array the kernel
+/// creates is already a full stack of every slot: no set-up is needed before the program runs.
+/// With `taken` slots out, the top of the stack is entry `slots - taken - 1`.
+pub mod free_stack {
+    /// The top word for `generation` and `taken`.
+    #[inline(always)]
+    pub fn top_word(generation: u32, taken: u32) -> u64 {
+        ((generation as u64) << 32) | taken as u64
+    }
+
+    /// The generation and the number of slots taken in a top word.
+    #[inline(always)]
+    pub fn split(top: u64) -> (u32, u32) {
+        ((top >> 32) as u32, top as u32)
+    }
+
+    /// The `FLOW_FREE` value that stores `slot` at entry `entry`, and back.
+    #[inline(always)]
+    pub fn encode(slot: u32, entry: u32) -> u32 {
+        slot ^ entry
+    }
+}
+
+/// The flow table's index position for a key given as its five 64-bit words
+/// ([`FlowKey::words`]): where linear probing starts. The kernel program computes it; the agent
+/// never needs to (a slot's [`SlotClaim`] says where it is indexed). A seeded multiply-xor, a
+/// few instructions (the kernel's hash map spent about as long in `jhash` as in the rest of the
+/// program). The seed is random per agent start, so where keys collide cannot be known in
+/// advance; a run of [`FLOW_PROBES`] taken positions only sends the new connection to the ring
+/// buffer, counted.
 #[inline(always)]
 pub fn flow_hash(words: &[u64; 5], seed: u64) -> u32 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -154,6 +205,9 @@ unsafe impl aya::Pod for FlowKey {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for FlowSlot {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for SlotClaim {}
 
 #[cfg(test)]
 mod tests {
@@ -163,9 +217,10 @@ mod tests {
     use super::*;
 
     /// 100,000 connections that differ only in a port (the worst case for a weak hash: the
-    /// bench's traffic) in 262,144 slots, inserted as the kernel program does (linear probing,
-    /// at most FLOW_PROBES slots): almost all find a slot. Measured in situ: 30 of 100,000 fell
-    /// back; a hash that kept the port's low bits together would fail by the thousand.
+    /// bench's traffic) in an index of 262,144 positions, inserted as the kernel program does
+    /// (linear probing, at most FLOW_PROBES positions): almost all find a position. Measured in
+    /// situ with 262,144 slots: 30 of 100,000 fell back; a hash that kept the port's low bits
+    /// together would fail by the thousand.
     #[test]
     fn sequential_ports_spread_over_the_table() {
         const SLOTS: u32 = 1 << 18;

@@ -14,14 +14,20 @@ pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 
 /// `u64`: the seed of [`crate::flow::flow_hash`], random per agent start.
 pub const FLOW_HASH_SEED: &str = "FLOW_HASH_SEED";
-/// `u32`: slots of the `FLOWS` table minus one (the table's size is a power of two).
-pub const FLOW_SLOT_MASK: &str = "FLOW_SLOT_MASK";
+/// `u32`: positions of the `FLOW_INDEX` index minus one (its size is a power of two).
+pub const FLOW_INDEX_MASK: &str = "FLOW_INDEX_MASK";
+/// `u32`: slots of the `FLOWS` table (and entries of `FLOW_CLAIMS` and `FLOW_FREE`).
+pub const FLOW_SLOTS: &str = "FLOW_SLOTS";
 
 /// Map names, shared so that a typo cannot split kernel and agent.
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_FLOWS_USED: &str = "FLOWS_USED";
+pub const MAP_FLOW_CLAIMS: &str = "FLOW_CLAIMS";
+pub const MAP_FLOW_INDEX: &str = "FLOW_INDEX";
+pub const MAP_FLOW_FREE: &str = "FLOW_FREE";
+pub const MAP_FLOW_FREE_TOP: &str = "FLOW_FREE_TOP";
 /// Program names.
 pub const PROG_INGRESS: &str = "tc_ingress";
 pub const PROG_EGRESS: &str = "tc_egress";

@@ -2,21 +2,23 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_ns},
     programs::TcContext,
 };
 use ayaflow_common::{
     counters::Counter,
     event::{EVENT_FLAG_FLOW_FALLBACK, EVENT_FLAG_PARSE_ERROR, PacketEvent},
     flow::{
-        ETH_P_IP, ETH_P_IPV6, FLOW_PROBES, FlowKey, FlowSlot, IPPROTO_ICMP, IPPROTO_ICMPV6,
-        IPPROTO_TCP, IPPROTO_UDP, SLOT_CLAIMED, SLOT_EMPTY, SLOT_LIVE, flow_hash,
+        ETH_P_IP, ETH_P_IPV6, FLOW_PROBES, FlowKey, FlowSlot, INDEX_EMPTY, INDEX_RESERVED,
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, SLOT_LIVE, flow_hash, free_stack,
     },
     globals::CAPTURE_MODE_FLOWS,
 };
 
 use crate::{
-    maps::{COUNTERS, EVENTS, FLOWS, FLOWS_USED},
+    maps::{
+        COUNTERS, EVENTS, FLOW_CLAIMS, FLOW_FREE, FLOW_FREE_TOP, FLOW_INDEX, FLOWS, FLOWS_USED,
+    },
     parse::{Parsed, parse},
 };
 
@@ -34,9 +36,14 @@ static WAKEUP_BYTES: u64 = 0;
 #[unsafe(no_mangle)]
 static FLOW_HASH_SEED: u64 = 0;
 
-/// Load-time constant set by the agent (`globals::FLOW_SLOT_MASK`): `FLOWS` slots minus one.
+/// Load-time constant set by the agent (`globals::FLOW_INDEX_MASK`): `FLOW_INDEX` positions
+/// minus one.
 #[unsafe(no_mangle)]
-static FLOW_SLOT_MASK: u32 = 0;
+static FLOW_INDEX_MASK: u32 = 0;
+
+/// Load-time constant set by the agent (`globals::FLOW_SLOTS`): slots of `FLOWS`.
+#[unsafe(no_mangle)]
+static FLOW_SLOTS: u32 = 0;
 
 #[inline(always)]
 pub fn observe(ctx: &TcContext, direction: u8) {
@@ -75,13 +82,10 @@ pub fn observe(ctx: &TcContext, direction: u8) {
     // SAFETY: a load-time constant; volatile so the compiler does not fold the default.
     let mode = unsafe { core::ptr::read_volatile(&CAPTURE_MODE) };
     if mode == CAPTURE_MODE_FLOWS {
-        // The coarse CLOCK_MONOTONIC (jiffy resolution, a plain read) rather than
-        // `bpf_ktime_get_boot_ns`, which costs about 30 ns here, a third of the whole program
-        // (BENCHMARKS.md, section 1). The sweep reads the map once a second, so first/last-seen
-        // times need no finer grain.
-        // SAFETY: a plain helper call.
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
-        if add_to_flow(&p, packets, bytes, now) {
+        // No clock read per packet (the boot clock costs about 30 ns here, a third of the
+        // program, BENCHMARKS.md section 1): a new connection's slot gets its first-seen time
+        // once, and the agent dates what a sweep takes by the sweep.
+        if add_to_flow(&p, packets, bytes) {
             return;
         }
         p.flags |= EVENT_FLAG_FLOW_FALLBACK;
@@ -127,49 +131,55 @@ fn bump(counters: Option<*mut ayaflow_common::counters::CounterBlock>, counter: 
     }
 }
 
-/// Adds the packet to its connection's slot in `FLOWS`, claiming an empty slot for a new
-/// connection. Returns false when none of the [`FLOW_PROBES`] slots from the key's hash on is
-/// the connection's or free.
+/// Adds the packet to its connection's slot, claiming a free slot for a new connection.
+/// Returns false when none of the [`FLOW_PROBES`] index positions from the key's hash on is the
+/// connection's or free, or no slot is free.
 ///
-/// Probing stops at the first empty slot: a connection whose slot lies further on (the one
-/// before it was freed since) gets a second slot there. The agent sums slots by key, and the
+/// Probing stops at the first empty position: a connection indexed further on (a position
+/// before it was emptied since) gets a second slot here. The agent sums slots by key, and the
 /// old slot goes idle and is freed, so nothing is lost; lookups stay short.
 #[inline(always)]
-fn add_to_flow(p: &Parsed, packets: u32, bytes: u32, now: u64) -> bool {
+fn add_to_flow(p: &Parsed, packets: u32, bytes: u32) -> bool {
     // SAFETY: load-time constants, as CAPTURE_MODE.
     let (seed, mask) = unsafe {
         (
             core::ptr::read_volatile(&FLOW_HASH_SEED),
-            core::ptr::read_volatile(&FLOW_SLOT_MASK),
+            core::ptr::read_volatile(&FLOW_INDEX_MASK),
         )
     };
     let key = p.key.words();
-    let mut index = flow_hash(&key, seed);
+    let mut pos = flow_hash(&key, seed);
+    let mut reserved = None;
     for _ in 0..FLOW_PROBES {
-        index &= mask;
-        let Some(s) = FLOWS.get_ptr_mut(index) else {
+        pos &= mask;
+        let Some(e) = FLOW_INDEX.get_ptr_mut(pos) else {
             return false;
         };
-        // SAFETY: `s` points at a slot of the array, valid while the program runs; fields other
-        // CPUs or the agent change are read with volatile loads and changed with atomics.
+        // SAFETY: `e` is a position of the index, valid while the program runs; changed by
+        // others only atomically. A slot is read as in `same_key`/`add`.
         unsafe {
-            let state = core::ptr::read_volatile(&raw const (*s).state);
-            if state == SLOT_LIVE {
-                if same_key(&raw const (*s).key, &key) {
-                    add(s, p, packets, bytes, now);
-                    return true;
+            let v = core::ptr::read_volatile(e);
+            if v == INDEX_EMPTY {
+                if cmpxchg32(e, INDEX_EMPTY, INDEX_RESERVED) == INDEX_EMPTY {
+                    reserved = Some(e);
+                    break;
                 }
-            } else if state == SLOT_EMPTY
-                && cmpxchg32(&raw mut (*s).state, SLOT_EMPTY, SLOT_CLAIMED) == SLOT_EMPTY
+            } else if v != INDEX_RESERVED
+                && let Some(s) = FLOWS.get_ptr_mut(v - 1)
+                && core::ptr::read_volatile(&raw const (*s).state) == SLOT_LIVE
+                && same_key(&raw const (*s).key, &key)
             {
-                claim(s, p, packets, bytes, now);
-                mark_used(index);
+                add(s, p, packets, bytes);
                 return true;
             }
         }
-        index = index.wrapping_add(1);
+        pos = pos.wrapping_add(1);
     }
-    false
+    match reserved {
+        // SAFETY: this program reserved `e`.
+        Some(e) => unsafe { claim(e, pos, p, packets, bytes) },
+        None => false,
+    }
 }
 
 /// Whether the slot's key is `key` (as [`FlowKey::words`]): five 64-bit compares.
@@ -181,59 +191,96 @@ unsafe fn same_key(slot: *const FlowKey, b: &[u64; 5]) -> bool {
     a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
 }
 
+/// Pops a free slot number off `FLOW_FREE`, or `None` if none is free (or another CPU, or the
+/// agent, changed the stack at the same instant: rare, and the packet then goes to the ring
+/// buffer, counted, rather than retrying in the program).
+#[inline(always)]
+fn pop_free_slot() -> Option<u32> {
+    let top = FLOW_FREE_TOP.get_ptr_mut(0)?;
+    // SAFETY: a load-time constant, as CAPTURE_MODE.
+    let slots = unsafe { core::ptr::read_volatile(&FLOW_SLOTS) };
+    // SAFETY: the top word, changed by everyone only atomically. Read with a fetching atomic
+    // (a full barrier), so that the entry below is read after it on every architecture.
+    let word = unsafe { atomic_fetch_add(top, 0) };
+    let (generation, taken) = free_stack::split(word);
+    if taken >= slots {
+        return None;
+    }
+    let entry = slots - taken - 1;
+    // SAFETY: an entry of the stack; the agent writes entries above the top only.
+    let stored = unsafe { core::ptr::read_volatile(FLOW_FREE.get_ptr_mut(entry)?) };
+    let next = free_stack::top_word(generation.wrapping_add(1), taken + 1);
+    // SAFETY: as above. If the word is unchanged, so is the stack: every change bumps the
+    // generation.
+    if unsafe { cmpxchg64(top, word, next) } != word {
+        return None;
+    }
+    Some(free_stack::encode(stored, entry))
+}
+
+/// Claims a free slot for a new connection at index position `pos`, which this program
+/// reserved at `e`; returns false (and empties the position) when no slot is free.
+///
+/// The slot is filled before the position points at it, and made live with an atomic
+/// exchange (a full barrier): whoever finds it through the index sees its key.
+#[inline(always)]
+unsafe fn claim(e: *mut u32, pos: u32, p: &Parsed, packets: u32, bytes: u32) -> bool {
+    let slot = pop_free_slot();
+    let (Some(n), Some(s), Some(c)) = (
+        slot,
+        slot.and_then(|n| FLOWS.get_ptr_mut(n)),
+        slot.and_then(|n| FLOW_CLAIMS.get_ptr_mut(n)),
+    ) else {
+        // SAFETY: this program reserved the position.
+        unsafe { xchg32(e, INDEX_EMPTY) };
+        return false;
+    };
+    // A new connection's first packet gets the precise clock: the agent orients a connection
+    // seen both ways in one sweep by which side came first. Once per connection.
+    // SAFETY: a plain helper call.
+    let first = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the slot came off the free stack: no one else reads or writes it until it is
+    // live, so plain stores do.
+    unsafe {
+        (*c).first_seen_ns = first;
+        (*c).index_pos = pos;
+        (*s).key = p.key;
+        (*s).tcp_flags = p.tcp_flags;
+        (*s).icmp_type = p.icmp_type;
+        (*s).icmp_code = p.icmp_code;
+        // The agent left the sums at zero when it freed the slot; add, as for a live slot, so
+        // that this holds even for a slot the agent never touched.
+        atomic_add(&raw mut (*s).packets, packets as u64);
+        atomic_add(&raw mut (*s).bytes, bytes as u64);
+        xchg32(&raw mut (*s).state, SLOT_LIVE);
+        xchg32(e, n + 1);
+    }
+    mark_used(n);
+    true
+}
+
 /// Sets the slot's bit in `FLOWS_USED`, so that the agent's sweep visits it. The agent clears
 /// a bit before it frees the slot, and the program can claim the slot only once it is free, so
 /// this never races with the clearing. A sweep between `claim` and this sees the slot at the
 /// next sweep.
 #[inline(always)]
-fn mark_used(index: u32) {
-    if let Some(word) = FLOWS_USED.get_ptr_mut(index / 64) {
+fn mark_used(slot: u32) {
+    if let Some(word) = FLOWS_USED.get_ptr_mut(slot / 64) {
         // SAFETY: a word of the array; the agent changes it only atomically too.
-        unsafe { atomic_or(word, 1u64 << (index % 64)) };
-    }
-}
-
-/// Fills a slot this program just claimed, then makes it live. Until then no one else reads or
-/// writes it (other CPUs skip claimed slots, the agent too), so plain stores do.
-#[inline(always)]
-unsafe fn claim(s: *mut FlowSlot, p: &Parsed, packets: u32, bytes: u32, now: u64) {
-    // A new connection's first packet gets the precise clock (the same CLOCK_MONOTONIC as the
-    // coarse one): the agent orients a connection seen both ways in one sweep by which side
-    // came first, and SYN and SYN-ACK are usually within one jiffy. Once per flow, not per packet.
-    // SAFETY: a plain helper call.
-    let first = unsafe { bpf_ktime_get_ns() }.max(now);
-    // SAFETY: the caller claimed `s`.
-    unsafe {
-        (*s).key = p.key;
-        (*s).tcp_flags = p.tcp_flags;
-        (*s).icmp_type = p.icmp_type;
-        (*s).icmp_code = p.icmp_code;
-        (*s).first_seen_ns = first;
-        (*s).last_seen_ns = first;
-        // The agent left the sums at zero when it freed the slot; add, as for a live slot, so
-        // that this holds even for a slot the agent never touched.
-        atomic_add(&raw mut (*s).packets, packets as u64);
-        atomic_add(&raw mut (*s).bytes, bytes as u64);
-        // An atomic exchange is a full barrier: whoever sees the slot live sees its key.
-        xchg32(&raw mut (*s).state, SLOT_LIVE);
+        unsafe { atomic_or(word, 1u64 << (slot % 64)) };
     }
 }
 
 /// Adds to a live slot other CPUs may update at the same time, and the agent empties: the sums
 /// with atomic adds (exact), packets before bytes (the agent takes bytes before packets, so a
 /// packet is never reported after its bytes), the TCP flags with an atomic OR (only when a flag
-/// is new, which is rare), the last-seen time and ICMP type/code with plain stores (any recent
-/// value will do: last-seen only decides when an idle slot is freed).
+/// is new, which is rare), the ICMP type/code with plain stores (any recent value will do).
 #[inline(always)]
-fn add(s: *mut FlowSlot, p: &Parsed, packets: u32, bytes: u32, now: u64) {
+fn add(s: *mut FlowSlot, p: &Parsed, packets: u32, bytes: u32) {
     // SAFETY: `s` points at a live slot (see `add_to_flow`).
     unsafe {
         atomic_add(&raw mut (*s).packets, packets as u64);
         atomic_add(&raw mut (*s).bytes, bytes as u64);
-        // Coarse time can lag the precise first-seen time by up to a jiffy.
-        if now > (*s).last_seen_ns {
-            (*s).last_seen_ns = now;
-        }
         let flags = p.tcp_flags;
         if flags & !(*s).tcp_flags != 0 {
             // BPF atomics are 32 or 64 bits: OR the 4-aligned word that starts with
@@ -256,6 +303,22 @@ fn add(s: *mut FlowSlot, p: &Parsed, packets: u32, bytes: u32, now: u64) {
 unsafe fn atomic_add(ptr: *mut u64, v: u64) {
     // SAFETY: the caller's contract; the instruction touches only *ptr.
     unsafe { core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) ptr, v = in(reg) v) };
+}
+
+/// `*ptr += v` as one atomic instruction with a full barrier; returns the old value. `ptr` must
+/// be 8-aligned and valid.
+#[inline(always)]
+unsafe fn atomic_fetch_add(ptr: *mut u64, v: u64) -> u64 {
+    let old: u64;
+    // SAFETY: as for `atomic_add`.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+            p = in(reg) ptr,
+            v = inout(reg) v => old,
+        )
+    };
+    old
 }
 
 /// `*ptr |= v` as one atomic instruction. `ptr` must be 8-aligned and valid.
@@ -296,6 +359,23 @@ unsafe fn cmpxchg32(ptr: *mut u32, expected: u32, new: u32) -> u32 {
             p = in(reg) ptr,
             n = in(wreg) new,
             inout("w0") expected => found,
+        )
+    };
+    found
+}
+
+/// If `*ptr == expected`, sets it to `new`; returns the value found, atomically, with a full
+/// barrier. `ptr` must be 8-aligned and valid.
+#[inline(always)]
+unsafe fn cmpxchg64(ptr: *mut u64, expected: u64, new: u64) -> u64 {
+    let found: u64;
+    // SAFETY: as for `atomic_add`. BPF_CMPXCHG compares with and returns into r0.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {n})",
+            p = in(reg) ptr,
+            n = in(reg) new,
+            inout("r0") expected => found,
         )
     };
     found

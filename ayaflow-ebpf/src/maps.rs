@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use ayaflow_common::{
     counters::{COUNTER_BLOCKS, CounterBlock},
-    flow::FlowSlot,
+    flow::{FlowSlot, SlotClaim},
 };
 
 /// Per-packet events for userspace (`PacketEvent`, 64 B + 8 B ring header each).
@@ -20,22 +20,42 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(COUNTER_BLOCKS, 0);
 
-/// Flow mode: the flow table, `FlowSlot`s (80 B each) in an array the agent maps into its
-/// memory. The agent sets the size (`--flow-map-size` rounded up to a power of two). The
-/// program finds a connection's slot itself (`flow_hash`, linear probing), see `flow.rs`.
+/// Flow mode: the flow table's slots, `FlowSlot`s (64 B, one cache line each), in an array
+/// the agent maps into its memory. The agent sets the size (`--flow-map-size` rounded up to a
+/// power of two). The program finds a connection's slot through `FLOW_INDEX`, see `flow.rs`.
 ///
-/// An array rather than a BPF hash map, measured (BENCHMARKS.md): the hash map's lookup was
-/// half of flow mode's cost (`jhash` over the 40-byte key, then the bucket and the element, two
-/// cache misses per packet with many flows, where a slot is one), and its sweep needed system
-/// calls, a userspace copy of every entry's last totals, and a syscall per removed entry.
-/// Shared by all CPUs and updated with atomic adds: a per-CPU value would multiply the table by
-/// the CPUs, and one flow's packets arrive on one CPU (RSS), so the atomics rarely contend.
+/// Arrays rather than a BPF hash map, measured (BENCHMARKS.md): the hash map's lookup was half
+/// of flow mode's cost (`jhash` over the 40-byte key, then the bucket and the element), and its
+/// sweep needed system calls, a userspace copy of every entry's last totals, and a syscall per
+/// removed entry. Shared by all CPUs and updated with atomic adds: a per-CPU value would
+/// multiply the table by the CPUs, and one flow's packets arrive on one CPU (RSS), so the
+/// atomics rarely contend.
 #[map(name = "FLOWS")]
 pub static FLOWS: Array<FlowSlot> = Array::with_max_entries(65536, BPF_F_MMAPABLE);
 
+/// Flow mode: per slot, what the program wrote when it claimed it (first-seen time, index
+/// position). Same numbering and size as `FLOWS`.
+#[map(name = "FLOW_CLAIMS")]
+pub static FLOW_CLAIMS: Array<SlotClaim> = Array::with_max_entries(65536, BPF_F_MMAPABLE);
+
+/// Flow mode: the hash index, `INDEX_POSITIONS_PER_SLOT` positions per slot, each
+/// `INDEX_EMPTY`, `INDEX_RESERVED` or a slot number plus one. 4 bytes per position, so that
+/// the part a packet reads stays in the cache when the slots do not.
+#[map(name = "FLOW_INDEX")]
+pub static FLOW_INDEX: Array<u32> = Array::with_max_entries(131072, BPF_F_MMAPABLE);
+
+/// Flow mode: the stack of free slots (see `ayaflow_common::flow::free_stack`): the program
+/// pops, the agent pushes what it frees. Last in, first out, so the slots in use stay packed
+/// at one end of `FLOWS` however many connections came and went.
+#[map(name = "FLOW_FREE")]
+pub static FLOW_FREE: Array<u32> = Array::with_max_entries(65536, BPF_F_MMAPABLE);
+
+/// Flow mode: the free stack's top word (generation and slots taken).
+#[map(name = "FLOW_FREE_TOP")]
+pub static FLOW_FREE_TOP: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
 /// Flow mode: one bit per `FLOWS` slot, set by the program when it claims the slot and cleared
 /// by the agent when it frees it, so that a sweep visits the slots in use rather than the whole
-/// table (32 KiB of bits for 262,144 slots instead of 20 MiB of slots). The agent sets the size
-/// (slots / 64) and maps it into its memory.
+/// table. The agent sets the size (slots / 64) and maps it into its memory.
 #[map(name = "FLOWS_USED")]
 pub static FLOWS_USED: Array<u64> = Array::with_max_entries(1024, BPF_F_MMAPABLE);

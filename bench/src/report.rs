@@ -291,8 +291,8 @@ fn section_kernel(w: &mut String, cmd: &str, k: &crate::kernel::Report) {
          frames. The empty classifier is `r0 = -1; exit` (the same verdict, TC_ACT_UNSPEC): the \
          floor any TC program pays, here the test runner's own loop. Raw mode includes the ring-buffer \
          reserve + submit of one 64-byte event (the ring is sized so that no event is dropped); flow \
-         mode finding the flow's slot in the flow table (a seeded hash, five 64-bit key compares) and \
-         its two atomic adds.\n\nReproduce: `{cmd} -- --sections kernel`\n",
+         mode finding the flow's slot through the flow table's index (a seeded hash, one 4-byte \
+         index position, five 64-bit key compares) and its two atomic adds.\n\nReproduce: `{cmd} -- --sections kernel`\n",
         fmt_n(k.repeat as f64),
         k.runs
     );
@@ -771,13 +771,13 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
              mode, {:.0} ns for the empty classifier (`BPF_PROG_TEST_RUN`). The two modes differ by \
              {:.0} ns: both parse (one bounds check per header, whole-word loads) and update the \
              per-CPU counter block; raw mode adds the precise boot-time clock (about 30 ns in this VM) \
-             and the ring-buffer reserve/submit of a 64-byte event, flow mode the coarse clock (a plain \
-             read), a seeded multiply-xor hash of the 40-byte key, one slot of the flow table \
-             (five word compares) and two atomic adds. In situ the flow-mode figure is higher than \
-             here: the slot is a cache and TLB miss when many flows spread over the table (here one \
-             flow is hit again and again). What would move it: a smaller table or denser slots for \
-             fewer pages touched, one counter update per packet instead of several, and in raw mode \
-             a smaller event.",
+             and the ring-buffer reserve/submit of a 64-byte event, flow mode no clock, a seeded \
+             multiply-xor hash of the 40-byte key, one index position and one 64-byte slot of the \
+             flow table (five word compares) and two atomic adds. In situ the flow-mode figure is \
+             higher than here: with many flows the slot is a cache and TLB miss (here one flow is \
+             hit again and again); slots are handed out densely, so the flows in use share as few \
+             pages as they can. What would move it: one counter update per packet instead of \
+             several, and in raw mode a smaller event.",
             r.raw_ns,
             r.flows_ns,
             r.empty_ns,

@@ -570,6 +570,56 @@ fn flow_sweep_reports_every_connection_once() {
     assert_eq!((again[0].tuple.src_port, again[0].packets), (10_007, 1));
 }
 
+/// Flow mode with connections coming and going: freed slots are reused first (the free stack
+/// is last in, first out), so however many connections came before, the ones in use occupy a
+/// packed run of slots, a few pages of a large table rather than one page each.
+#[test]
+fn flow_slots_in_use_stay_packed_through_churn() {
+    use ayaflow_common::globals::CAPTURE_MODE_FLOWS;
+    require_bpf();
+    const AT_ONCE: u16 = 200;
+    let opts = LoadOptions {
+        capture_mode: CAPTURE_MODE_FLOWS,
+        flow_map_size: 65536,
+        ..LoadOptions::default()
+    };
+    let mut prog = KernelProgram::load(&opts).unwrap();
+    let mut sweeper = prog.take_flows().unwrap();
+    let counters = prog.take_counters().unwrap();
+    let fd = prog.program_fd(Direction::Ingress);
+    let mut delivered = 0u64;
+    let mut first_used = None;
+    for round in 0..10u16 {
+        for i in 0..AT_ONCE {
+            let port = 1000 + round * AT_ONCE + i;
+            let frame = eth(
+                ETH_P_IP,
+                &ipv4(17, A4, B4, &[], 0, &udp(port, 53, &[0; 20])),
+            );
+            test_run(fd, &frame, None, 1).unwrap();
+            delivered += 1;
+        }
+        let used = sweeper.slots_in_use();
+        assert_eq!(used.len(), AT_ONCE as usize, "round {round}");
+        let span = used[used.len() - 1] - used[0] + 1;
+        assert_eq!(
+            span, AT_ONCE as usize,
+            "round {round}: {AT_ONCE} connections spread over {span} slots"
+        );
+        // The same slots every round: those freed last are handed out first.
+        let first = first_used.get_or_insert_with(|| used.clone());
+        assert_eq!(&used, first, "round {round}");
+        let taken: u64 = sweep_until_empty(&mut sweeper)
+            .iter()
+            .map(|d| d.packets)
+            .sum();
+        assert_eq!(taken, u64::from(AT_ONCE), "round {round}");
+    }
+    let t = counters.read().unwrap();
+    assert_eq!(t.get(Direction::Ingress, Counter::Packets), delivered);
+    assert_eq!(t.get(Direction::Ingress, Counter::FlowFallbacks), 0);
+}
+
 /// Flow mode while the agent sweeps at the same time, on another CPU, draining and freeing
 /// slots as fast as it can (every slot counts as idle): the sums taken add up exactly to the
 /// packets the program saw, none lost between a read and a free, none counted twice.

@@ -1,19 +1,24 @@
-//! Flow mode: sweeps the kernel's `FLOWS` table every second and turns it into per-connection
+//! Flow mode: sweeps the kernel's flow table every second and turns it into per-connection
 //! deltas for the live table and the aggregated history.
 //!
-//! The table is a BPF array of [`FlowSlot`]s that this module maps into the agent's memory
-//! (`BPF_F_MMAPABLE`), so a sweep is a walk over memory, without a system call. The kernel adds
-//! to a slot's sums with atomic adds; a sweep takes them with atomic exchanges (`swap(0)`), so
-//! what it reads is exactly what was added since the previous sweep: no copy of the previous
-//! totals is kept, and no packet is lost or counted twice.
+//! The table (see `ayaflow_common::flow::FlowSlot`) is BPF arrays that this module maps into
+//! the agent's memory (`BPF_F_MMAPABLE`), so a sweep is a walk over memory, without a system
+//! call. The kernel adds to a slot's sums with atomic adds; a sweep takes them with atomic
+//! exchanges (`swap(0)`), so what it reads is exactly what was added since the previous sweep:
+//! no copy of the previous totals is kept, and no packet is lost or counted twice.
 //!
 //! A slot's `state` says who may do what (see `ayaflow_common::flow`):
-//! - `EMPTY` -> `CLAIMED` -> `LIVE`: the kernel program, for a connection's first packet.
-//! - `LIVE` -> `DRAINING`: a sweep, once the slot's last packet is older than [`IDLE_AFTER`]. The
-//!   kernel program no longer matches a draining slot (a new packet of that connection gets a
-//!   new slot), but a program that matched it just before may still be adding.
+//! - `EMPTY` -> `LIVE`: the kernel program, for a connection's first packet, with a slot it
+//!   popped off the free stack and then pointed an index position at.
+//! - `LIVE` -> `DRAINING`: a sweep, once no packet was added for [`IDLE_AFTER`]. The kernel
+//!   program no longer matches a draining slot (a new packet of that connection gets a new
+//!   slot), but a program that matched it just before may still be adding.
 //! - `DRAINING` -> `EMPTY`: a later sweep, at least [`DRAIN_GRACE`] after, long past any program
-//!   run: it takes what was added meanwhile, clears the key, and frees the slot.
+//!   run: it takes what was added meanwhile, empties the slot's index position, clears the key,
+//!   and pushes the slot back onto the free stack.
+//!
+//! The kernel reads no clock per packet, so a delta's last-seen time is the sweep that took it
+//! (within [`SWEEP_INTERVAL`] of the packet); first-seen times are the kernel's, exact.
 
 use std::{
     io,
@@ -24,20 +29,23 @@ use std::{
 };
 
 use aya::maps::Map;
-use ayaflow_common::flow::{Direction, FlowKey, FlowSlot, SLOT_DRAINING, SLOT_EMPTY, SLOT_LIVE};
+use ayaflow_common::flow::{
+    Direction, FlowKey, FlowSlot, INDEX_EMPTY, SLOT_DRAINING, SLOT_EMPTY, SLOT_LIVE, SlotClaim,
+    free_stack,
+};
 
 use crate::flow::FiveTuple;
 
 /// How often the table is swept. This bounds how stale the live view is in flow mode.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// A slot whose last packet is older than this is drained and freed.
+/// A slot to which no packet was added for this long is drained and freed.
 pub const IDLE_AFTER: Duration = Duration::from_secs(2);
 /// How long a draining slot waits before it is freed: far longer than any run of the kernel
 /// program (microseconds), which may have matched the slot just before it was drained.
 pub const DRAIN_GRACE: Duration = Duration::from_millis(100);
 
-/// CLOCK_MONOTONIC now: the clock of the flow table's first/last-seen times (the kernel reads
-/// it with `bpf_ktime_get_coarse_ns`, which lags this by at most a jiffy).
+/// CLOCK_MONOTONIC now: the clock of the flow table's first-seen times (the kernel reads it
+/// with `bpf_ktime_get_ns`) and of the sweeps.
 pub fn flow_clock_ns() -> u64 {
     super::ring::clock_ns(libc::CLOCK_MONOTONIC)
 }
@@ -129,15 +137,34 @@ enum Seen {
     /// Empty, or live but not reported yet: its first delta is a new connection's.
     #[default]
     New,
-    /// Reported at least once.
-    Reported,
+    /// Reported; packets were last added before the sweep at this [`flow_clock_ns`] time.
+    Active(u64),
     /// Set to draining at this [`flow_clock_ns`] time.
     Draining(u64),
 }
 
-/// Owns the `FLOWS` table and its `FLOWS_USED` bits.
+/// The flow table's maps, as `KernelProgram::take_flows` takes them.
+pub struct FlowMaps {
+    /// `FLOWS`: the slots.
+    pub slots: Map,
+    /// `FLOW_CLAIMS`: first-seen time and index position of each slot.
+    pub claims: Map,
+    /// `FLOW_INDEX`: the hash index.
+    pub index: Map,
+    /// `FLOW_FREE` and `FLOW_FREE_TOP`: the free stack.
+    pub free: Map,
+    pub free_top: Map,
+    /// `FLOWS_USED`: one bit per slot in use.
+    pub used: Map,
+}
+
+/// Owns the flow table: its slots, their claims, index, free stack and used bits.
 pub struct FlowSweeper {
     table: Mapped<FlowSlot>,
+    claims: Mapped<SlotClaim>,
+    index: Mapped<u32>,
+    free: Mapped<u32>,
+    free_top: Mapped<u64>,
     /// Bit `i % 64` of word `i / 64` is set while slot `i` may hold a connection.
     used: Mapped<u64>,
     seen: Vec<Seen>,
@@ -146,23 +173,33 @@ pub struct FlowSweeper {
 }
 
 impl FlowSweeper {
-    /// Maps `FLOWS` and `FLOWS_USED` (the maps themselves may be dropped after: the mappings
+    /// Maps the flow table's arrays (the maps themselves may be dropped after: the mappings
     /// keep the memory alive).
-    pub fn new(flows: &Map, used: &Map) -> io::Result<FlowSweeper> {
-        let table = Mapped::<FlowSlot>::map("FLOWS", flows)?;
-        let used = Mapped::<u64>::map("FLOWS_USED", used)?;
-        if used.len * 64 < table.len {
+    pub fn new(maps: &FlowMaps) -> io::Result<FlowSweeper> {
+        let table = Mapped::<FlowSlot>::map("FLOWS", &maps.slots)?;
+        let claims = Mapped::<SlotClaim>::map("FLOW_CLAIMS", &maps.claims)?;
+        let index = Mapped::<u32>::map("FLOW_INDEX", &maps.index)?;
+        let free = Mapped::<u32>::map("FLOW_FREE", &maps.free)?;
+        let free_top = Mapped::<u64>::map("FLOW_FREE_TOP", &maps.free_top)?;
+        let used = Mapped::<u64>::map("FLOWS_USED", &maps.used)?;
+        let n = table.len;
+        if used.len * 64 < n || claims.len != n || free.len != n || free_top.len != 1 {
             return Err(io::Error::other(format!(
-                "FLOWS_USED has {} bits for {} slots: the kernel object does not match this agent",
-                used.len * 64,
-                table.len
+                "the flow table's arrays do not match ({n} slots, {} claims, {} free entries,                  {} used bits): the kernel object does not match this agent",
+                claims.len,
+                free.len,
+                used.len * 64
             )));
         }
         let clock_to_unix_ns =
             super::ring::clock_ns(libc::CLOCK_REALTIME).saturating_sub(flow_clock_ns());
         Ok(FlowSweeper {
-            seen: vec![Seen::New; table.len],
+            seen: vec![Seen::New; n],
             table,
+            claims,
+            index,
+            free,
+            free_top,
             used,
             clock_to_unix_ns,
         })
@@ -183,26 +220,36 @@ impl FlowSweeper {
         let idle_after = IDLE_AFTER.as_nanos() as u64;
         let grace = DRAIN_GRACE.as_nanos() as u64;
         let clock = flow_clock_ns();
+        let last_seen_unix_ns = clock + self.clock_to_unix_ns;
         let mut fresh = Vec::new();
         let mut known = Vec::new();
         for i in self.used_slots() {
-            let slot = self.table.at(i);
-            // SAFETY: `slot` is a valid, aligned slot of the mapping; fields the kernel changes
-            // are accessed atomically, the others only while the state forbids the kernel to
-            // change them (a live or draining slot's key and first-seen time).
-            let s = unsafe { SlotRef::new(slot) };
+            // SAFETY: `i` is a slot of the mapping; fields the kernel changes are accessed
+            // atomically, the others only while the state forbids the kernel to change them (a
+            // live or draining slot's key, its claim).
+            let s = unsafe { SlotRef::new(self.table.at(i)) };
+            let first_seen_ns = || {
+                // SAFETY: written by the kernel before the slot went live.
+                unsafe { std::ptr::read_volatile(&raw const (*self.claims.at(i)).first_seen_ns) }
+            };
             match s.state().load(Ordering::Acquire) {
                 SLOT_LIVE => {
-                    let delta = s.take(self.clock_to_unix_ns);
-                    if let Some(d) = delta {
+                    let mut last_active = match self.seen[i] {
+                        Seen::Active(t) => t,
+                        _ => clock,
+                    };
+                    if let Some(mut d) = s.take() {
+                        d.first_seen_unix_ns = first_seen_ns() + self.clock_to_unix_ns;
+                        d.last_seen_unix_ns = last_seen_unix_ns.max(d.first_seen_unix_ns);
                         if self.seen[i] == Seen::New {
                             fresh.push(d);
                         } else {
                             known.push(d);
                         }
-                        self.seen[i] = Seen::Reported;
+                        last_active = clock;
                     }
-                    if now.saturating_sub(s.last_seen_ns()) > idle_after
+                    self.seen[i] = Seen::Active(last_active);
+                    if now.saturating_sub(last_active) > idle_after
                         && s.state()
                             .compare_exchange(
                                 SLOT_LIVE,
@@ -230,15 +277,12 @@ impl FlowSweeper {
                     }
                     // Late additions: from programs that matched the slot just before it
                     // was drained.
-                    if let Some(d) = s.take(self.clock_to_unix_ns) {
+                    if let Some(mut d) = s.take() {
+                        d.first_seen_unix_ns = first_seen_ns() + self.clock_to_unix_ns;
+                        d.last_seen_unix_ns = last_seen_unix_ns.max(d.first_seen_unix_ns);
                         known.push(d);
                     }
-                    // The bit first: the kernel can claim the slot (and set the bit) only once
-                    // it is empty.
-                    self.used_word(i / 64)
-                        .fetch_and(!(1u64 << (i % 64)), Ordering::AcqRel);
-                    s.free();
-                    self.seen[i] = Seen::New;
+                    self.free_slot(i, &s);
                 }
                 // Empty, or being claimed by the kernel right now (the next sweep reads it).
                 _ => {}
@@ -247,6 +291,60 @@ impl FlowSweeper {
         fresh.sort_by_key(|d| d.first_seen_unix_ns);
         fresh.append(&mut known);
         fresh
+    }
+
+    /// Frees drained slot `i`: empties its index position, clears its bit and key, and pushes
+    /// it onto the free stack. Nothing can reach the slot any more once the position is empty
+    /// (a program that read the position just before finds the slot draining, or, after the
+    /// slot is reused, a key it compares).
+    fn free_slot(&mut self, i: usize, s: &SlotRef) {
+        // SAFETY: written by the kernel before the slot went live.
+        let pos = unsafe { std::ptr::read_volatile(&raw const (*self.claims.at(i)).index_pos) };
+        if (pos as usize) < self.index.len {
+            let p = self.index.at(pos as usize);
+            // SAFETY: a valid, aligned u32 of the mapping, changed by the kernel only
+            // atomically. Only this slot's number is cleared: nothing else points here.
+            let e = unsafe { AtomicU32::from_ptr(p) };
+            let _ = e.compare_exchange(
+                i as u32 + 1,
+                INDEX_EMPTY,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+        // The bit first: the kernel can claim the slot (and set the bit) only once it is free.
+        self.used_word(i / 64)
+            .fetch_and(!(1u64 << (i % 64)), Ordering::AcqRel);
+        s.free();
+        self.seen[i] = Seen::New;
+        self.push_free(i as u32);
+    }
+
+    /// Pushes slot `n` onto the free stack (see `ayaflow_common::flow::free_stack`). The
+    /// kernel pops at the same time; a compare-and-exchange of the top word that fails is
+    /// retried.
+    fn push_free(&self, n: u32) {
+        let slots = self.table.len as u32;
+        // SAFETY: the mapping's one top word, changed by the kernel only atomically.
+        let top = unsafe { AtomicU64::from_ptr(self.free_top.at(0)) };
+        let mut word = top.load(Ordering::Acquire);
+        loop {
+            let (generation, taken) = free_stack::split(word);
+            // Every slot is either on the stack or taken, so a slot being freed is taken.
+            debug_assert!(taken > 0 && taken <= slots);
+            let entry = slots - taken;
+            // SAFETY: an entry just above the top, which the kernel does not read until the
+            // exchange below succeeds.
+            unsafe {
+                AtomicU32::from_ptr(self.free.at(entry as usize))
+                    .store(free_stack::encode(n, entry), Ordering::Relaxed)
+            };
+            let next = free_stack::top_word(generation.wrapping_add(1), taken - 1);
+            match top.compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(now) => word = now,
+            }
+        }
     }
 
     /// Indices of the slots whose `FLOWS_USED` bit is set, as the bits are now.
@@ -263,6 +361,11 @@ impl FlowSweeper {
             }
         }
         slots
+    }
+
+    /// Numbers of the slots the kernel has claimed and the sweeper not freed yet, ascending.
+    pub fn slots_in_use(&self) -> Vec<usize> {
+        self.used_slots()
     }
 
     /// Slots holding a connection (live or draining), for tests and metrics.
@@ -296,18 +399,13 @@ impl SlotRef {
         unsafe { AtomicU64::from_ptr(field) }
     }
 
-    fn last_seen_ns(&self) -> u64 {
-        // SAFETY: a field of this slot.
-        self.u64_at(unsafe { &raw mut (*self.0).last_seen_ns })
-            .load(Ordering::Relaxed)
-    }
-
-    /// Takes the sums added since the last take, with what the slot says about its connection;
-    /// `None` if nothing was added. Bytes are taken before packets: the kernel adds packets
-    /// first, so a packet is never reported after its bytes.
-    fn take(&self, clock_to_unix_ns: u64) -> Option<FlowDelta> {
-        // SAFETY: fields of this slot; the key and first-seen time do not change while the
-        // slot is live or draining; flags and ICMP bytes are read as one atomic word.
+    /// Takes the sums added since the last take, with what the slot says about its connection
+    /// (times are left at zero for the caller); `None` if nothing was added. Bytes are taken
+    /// before packets: the kernel adds packets first, so a packet is never reported after its
+    /// bytes.
+    fn take(&self) -> Option<FlowDelta> {
+        // SAFETY: fields of this slot; the key does not change while the slot is live or
+        // draining; flags and ICMP bytes are read as one atomic word.
         unsafe {
             let bytes = self
                 .u64_at(&raw mut (*self.0).bytes)
@@ -319,7 +417,6 @@ impl SlotRef {
                 return None;
             }
             let key: FlowKey = std::ptr::read_volatile(&raw const (*self.0).key);
-            let first = std::ptr::read_volatile(&raw const (*self.0).first_seen_ns);
             let extras = AtomicU32::from_ptr((&raw mut (*self.0).tcp_flags).cast::<u32>())
                 .load(Ordering::Relaxed);
             Some(FlowDelta {
@@ -327,16 +424,17 @@ impl SlotRef {
                 direction: Direction::from_u8(key.direction).unwrap_or(Direction::Ingress),
                 packets,
                 bytes,
-                first_seen_unix_ns: first + clock_to_unix_ns,
-                last_seen_unix_ns: self.last_seen_ns().max(first) + clock_to_unix_ns,
+                first_seen_unix_ns: 0,
+                last_seen_unix_ns: 0,
                 tcp_flags: extras as u8,
             })
         }
     }
 
-    /// Clears a drained slot and hands it back to the kernel.
+    /// Clears a drained slot (the caller then frees it).
     fn free(&self) {
-        // SAFETY: the slot is draining and past its grace: no one else writes it.
+        // SAFETY: the slot is draining, past its grace and no longer indexed: no one else
+        // writes it.
         unsafe { std::ptr::write_volatile(&raw mut (*self.0).key, FlowKey::default()) };
         self.state().store(SLOT_EMPTY, Ordering::Release);
     }

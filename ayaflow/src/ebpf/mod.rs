@@ -19,7 +19,10 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::{ProgramError, SchedClassifier, TcAttachType, tc},
 };
-use ayaflow_common::{flow::Direction, globals};
+use ayaflow_common::{
+    flow::{Direction, INDEX_POSITIONS_PER_SLOT},
+    globals,
+};
 pub use error::LoadError;
 
 use crate::flow::direction_name;
@@ -51,8 +54,9 @@ impl Default for LoadOptions {
     }
 }
 
-/// Slots of the `FLOWS` table for `flow_map_size`: the next power of two (so a slot index is a
-/// mask of the hash), at least 1, at most 2^31.
+/// Slots of the `FLOWS` table for `flow_map_size`: the next power of two (so that the index,
+/// `INDEX_POSITIONS_PER_SLOT` times as many positions, is addressed by a mask of the hash), at
+/// least 1, at most 2^31.
 pub fn flow_table_slots(flow_map_size: u32) -> u32 {
     flow_map_size.clamp(1, 1 << 31).next_power_of_two()
 }
@@ -98,6 +102,7 @@ impl KernelProgram {
         }
         raise_memlock_limit();
         let slots = flow_table_slots(opts.flow_map_size);
+        let positions = slots.checked_mul(INDEX_POSITIONS_PER_SLOT).unwrap_or(slots);
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::CAPTURE_MODE, &opts.capture_mode, true)
             // A quarter of the ring: the timer drains long before, a burst still wakes it.
@@ -108,8 +113,12 @@ impl KernelProgram {
             )
             .map_max_entries(globals::MAP_EVENTS, opts.ring_buffer_size)
             .override_global(globals::FLOW_HASH_SEED, &random_seed(), true)
-            .override_global(globals::FLOW_SLOT_MASK, &(slots - 1), true)
+            .override_global(globals::FLOW_INDEX_MASK, &(positions - 1), true)
+            .override_global(globals::FLOW_SLOTS, &slots, true)
             .map_max_entries(globals::MAP_FLOWS, slots)
+            .map_max_entries(globals::MAP_FLOW_CLAIMS, slots)
+            .map_max_entries(globals::MAP_FLOW_FREE, slots)
+            .map_max_entries(globals::MAP_FLOW_INDEX, positions)
             .map_max_entries(globals::MAP_FLOWS_USED, slots.div_ceil(64))
             .load(OBJECT)
             .map_err(|e| LoadError::from_aya("loading the eBPF object", e))?;
@@ -201,11 +210,17 @@ impl KernelProgram {
         counters::CounterReader::new(map)
     }
 
-    /// Takes the `FLOWS` table (once), for flow mode's sweeper.
+    /// Takes the flow table's maps (once), for flow mode's sweeper.
     pub fn take_flows(&mut self) -> Result<evict::FlowSweeper, LoadError> {
-        let flows = self.take_map(globals::MAP_FLOWS)?;
-        let used = self.take_map(globals::MAP_FLOWS_USED)?;
-        evict::FlowSweeper::new(&flows, &used).map_err(|e| LoadError::Other {
+        let maps = evict::FlowMaps {
+            slots: self.take_map(globals::MAP_FLOWS)?,
+            claims: self.take_map(globals::MAP_FLOW_CLAIMS)?,
+            index: self.take_map(globals::MAP_FLOW_INDEX)?,
+            free: self.take_map(globals::MAP_FLOW_FREE)?,
+            free_top: self.take_map(globals::MAP_FLOW_FREE_TOP)?,
+            used: self.take_map(globals::MAP_FLOWS_USED)?,
+        };
+        evict::FlowSweeper::new(&maps).map_err(|e| LoadError::Other {
             action: "opening FLOWS".into(),
             source: e.into(),
         })
