@@ -1,0 +1,1159 @@
+//! Raw rows packed into blocks: the `packet_blocks` table (schema version 3).
+//!
+//! The writer packs up to [`BLOCK_ROWS`] consecutive rows of one insert batch into one SQLite
+//! row, so a raw row costs a few bytes of a blob instead of a B-tree row and two index inserts.
+//! A block's rows have the consecutive ids `id..=last_id`: the block's own id is the id of its
+//! first row, so row ids (the API's paging cursors) stay what they were with one SQLite row per
+//! packet.
+//!
+//! # Format
+//!
+//! `tuple_ids` holds the distinct `tuples` ids of the block's rows, ascending: the first as a
+//! varint (LEB128), then the gaps to the next (each at least 1). `data` is a format byte
+//! ([`FORMAT`]) followed by each row in id order:
+//!
+//! ```text
+//! zigzag(ts - previous ts)  varint   the first row's previous ts is 0; events from several
+//!                                    CPUs arrive slightly out of order, hence signed
+//! tuple index               varint   position in tuple_ids
+//! bytes                     varint
+//! mask                      1 byte   which of the fields below differ from their default
+//! packets                   varint   if mask & 0x01 (default 1)
+//! tcp_flags, icmp_type,     1 byte   each if mask & 0x02, 0x04, 0x08, 0x10 (default 0)
+//!   icmp_code, flags
+//! vlan_id                   varint   if mask & 0x20 (default 0)
+//! ```
+//!
+//! A typical row takes 6 to 8 bytes. Decoding checks every length and range and fails with a
+//! message, never a panic: a damaged file ends up as [`StoreError::BadBlock`].
+//!
+//! # Reading
+//!
+//! [`Store::query_blocks`] walks the blocks newest first (by id, or within the id range a time
+//! index gives), skips a block by its time bounds and by its `tuple_ids` when the query has key
+//! filters, decodes the blocks that may hold matches and stops at a page of rows. Only the
+//! rows it returns have their key read from `tuples`.
+
+use std::{collections::HashMap, rc::Rc};
+
+use rusqlite::{Connection, OptionalExtension, params, types::Value, vtab::array::Array};
+
+use super::{
+    Decoder, HistoryQuery, KEY_COLUMNS, NANOS_PER_SEC, RawRecord, Store, StoreError, StoredKey,
+    clamp_i64,
+};
+use crate::flow::{Direction, FiveTuple, Packet};
+
+/// Most rows in one block. Larger blocks amortise SQLite's per-row cost over more packets but
+/// make a query decode more rows to return a page. Measured (3 million rows, 50,000 per
+/// transaction): see the README of the store, `mod.rs`.
+pub(super) const BLOCK_ROWS: usize = 4096;
+
+/// A block ends before the first row at or after the end of the second its first row is in,
+/// so retention (which frees whole blocks, once their newest row has expired) keeps a row at
+/// most about a second past its expiry, also when rows arrive slowly.
+const BLOCK_SPAN_NS: i64 = NANOS_PER_SEC as i64;
+
+/// The first byte of `data`: the row format above. A new format gets a new number.
+const FORMAT: u8 = 1;
+
+const MASK_PACKETS: u8 = 0x01;
+const MASK_TCP_FLAGS: u8 = 0x02;
+const MASK_ICMP_TYPE: u8 = 0x04;
+const MASK_ICMP_CODE: u8 = 0x08;
+const MASK_FLAGS: u8 = 0x10;
+const MASK_VLAN: u8 = 0x20;
+
+/// How many of `packets` (from the start) go into the next block: at most [`BLOCK_ROWS`], and
+/// none at or after the end of the first row's second.
+pub(super) fn block_len(packets: &[Packet]) -> usize {
+    let Some(first) = packets.first() else {
+        return 0;
+    };
+    let rows = packets.len().min(BLOCK_ROWS);
+    // No second starts after the one of i64::MAX (the clamp of later times).
+    let Some(end) = (clamp_i64(first.ts_unix_ns) / BLOCK_SPAN_NS + 1).checked_mul(BLOCK_SPAN_NS)
+    else {
+        return rows;
+    };
+    packets[..rows]
+        .iter()
+        .position(|p| clamp_i64(p.ts_unix_ns) >= end)
+        .unwrap_or(rows)
+}
+
+/// One block as the writer inserts it.
+pub(super) struct EncodedBlock<'a> {
+    /// Smallest and largest `ts_unix_ns` of its rows.
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub tuple_ids: &'a [u8],
+    pub data: &'a [u8],
+}
+
+/// Packs rows into blocks; keeps its buffers from one block to the next.
+#[derive(Default)]
+pub(super) struct BlockEncoder {
+    /// Distinct tuple ids of the block being encoded, ascending.
+    distinct: Vec<i64>,
+    tuple_ids: Vec<u8>,
+    data: Vec<u8>,
+}
+
+impl BlockEncoder {
+    /// Encodes `packets`, whose `tuples` ids are `tuple_ids` (same length, not empty).
+    pub(super) fn encode(&mut self, packets: &[Packet], tuple_ids: &[i64]) -> EncodedBlock<'_> {
+        debug_assert_eq!(packets.len(), tuple_ids.len());
+        self.distinct.clear();
+        self.distinct.extend_from_slice(tuple_ids);
+        self.distinct.sort_unstable();
+        self.distinct.dedup();
+        self.tuple_ids.clear();
+        let mut prev = 0;
+        for &id in &self.distinct {
+            // Ascending and (being rowids) positive, so every gap is at least 1.
+            put_varint(&mut self.tuple_ids, id.wrapping_sub(prev) as u64);
+            prev = id;
+        }
+        self.data.clear();
+        self.data.push(FORMAT);
+        let (mut min_ts, mut max_ts, mut prev_ts) = (i64::MAX, i64::MIN, 0i64);
+        for (p, id) in packets.iter().zip(tuple_ids) {
+            let ts = clamp_i64(p.ts_unix_ns);
+            (min_ts, max_ts) = (min_ts.min(ts), max_ts.max(ts));
+            // Both in [0, i64::MAX]: the difference cannot overflow.
+            put_varint(&mut self.data, zigzag(ts - prev_ts));
+            prev_ts = ts;
+            // `id` is one of `distinct`: found.
+            let index = self.distinct.binary_search(id).unwrap_or(0);
+            put_varint(&mut self.data, index as u64);
+            put_varint(&mut self.data, p.bytes.into());
+            let mask = (MASK_PACKETS * u8::from(p.packets != 1))
+                | (MASK_TCP_FLAGS * u8::from(p.tcp_flags != 0))
+                | (MASK_ICMP_TYPE * u8::from(p.icmp_type != 0))
+                | (MASK_ICMP_CODE * u8::from(p.icmp_code != 0))
+                | (MASK_FLAGS * u8::from(p.flags != 0))
+                | (MASK_VLAN * u8::from(p.vlan_id != 0));
+            self.data.push(mask);
+            if mask & MASK_PACKETS != 0 {
+                put_varint(&mut self.data, p.packets.into());
+            }
+            for (bit, v) in [
+                (MASK_TCP_FLAGS, p.tcp_flags),
+                (MASK_ICMP_TYPE, p.icmp_type),
+                (MASK_ICMP_CODE, p.icmp_code),
+                (MASK_FLAGS, p.flags),
+            ] {
+                if mask & bit != 0 {
+                    self.data.push(v);
+                }
+            }
+            if mask & MASK_VLAN != 0 {
+                put_varint(&mut self.data, p.vlan_id.into());
+            }
+        }
+        EncodedBlock {
+            min_ts,
+            max_ts,
+            tuple_ids: &self.tuple_ids,
+            data: &self.data,
+        }
+    }
+}
+
+/// A decoded row before its key is read: the packet's own fields and its `tuples` id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PackedRow {
+    pub ts_unix_ns: i64,
+    /// Position of the row's tuple id in the block's `tuple_ids`.
+    pub tuple_index: usize,
+    pub packets: u32,
+    pub bytes: u32,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub flags: u8,
+    pub vlan_id: u16,
+}
+
+/// Decodes a `tuple_ids` blob; fails on anything the encoder never writes.
+pub(super) fn decode_tuple_ids(blob: &[u8]) -> Result<Vec<i64>, String> {
+    // Every id takes at least one byte.
+    let mut ids = Vec::with_capacity(blob.len());
+    let mut pos = 0;
+    let mut prev = 0i64;
+    while pos < blob.len() {
+        // Fast path: most gaps fit one byte.
+        let gap = match blob[pos] {
+            b if b < 0x80 => {
+                pos += 1;
+                u64::from(b)
+            }
+            _ => get_varint(blob, &mut pos)?,
+        };
+        let id = i64::try_from(gap)
+            .ok()
+            .filter(|&g| g > 0)
+            .and_then(|g| prev.checked_add(g))
+            .ok_or_else(|| format!("tuple_ids: gap {gap} after id {prev}"))?;
+        ids.push(id);
+        prev = id;
+    }
+    Ok(ids)
+}
+
+/// Decodes the `rows` rows of a `data` blob whose block lists `tuples` distinct keys; fails on
+/// anything the encoder never writes (wrong format, short or trailing bytes, out-of-range
+/// values).
+pub(super) fn decode_rows(
+    data: &[u8],
+    tuples: usize,
+    rows: usize,
+) -> Result<Vec<PackedRow>, String> {
+    let Some((&format, rest)) = data.split_first() else {
+        return Err("data is empty".into());
+    };
+    if format != FORMAT {
+        return Err(format!("data format {format}, not {FORMAT}"));
+    }
+    // A row takes at least four bytes: cap the allocation by what the blob can hold.
+    let mut out = Vec::with_capacity(rows.min(rest.len() / 4));
+    let mut r = Reader { data: rest, pos: 0 };
+    let mut prev_ts = 0i64;
+    for i in 0..rows {
+        let row = decode_row(&mut r, &mut prev_ts, tuples).map_err(|e| format!("row {i}: {e}"))?;
+        out.push(row);
+    }
+    if r.pos != rest.len() {
+        return Err(format!("{} bytes after the last row", rest.len() - r.pos));
+    }
+    Ok(out)
+}
+
+fn decode_row(r: &mut Reader<'_>, prev_ts: &mut i64, tuples: usize) -> Result<PackedRow, String> {
+    let delta = unzigzag(r.varint("ts")?);
+    let ts = prev_ts
+        .checked_add(delta)
+        .filter(|&t| t >= 0)
+        .ok_or_else(|| format!("ts {prev_ts} + {delta} out of range"))?;
+    *prev_ts = ts;
+    let index = r.varint("tuple index")?;
+    let tuple_index = usize::try_from(index)
+        .ok()
+        .filter(|&t| t < tuples)
+        .ok_or_else(|| format!("tuple index {index} past the block's {tuples} keys"))?;
+    let bytes = r.u32("bytes")?;
+    let mask = r.byte("field mask")?;
+    if mask & !0x3f != 0 {
+        return Err(format!("field mask {mask:#04x}"));
+    }
+    let packets = if mask & MASK_PACKETS != 0 {
+        r.u32("packets")?
+    } else {
+        1
+    };
+    let mut byte = |bit: u8, what: &str| -> Result<u8, String> {
+        if mask & bit == 0 { Ok(0) } else { r.byte(what) }
+    };
+    let tcp_flags = byte(MASK_TCP_FLAGS, "tcp_flags")?;
+    let icmp_type = byte(MASK_ICMP_TYPE, "icmp_type")?;
+    let icmp_code = byte(MASK_ICMP_CODE, "icmp_code")?;
+    let flags = byte(MASK_FLAGS, "flags")?;
+    let vlan_id = if mask & MASK_VLAN != 0 {
+        let v = r.varint("vlan_id")?;
+        u16::try_from(v).map_err(|_| format!("vlan_id {v}"))?
+    } else {
+        0
+    };
+    Ok(PackedRow {
+        ts_unix_ns: ts,
+        tuple_index,
+        packets,
+        bytes,
+        tcp_flags,
+        icmp_type,
+        icmp_code,
+        flags,
+        vlan_id,
+    })
+}
+
+/// A position in a blob; every read checks the length.
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn byte(&mut self, what: &str) -> Result<u8, String> {
+        let b = *self
+            .data
+            .get(self.pos)
+            .ok_or_else(|| format!("ends before {what}"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self, what: &str) -> Result<u64, String> {
+        get_varint(self.data, &mut self.pos).map_err(|e| format!("{what}: {e}"))
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, String> {
+        let v = self.varint(what)?;
+        u32::try_from(v).map_err(|_| format!("{what} {v} out of range"))
+    }
+}
+
+/// Appends `v` as LEB128: seven bits per byte, low first, high bit set on all but the last.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a LEB128 number at `*pos`, moving past it; at most ten bytes, the tenth 0 or 1.
+fn get_varint(data: &[u8], pos: &mut usize) -> Result<u64, String> {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let &b = data.get(*pos).ok_or("ends inside a number")?;
+        *pos += 1;
+        if shift == 63 && b > 1 {
+            return Err("a number longer than 64 bits".into());
+        }
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+        shift += 7;
+    }
+}
+
+/// Signed to unsigned with small magnitudes staying small: 0, -1, 1, -2 ... -> 0, 1, 2, 3 ...
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(u: u64) -> i64 {
+    ((u >> 1) as i64) ^ -((u & 1) as i64)
+}
+
+/// The id the next raw row gets: after the last block and after every row of the version 2
+/// `packets` table, so ids keep increasing across the migration. Read under the write lock.
+fn next_raw_id(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "SELECT max(coalesce((SELECT last_id FROM packet_blocks ORDER BY id DESC LIMIT 1), 0), \
+         coalesce((SELECT max(id) FROM packets), 0)) + 1",
+    )?
+    .query_row([], |r| r.get(0))
+}
+
+/// Appends `packets` as blocks (see [`block_len`]) with ids from the next free one; `tuple_id`
+/// gives each row's `tuples` id.
+pub(super) fn insert_blocks(
+    conn: &Connection,
+    packets: &[Packet],
+    mut tuple_id: impl FnMut(&Packet) -> rusqlite::Result<i64>,
+) -> rusqlite::Result<()> {
+    if packets.is_empty() {
+        return Ok(());
+    }
+    let mut next = next_raw_id(conn)?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO packet_blocks (id, last_id, row_count, min_ts, max_ts, tuple_ids, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut encoder = BlockEncoder::default();
+    let mut ids = Vec::with_capacity(BLOCK_ROWS.min(packets.len()));
+    let mut rest = packets;
+    while !rest.is_empty() {
+        let (block, tail) = rest.split_at(block_len(rest));
+        ids.clear();
+        for p in block {
+            ids.push(tuple_id(p)?);
+        }
+        let b = encoder.encode(block, &ids);
+        let last = next + block.len() as i64 - 1;
+        insert.execute(params![
+            next,
+            last,
+            block.len() as i64,
+            b.min_ts,
+            b.max_ts,
+            b.tuple_ids,
+            b.data
+        ])?;
+        next = last + 1;
+        rest = tail;
+    }
+    Ok(())
+}
+
+/// Deletes the oldest blocks whose newest row is older than `cutoff_ns`, whole, until they
+/// held at least `max_rows` rows (or none is left). Returns the rows deleted.
+pub(super) fn delete_blocks_older_than(
+    conn: &Connection,
+    cutoff_ns: i64,
+    max_rows: usize,
+) -> rusqlite::Result<usize> {
+    let mut ids = Vec::new();
+    let mut rows = 0usize;
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, row_count FROM packet_blocks INDEXED BY packet_blocks_time \
+             WHERE max_ts < ?1 ORDER BY max_ts",
+        )?;
+        let mut it = stmt.query([cutoff_ns])?;
+        while rows < max_rows
+            && let Some(r) = it.next()?
+        {
+            ids.push(Value::Integer(r.get(0)?));
+            rows += usize::try_from(r.get::<_, i64>(1)?).unwrap_or(0);
+        }
+    }
+    if !ids.is_empty() {
+        conn.prepare_cached("DELETE FROM packet_blocks WHERE id IN rarray(?1)")?
+            .execute([Rc::new(ids) as Array])?;
+    }
+    Ok(rows)
+}
+
+/// Every `tuples` id some block points at, ascending and distinct: reads every block's
+/// `tuple_ids` (not its rows).
+pub(super) fn tuples_in_blocks(
+    conn: &Connection,
+    path: &std::path::Path,
+) -> Result<Vec<i64>, StoreError> {
+    let err = |e| StoreError::sqlite(path, "reading the keys of packet blocks", e);
+    let mut stmt = conn
+        .prepare_cached("SELECT id, tuple_ids FROM packet_blocks")
+        .map_err(err)?;
+    let mut rows = stmt.query([]).map_err(err)?;
+    let mut all = Vec::new();
+    while let Some(r) = rows.next().map_err(err)? {
+        let id: i64 = r.get(0).map_err(err)?;
+        let blob = r.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(err)?;
+        all.extend(decode_tuple_ids(blob).map_err(|detail| bad_block(path, id, detail))?);
+        // Keep memory at about the distinct keys, not the blocks times their keys.
+        if all.len() > 1 << 20 {
+            all.sort_unstable();
+            all.dedup();
+        }
+    }
+    all.sort_unstable();
+    all.dedup();
+    Ok(all)
+}
+
+fn bad_block(path: &std::path::Path, id: i64, detail: String) -> StoreError {
+    StoreError::BadBlock {
+        path: path.to_owned(),
+        id,
+        detail,
+    }
+}
+
+/// For each of a block's tuple ids (ascending), whether it is one of `keys` (ascending): a
+/// binary search of the shorter list's ids in the longer one.
+fn select(block: &[i64], keys: &[i64]) -> Vec<bool> {
+    let mut selected = vec![false; block.len()];
+    if keys.len() <= block.len() {
+        for k in keys {
+            if let Ok(i) = block.binary_search(k) {
+                selected[i] = true;
+            }
+        }
+    } else {
+        for (s, id) in selected.iter_mut().zip(block) {
+            *s = keys.binary_search(id).is_ok();
+        }
+    }
+    selected
+}
+
+/// A matching row found in a block: its id, its `tuples` id, its fields.
+type Found = (i64, i64, PackedRow);
+
+impl Store {
+    /// The newest `want` raw rows stored in blocks that match `q` (cursor, time range, key
+    /// filters), newest first. Every block id is above every id of the version 2 `packets`
+    /// table, so the caller continues there when this returns fewer than `want`.
+    pub(super) fn query_blocks(
+        &self,
+        q: &HistoryQuery,
+        want: usize,
+    ) -> Result<Vec<RawRecord>, StoreError> {
+        let err = |e| StoreError::sqlite(&self.path, "querying history", e);
+        let keys = self.matching_tuples(q).map_err(err)?;
+        let ns = |s: i64| s.saturating_mul(NANOS_PER_SEC as i64);
+        let (from, to) = (q.from_unix_s.map(ns), q.to_unix_s.map(ns));
+        if keys.as_ref().is_some_and(Vec::is_empty) || from.zip(to).is_some_and(|(f, t)| f >= t) {
+            return Ok(Vec::new());
+        }
+        // Time bounds on ?3 and ?4, present only when given so that a missing bound compares
+        // nothing (rows clamped to i64::MAX stay visible without a `to`).
+        let mut time_sql = String::new();
+        if from.is_some() {
+            time_sql.push_str(" AND max_ts >= ?3");
+        }
+        if to.is_some() {
+            time_sql.push_str(" AND min_ts < ?4");
+        }
+        let bind_time = |stmt: &mut rusqlite::Statement<'_>| -> rusqlite::Result<()> {
+            if let Some(f) = from {
+                stmt.raw_bind_parameter(3, f)?;
+            }
+            if let Some(t) = to {
+                stmt.raw_bind_parameter(4, t)?;
+            }
+            Ok(())
+        };
+        let mut top = q.before_id.unwrap_or(i64::MAX);
+        let mut floor = i64::MIN;
+        if from.is_some() || to.is_some() {
+            // The time index (small, and covering) gives the id range of the blocks in the
+            // time range, so the walk below does not read the newer blocks one by one.
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT min(id), max(id) FROM packet_blocks INDEXED BY packet_blocks_time \
+                     WHERE 1 = 1{time_sql}"
+                ))
+                .map_err(err)?;
+            bind_time(&mut stmt).map_err(err)?;
+            let mut rows = stmt.raw_query();
+            let bounds = match rows.next().map_err(err)? {
+                Some(r) => r
+                    .get::<_, Option<i64>>(0)
+                    .and_then(|lo| Ok(lo.zip(r.get::<_, Option<i64>>(1)?)))
+                    .map_err(err)?,
+                None => None,
+            };
+            let Some((lo, hi)) = bounds else {
+                return Ok(Vec::new());
+            };
+            top = top.min(hi.saturating_add(1));
+            floor = lo;
+        }
+        let found = self.walk_blocks(
+            q,
+            want,
+            keys.as_deref(),
+            (from, to),
+            (top, floor),
+            &time_sql,
+            &bind_time,
+        )?;
+        self.resolve_keys(found)
+    }
+
+    /// Walks the blocks with ids in `[floor, top)` newest first, collecting up to `want` rows
+    /// below the cursor that match the time range and `keys`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of one query, computed once"
+    )]
+    fn walk_blocks(
+        &self,
+        q: &HistoryQuery,
+        want: usize,
+        keys: Option<&[i64]>,
+        (from, to): (Option<i64>, Option<i64>),
+        (top, floor): (i64, i64),
+        time_sql: &str,
+        bind_time: &dyn Fn(&mut rusqlite::Statement<'_>) -> rusqlite::Result<()>,
+    ) -> Result<Vec<Found>, StoreError> {
+        let err = |e| StoreError::sqlite(&self.path, "querying history", e);
+        let before = q.before_id.unwrap_or(i64::MAX);
+        let head_sql = format!(
+            "SELECT id, last_id, row_count{} FROM packet_blocks \
+             WHERE id < ?1 AND id >= ?2{time_sql} ORDER BY id DESC",
+            if keys.is_some() { ", tuple_ids" } else { "" }
+        );
+        let mut heads = self.conn.prepare_cached(&head_sql).map_err(err)?;
+        heads.raw_bind_parameter(1, top).map_err(err)?;
+        heads.raw_bind_parameter(2, floor).map_err(err)?;
+        bind_time(&mut heads).map_err(err)?;
+        let mut body = self
+            .conn
+            .prepare_cached("SELECT tuple_ids, data FROM packet_blocks WHERE id = ?1")
+            .map_err(err)?;
+        let mut found: Vec<Found> = Vec::new();
+        let mut rows = heads.raw_query();
+        while found.len() < want
+            && let Some(r) = rows.next().map_err(err)?
+        {
+            let id: i64 = r.get(0).map_err(err)?;
+            let last_id: i64 = r.get(1).map_err(err)?;
+            let row_count: i64 = r.get(2).map_err(err)?;
+            let bad = |detail| bad_block(&self.path, id, detail);
+            // Which of the block's keys pass the key filters; skip the block if none does.
+            let selected = match keys {
+                None => None,
+                Some(keys) => {
+                    let blob = r.get_ref(3).and_then(|v| Ok(v.as_blob()?)).map_err(err)?;
+                    let selected = select(&decode_tuple_ids(blob).map_err(bad)?, keys);
+                    if !selected.contains(&true) {
+                        continue;
+                    }
+                    Some(selected)
+                }
+            };
+            if row_count < 1 || last_id.checked_sub(id) != Some(row_count - 1) {
+                return Err(bad(format!(
+                    "row_count {row_count} for the ids {id}..={last_id}"
+                )));
+            }
+            let (tuple_blob, data): (Vec<u8>, Vec<u8>) = body
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(err)?
+                .ok_or_else(|| bad("deleted while read".into()))?;
+            let tuple_ids = decode_tuple_ids(&tuple_blob).map_err(bad)?;
+            let packed = decode_rows(&data, tuple_ids.len(), row_count as usize).map_err(bad)?;
+            for (i, row) in packed.iter().enumerate().rev() {
+                let row_id = id + i as i64;
+                let wanted = row_id < before
+                    && from.is_none_or(|f| row.ts_unix_ns >= f)
+                    && to.is_none_or(|t| row.ts_unix_ns < t)
+                    && selected.as_ref().is_none_or(|s| s[row.tuple_index]);
+                if wanted {
+                    found.push((row_id, tuple_ids[row.tuple_index], *row));
+                    if found.len() == want {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Turns found rows into records: reads the keys of their `tuples` ids, once each.
+    fn resolve_keys(&self, found: Vec<Found>) -> Result<Vec<RawRecord>, StoreError> {
+        if found.is_empty() {
+            return Ok(Vec::new());
+        }
+        let err = |e| StoreError::sqlite(&self.path, "querying history", e);
+        let mut ids: Vec<i64> = found.iter().map(|f| f.1).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let list: Array = Rc::new(ids.into_iter().map(Value::Integer).collect());
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT k.id, {KEY_COLUMNS} FROM tuples AS k WHERE k.id IN rarray(?1)"
+            ))
+            .map_err(err)?;
+        let mut stored: HashMap<i64, StoredKey> = stmt
+            .query_map([list], |r| {
+                let id = r.get(0)?;
+                Ok((id, StoredKey::read(r, id, 1)?))
+            })
+            .and_then(|it| it.collect())
+            .map_err(err)?;
+        let mut keys: HashMap<i64, (FiveTuple, Direction)> = HashMap::new();
+        let mut out = Vec::with_capacity(found.len());
+        for (id, tuple_id, row) in found {
+            let (tuple, direction) = match keys.get(&tuple_id) {
+                Some(&k) => k,
+                None => {
+                    // A missing key decodes to an error naming the row.
+                    let key = stored
+                        .remove(&tuple_id)
+                        .unwrap_or_else(|| StoredKey::missing(tuple_id));
+                    let k = key.decode(&Decoder {
+                        path: &self.path,
+                        id,
+                    })?;
+                    keys.insert(tuple_id, k);
+                    k
+                }
+            };
+            out.push(RawRecord {
+                id,
+                packet: Packet {
+                    tuple,
+                    direction,
+                    // Decoded rows are in [0, i64::MAX].
+                    ts_unix_ns: row.ts_unix_ns as u64,
+                    packets: row.packets,
+                    bytes: row.bytes,
+                    tcp_flags: row.tcp_flags,
+                    icmp_type: row.icmp_type,
+                    icmp_code: row.icmp_code,
+                    flags: row.flags,
+                    vlan_id: row.vlan_id,
+                },
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{IpAddr, Ipv4Addr, Ipv6Addr},
+        path::Path,
+    };
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        flow::Protocol,
+        store::{
+            HistoryKind, HistoryRow, MIN_TUPLES_BEFORE_SWEEP, RowCounts, schema,
+            tests::insert_v2_packets,
+        },
+    };
+
+    const SEC: u64 = NANOS_PER_SEC;
+    const T: u64 = 1_700_000_000 * SEC;
+
+    fn packet(i: u64) -> Packet {
+        Packet {
+            tuple: FiveTuple {
+                proto: Protocol::Udp,
+                src: IpAddr::V4(Ipv4Addr::new(10, 0, 0, (i % 3) as u8)),
+                src_port: 1000 + (i % 5) as u16,
+                dst: IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)),
+                dst_port: 53,
+            },
+            direction: if i % 2 == 0 {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            },
+            ts_unix_ns: T + i * 1_000,
+            packets: 1,
+            bytes: 100 + i as u32,
+            tcp_flags: 0,
+            icmp_type: 0,
+            icmp_code: 0,
+            flags: 0,
+            vlan_id: 0,
+        }
+    }
+
+    fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path().join("h.db")).expect("store opens in a temp dir");
+        (dir, store)
+    }
+
+    fn raw(rows: Vec<HistoryRow>) -> Vec<RawRecord> {
+        rows.into_iter()
+            .map(|r| match r {
+                HistoryRow::Raw(r) => r,
+                other => panic!("expected raw rows, got {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Every page of `q`, following the cursor; ids checked newest first.
+    fn all_rows(store: &Store, mut q: HistoryQuery) -> Vec<RawRecord> {
+        let mut out: Vec<RawRecord> = Vec::new();
+        loop {
+            let page = store.query_history(&q).expect("query");
+            let rows = raw(page.rows);
+            assert!(rows.len() <= q.limit as usize);
+            out.extend(rows);
+            assert!(out.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+            match page.next_cursor {
+                Some(c) => q.before_id = Some(c),
+                None => return out,
+            }
+        }
+    }
+
+    fn blocks(store: &Store) -> Vec<(i64, i64, i64)> {
+        store
+            .conn
+            .prepare("SELECT id, last_id, row_count FROM packet_blocks ORDER BY id")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .expect("blocks")
+    }
+
+    /// Extreme values of every field, IPv4, IPv6 and non-IP keys, times out of order.
+    fn extremes() -> Vec<Packet> {
+        let v6 = FiveTuple {
+            proto: Protocol::Icmpv6,
+            src: IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)),
+            src_port: 0,
+            dst: IpAddr::V6(Ipv6Addr::new(
+                0xffff, 0xffff, 0xffff, 0xffff, 0, 0, 0, 0xffff,
+            )),
+            dst_port: u16::MAX,
+        };
+        let arp = FiveTuple {
+            proto: Protocol::Ether(0x0806),
+            src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            src_port: 0,
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dst_port: 0,
+        };
+        let mut rows = Vec::new();
+        for (i, ts) in [0, 1, T, T - 5, T + 3, i64::MAX as u64 - 1, i64::MAX as u64]
+            .into_iter()
+            .enumerate()
+        {
+            let mut p = packet(i as u64);
+            p.ts_unix_ns = ts;
+            rows.push(p);
+        }
+        let mut big = packet(7);
+        (big.packets, big.bytes, big.vlan_id) = (u32::MAX, u32::MAX, u16::MAX);
+        (big.tcp_flags, big.icmp_type, big.icmp_code, big.flags) = (255, 255, 255, 255);
+        big.tuple = v6;
+        rows.push(big);
+        let mut zero = packet(8);
+        (zero.packets, zero.bytes, zero.vlan_id) = (0, 0, 4095);
+        zero.tuple = arp;
+        rows.push(zero);
+        let mut syn = packet(9);
+        syn.tuple.proto = Protocol::Tcp;
+        syn.tcp_flags = 0x02;
+        syn.vlan_id = 1;
+        rows.push(syn);
+        rows
+    }
+
+    #[test]
+    fn every_field_round_trips_through_a_file() {
+        let (_dir, mut store) = temp_store();
+        let mut rows = extremes();
+        store.insert_packets(&rows).expect("insert");
+        let mut over = packet(10);
+        over.ts_unix_ns = u64::MAX;
+        store.insert_packets(&[over]).expect("insert");
+        let got = all_rows(&store, HistoryQuery::default());
+        // Times past i64::MAX are stored as i64::MAX, as with one SQLite row per packet.
+        over.ts_unix_ns = i64::MAX as u64;
+        rows.push(over);
+        let mut want: Vec<(i64, Packet)> = (1..).zip(rows).collect();
+        want.reverse();
+        let got: Vec<(i64, Packet)> = got.into_iter().map(|r| (r.id, r.packet)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn encoding_round_trips_and_stays_small() {
+        let rows = extremes();
+        let ids: Vec<i64> = (0..rows.len() as i64)
+            .map(|i| [5, 1, 1 << 40][i as usize % 3])
+            .collect();
+        let mut enc = BlockEncoder::default();
+        let b = enc.encode(&rows, &ids);
+        assert_eq!((b.min_ts, b.max_ts), (0, i64::MAX));
+        let tuples = decode_tuple_ids(b.tuple_ids).expect("tuple ids");
+        assert_eq!(tuples, [1, 5, 1 << 40]);
+        let decoded = decode_rows(b.data, tuples.len(), rows.len()).expect("rows");
+        for ((p, row), id) in rows.iter().zip(&decoded).zip(&ids) {
+            assert_eq!(tuples[row.tuple_index], *id);
+            let back = (
+                row.ts_unix_ns as u64,
+                row.packets,
+                row.bytes,
+                row.tcp_flags,
+                row.icmp_type,
+                row.icmp_code,
+                row.flags,
+                row.vlan_id,
+            );
+            let want = (
+                p.ts_unix_ns.min(i64::MAX as u64),
+                p.packets,
+                p.bytes,
+                p.tcp_flags,
+                p.icmp_type,
+                p.icmp_code,
+                p.flags,
+                p.vlan_id,
+            );
+            assert_eq!(back, want);
+        }
+        // A typical row (1 µs after the previous, 60 bytes, default fields): 5 bytes.
+        let plain: Vec<Packet> = (0..1000)
+            .map(|i| Packet {
+                bytes: 60,
+                ..packet(i)
+            })
+            .collect();
+        let b = enc.encode(&plain, &[3; 1000]);
+        assert_eq!(
+            b.data.len(),
+            1 + 1000 * 5 + 7,
+            "the first row's time takes 9 bytes, not 2"
+        );
+    }
+
+    #[test]
+    fn blocks_end_at_the_row_limit_and_the_second() {
+        let (_dir, mut store) = temp_store();
+        // 2.5 blocks' worth within one second, then rows of two later seconds.
+        let n = BLOCK_ROWS * 5 / 2;
+        let mut rows: Vec<Packet> = (0..n as u64).map(packet).collect();
+        let mut late = packet(0);
+        late.ts_unix_ns = T + 2 * SEC + 7;
+        rows.push(late);
+        late.ts_unix_ns = T + SEC / 2; // out of order: stays in the block of its predecessor
+        rows.push(late);
+        late.ts_unix_ns = T + 3 * SEC;
+        rows.push(late);
+        store.insert_packets(&rows).expect("insert");
+        let (b, n) = (BLOCK_ROWS as i64, n as i64);
+        assert_eq!(
+            blocks(&store),
+            [
+                (1, b, b),
+                (b + 1, 2 * b, b),
+                (2 * b + 1, n, n - 2 * b),
+                (n + 1, n + 2, 2),
+                (n + 3, n + 3, 1)
+            ]
+        );
+        // A second batch never shares a block with the first.
+        store.insert_packets(&[packet(1)]).expect("insert");
+        assert_eq!(blocks(&store).last(), Some(&(n + 4, n + 4, 1)));
+        assert_eq!(store.row_counts().expect("count").packets, n as u64 + 4);
+        // Paging crosses every block boundary, with and without a filter.
+        for limit in [1, 7, 1000, 4096, 10_000] {
+            let q = HistoryQuery {
+                limit,
+                ..HistoryQuery::default()
+            };
+            let ids: Vec<i64> = all_rows(&store, q).iter().map(|r| r.id).collect();
+            assert_eq!(ids, (1..=n + 4).rev().collect::<Vec<_>>(), "limit {limit}");
+            let q = HistoryQuery {
+                limit,
+                direction: Some(Direction::Egress),
+                port: Some(1003),
+                ..HistoryQuery::default()
+            };
+            let got: Vec<i64> = all_rows(&store, q).iter().map(|r| r.id).collect();
+            let want: Vec<i64> = (1..=n)
+                .rev()
+                .filter(|id| (id - 1) % 2 == 1 && (id - 1) % 5 == 3)
+                .collect();
+            assert_eq!(got, want, "limit {limit}");
+        }
+        // A row at i64::MAX ns ends its own block without looping.
+        let mut max = packet(0);
+        max.ts_unix_ns = u64::MAX;
+        store
+            .insert_packets(&[max, max, packet(2)])
+            .expect("insert");
+        assert_eq!(blocks(&store).last(), Some(&(n + 5, n + 7, 3)));
+    }
+
+    #[test]
+    fn retention_frees_whole_blocks_once_their_newest_row_expired() {
+        let (_dir, mut store) = temp_store();
+        // Three blocks: seconds 0, 1 (rows at .0 and .9), 2.
+        let at = |ns: u64| Packet {
+            ts_unix_ns: T + ns,
+            ..packet(0)
+        };
+        store
+            .insert_packets(&[at(0), at(SEC), at(SEC + 900_000_000), at(2 * SEC)])
+            .expect("insert");
+        assert_eq!(blocks(&store).len(), 3);
+        // Cutoff inside block 2: its first row has expired, its newest has not.
+        let cutoff = T + SEC + 1;
+        assert_eq!(store.delete_older_than(cutoff, 1000).expect("delete"), 1);
+        let ids: Vec<i64> = all_rows(&store, HistoryQuery::default())
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, [4, 3, 2], "the straddling block stays whole");
+        assert_eq!(store.delete_older_than(T + 2 * SEC, 1).expect("delete"), 2);
+        assert_eq!(store.row_counts().expect("count").packets, 1);
+        // At least one block goes per call, however small `max_rows`.
+        assert_eq!(store.delete_older_than(u64::MAX, 1).expect("delete"), 1);
+        assert_eq!(store.delete_older_than(u64::MAX, 1).expect("delete"), 0);
+    }
+
+    #[test]
+    fn a_corrupt_block_is_an_error_naming_it() {
+        let (_dir, mut store) = temp_store();
+        store
+            .insert_packets(&[packet(0), packet(1)])
+            .expect("insert");
+        for (column, blob, detail) in [
+            ("data", vec![1u8, 0x80], "ends inside a number"),
+            ("data", vec![2u8], "data format 2"),
+            ("data", vec![], "data is empty"),
+            ("tuple_ids", vec![0x80; 11], "longer than 64 bits"),
+            ("tuple_ids", vec![0x80; 3], "ends inside a number"),
+            ("tuple_ids", vec![5, 0], "gap 0"),
+        ] {
+            let tx = store.conn.unchecked_transaction().expect("tx");
+            tx.execute(&format!("UPDATE packet_blocks SET {column} = ?1"), [&blob])
+                .expect("damage");
+            let err = store
+                .query_history(&HistoryQuery::default())
+                .expect_err("damaged block");
+            assert!(matches!(err, StoreError::BadBlock { id: 1, .. }), "{err:?}");
+            assert!(err.to_string().contains(detail), "{err}");
+            drop(tx); // rolls back
+        }
+        store
+            .conn
+            .execute("UPDATE packet_blocks SET row_count = 3", [])
+            .expect("damage");
+        let err = store
+            .query_history(&HistoryQuery::default())
+            .expect_err("damaged block");
+        assert!(err.to_string().contains("row_count 3"), "{err}");
+    }
+
+    #[test]
+    fn a_version_2_file_keeps_its_rows_and_new_ids_continue_after_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("h.db");
+        let mut conn = Connection::open(&path).expect("open");
+        schema::migrate_to(&mut conn, Path::new(&path), 2).expect("version 2");
+        // Ids 1..=300 as a version 2 agent wrote them, then retention deleted 1..=10.
+        let old: Vec<Packet> = (0..300).map(packet).collect();
+        insert_v2_packets(&mut conn, &old);
+        conn.execute("DELETE FROM packets WHERE id <= 10", [])
+            .expect("retention");
+        drop(conn);
+
+        let mut store = Store::open(&path).expect("migrates to version 3");
+        let new: Vec<Packet> = (300..600).map(packet).collect();
+        store.insert_packets(&new).expect("insert");
+        assert_eq!(blocks(&store), [(301, 600, 300)]);
+        assert_eq!(
+            store.row_counts().expect("count"),
+            RowCounts {
+                packets: 590,
+                windows: 0
+            }
+        );
+        let all: Vec<Packet> = (0..600).map(packet).collect();
+        for limit in [1, 7, 100, 1000] {
+            for direction in [None, Some(Direction::Ingress)] {
+                for from_unix_s in [None, Some((T / SEC) as i64)] {
+                    let q = HistoryQuery {
+                        kind: HistoryKind::Raw,
+                        limit,
+                        direction,
+                        from_unix_s,
+                        port: Some(1002),
+                        ..HistoryQuery::default()
+                    };
+                    let got: Vec<(i64, Packet)> = all_rows(&store, q)
+                        .into_iter()
+                        .map(|r| (r.id, r.packet))
+                        .collect();
+                    let mut want: Vec<(i64, Packet)> = (1..)
+                        .zip(all.iter().copied())
+                        .filter(|(id, p)| {
+                            *id > 10
+                                && p.tuple.src_port == 1002
+                                && direction.is_none_or(|d| p.direction == d)
+                        })
+                        .collect();
+                    want.reverse();
+                    assert_eq!(got, want, "limit {limit}, {direction:?}, {from_unix_s:?}");
+                }
+            }
+        }
+        // Retention goes through the old rows first, then whole blocks.
+        assert_eq!(
+            store.delete_older_than(T + 350_000, 100).expect("delete"),
+            100
+        );
+        assert_eq!(
+            store.delete_older_than(T + 350_000, 1000).expect("delete"),
+            190
+        );
+        assert_eq!(
+            store.delete_older_than(T + 350_000, 1000).expect("delete"),
+            0
+        );
+        // The next block starts after the last one.
+        store.insert_packets(&[packet(700)]).expect("insert");
+        assert_eq!(blocks(&store), [(301, 600, 300), (601, 601, 1)]);
+        assert_eq!(
+            store.delete_older_than(T + 600_000, 1).expect("delete"),
+            300
+        );
+        assert_eq!(store.row_counts().expect("count").packets, 1);
+    }
+
+    #[test]
+    fn the_key_sweep_keeps_keys_only_blocks_point_at() {
+        let (_dir, mut store) = temp_store();
+        let mut gone = packet(0);
+        gone.tuple.dst_port = 9;
+        gone.ts_unix_ns = T - SEC;
+        store.insert_packets(&[gone]).expect("insert");
+        // 30 keys in one block.
+        let kept: Vec<Packet> = (0..30).map(packet).collect();
+        store.insert_packets(&kept).expect("insert");
+        store.tuples.created_since_sweep = MIN_TUPLES_BEFORE_SWEEP;
+        assert_eq!(store.delete_older_than(T, 10).expect("delete"), 1);
+        let keys: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM tuples", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(
+            keys, 30,
+            "3 sources x 5 ports x 2 directions; the expired key gone"
+        );
+        let got: Vec<Packet> = all_rows(&store, HistoryQuery::default())
+            .into_iter()
+            .map(|r| r.packet)
+            .rev()
+            .collect();
+        assert_eq!(got, kept);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_blobs_never_panic(data in proptest::collection::vec(any::<u8>(), 0..64),
+                                       tuples in 0usize..4, rows in 0usize..20) {
+            let _ = decode_rows(&data, tuples, rows);
+            let _ = decode_tuple_ids(&data);
+        }
+
+        #[test]
+        fn any_rows_round_trip(fields in proptest::collection::vec(
+            (any::<u64>(), any::<u32>(), any::<u32>(), any::<[u8; 4]>(), any::<u16>(), 1i64..1 << 50),
+            1..50,
+        )) {
+            let rows: Vec<Packet> = fields.iter().map(|&(ts, packets, bytes, b, vlan_id, _)| Packet {
+                ts_unix_ns: ts,
+                packets,
+                bytes,
+                tcp_flags: b[0],
+                icmp_type: b[1],
+                icmp_code: b[2],
+                flags: b[3],
+                vlan_id,
+                ..packet(0)
+            }).collect();
+            let ids: Vec<i64> = fields.iter().map(|f| f.5).collect();
+            let mut enc = BlockEncoder::default();
+            let b = enc.encode(&rows, &ids);
+            let tuples = decode_tuple_ids(b.tuple_ids).expect("tuple ids");
+            let decoded = decode_rows(b.data, tuples.len(), rows.len()).expect("rows");
+            for ((p, row), id) in rows.iter().zip(&decoded).zip(&ids) {
+                prop_assert_eq!(tuples[row.tuple_index], *id);
+                prop_assert_eq!(row.ts_unix_ns, clamp_i64(p.ts_unix_ns));
+                prop_assert_eq!(
+                    (row.packets, row.bytes, row.tcp_flags, row.icmp_type, row.icmp_code, row.flags, row.vlan_id),
+                    (p.packets, p.bytes, p.tcp_flags, p.icmp_type, p.icmp_code, p.flags, p.vlan_id)
+                );
+            }
+        }
+    }
+}
