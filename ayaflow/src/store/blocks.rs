@@ -49,10 +49,14 @@ use crate::flow::{Direction, FiveTuple, Packet};
 /// transaction): see the README of the store, `mod.rs`.
 pub(super) const BLOCK_ROWS: usize = 4096;
 
-/// A block ends before the first row at or after the end of the second its first row is in,
-/// so retention (which frees whole blocks, once their newest row has expired) keeps a row at
-/// most about a second past its expiry, also when rows arrive slowly.
-const BLOCK_SPAN_NS: i64 = NANOS_PER_SEC as i64;
+/// A block ends before the first row outside the minute its first row is in (or the minute
+/// before, for rows that arrive late; see [`in_span`]). Retention frees whole blocks, once their
+/// newest row has expired, so it keeps a row at most two minutes past its expiry. The writer appends each batch
+/// to the newest block while that has room and the rows are in its minute, so that a slow
+/// trickle of rows (a batch every flush interval) still fills blocks: the number of blocks,
+/// which bounds what a query with rare matches reads, stays at most one per minute of history
+/// or per [`BLOCK_ROWS`] rows, whichever is more.
+const BLOCK_SPAN_NS: i64 = 60 * NANOS_PER_SEC as i64;
 
 /// The first byte of `data`: the row format above. A new format gets a new number.
 const FORMAT: u8 = 1;
@@ -64,22 +68,57 @@ const MASK_ICMP_CODE: u8 = 0x08;
 const MASK_FLAGS: u8 = 0x10;
 const MASK_VLAN: u8 = 0x20;
 
-/// How many of `packets` (from the start) go into the next block: at most [`BLOCK_ROWS`], and
-/// none at or after the end of the first row's second.
-pub(super) fn block_len(packets: &[Packet]) -> usize {
-    let Some(first) = packets.first() else {
+/// One raw row as a block holds it: the packet's fields, its time clamped to i64 (as SQLite
+/// integers are), its key as a `tuples` id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Row {
+    pub tuple_id: i64,
+    pub ts_unix_ns: i64,
+    pub packets: u32,
+    pub bytes: u32,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub flags: u8,
+    pub vlan_id: u16,
+}
+
+impl Row {
+    pub(super) fn new(p: &Packet, tuple_id: i64) -> Row {
+        Row {
+            tuple_id,
+            ts_unix_ns: clamp_i64(p.ts_unix_ns),
+            packets: p.packets,
+            bytes: p.bytes,
+            tcp_flags: p.tcp_flags,
+            icmp_type: p.icmp_type,
+            icmp_code: p.icmp_code,
+            flags: p.flags,
+            vlan_id: p.vlan_id,
+        }
+    }
+}
+
+/// Returns true if and only if a row at `ts` may join a block whose first row is at `first`:
+/// `ts` is in the [`BLOCK_SPAN_NS`] slice of time `first` falls in, or in the slice before
+/// (events from several CPUs arrive slightly out of order; a row much older starts a block of
+/// its own). No slice starts after the one of i64::MAX, the clamp of later times.
+fn in_span(first: i64, ts: i64) -> bool {
+    let start = first / BLOCK_SPAN_NS * BLOCK_SPAN_NS;
+    ts >= start - BLOCK_SPAN_NS && start.checked_add(BLOCK_SPAN_NS).is_none_or(|end| ts < end)
+}
+
+/// How many of `rows` (from the start) go into the next block: at most [`BLOCK_ROWS`], and
+/// none outside the first row's slice of time.
+pub(super) fn block_len(rows: &[Row]) -> usize {
+    let Some(first) = rows.first() else {
         return 0;
     };
-    let rows = packets.len().min(BLOCK_ROWS);
-    // No second starts after the one of i64::MAX (the clamp of later times).
-    let Some(end) = (clamp_i64(first.ts_unix_ns) / BLOCK_SPAN_NS + 1).checked_mul(BLOCK_SPAN_NS)
-    else {
-        return rows;
-    };
-    packets[..rows]
+    let n = rows.len().min(BLOCK_ROWS);
+    rows[..n]
         .iter()
-        .position(|p| clamp_i64(p.ts_unix_ns) >= end)
-        .unwrap_or(rows)
+        .position(|r| !in_span(first.ts_unix_ns, r.ts_unix_ns))
+        .unwrap_or(n)
 }
 
 /// One block as the writer inserts it.
@@ -101,11 +140,10 @@ pub(super) struct BlockEncoder {
 }
 
 impl BlockEncoder {
-    /// Encodes `packets`, whose `tuples` ids are `tuple_ids` (same length, not empty).
-    pub(super) fn encode(&mut self, packets: &[Packet], tuple_ids: &[i64]) -> EncodedBlock<'_> {
-        debug_assert_eq!(packets.len(), tuple_ids.len());
+    /// Encodes `rows` (not empty).
+    pub(super) fn encode(&mut self, rows: &[Row]) -> EncodedBlock<'_> {
         self.distinct.clear();
-        self.distinct.extend_from_slice(tuple_ids);
+        self.distinct.extend(rows.iter().map(|r| r.tuple_id));
         self.distinct.sort_unstable();
         self.distinct.dedup();
         self.tuple_ids.clear();
@@ -118,14 +156,14 @@ impl BlockEncoder {
         self.data.clear();
         self.data.push(FORMAT);
         let (mut min_ts, mut max_ts, mut prev_ts) = (i64::MAX, i64::MIN, 0i64);
-        for (p, id) in packets.iter().zip(tuple_ids) {
-            let ts = clamp_i64(p.ts_unix_ns);
+        for p in rows {
+            let ts = p.ts_unix_ns;
             (min_ts, max_ts) = (min_ts.min(ts), max_ts.max(ts));
             // Both in [0, i64::MAX]: the difference cannot overflow.
             put_varint(&mut self.data, zigzag(ts - prev_ts));
             prev_ts = ts;
             // `id` is one of `distinct`: found.
-            let index = self.distinct.binary_search(id).unwrap_or(0);
+            let index = self.distinct.binary_search(&p.tuple_id).unwrap_or(0);
             put_varint(&mut self.data, index as u64);
             put_varint(&mut self.data, p.bytes.into());
             let mask = (MASK_PACKETS * u8::from(p.packets != 1))
@@ -174,6 +212,23 @@ pub(super) struct PackedRow {
     pub icmp_code: u8,
     pub flags: u8,
     pub vlan_id: u16,
+}
+
+impl PackedRow {
+    /// The row with its key as a `tuples` id, as the encoder takes it.
+    fn to_row(self, tuple_id: i64) -> Row {
+        Row {
+            tuple_id,
+            ts_unix_ns: self.ts_unix_ns,
+            packets: self.packets,
+            bytes: self.bytes,
+            tcp_flags: self.tcp_flags,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+            flags: self.flags,
+            vlan_id: self.vlan_id,
+        }
+    }
 }
 
 /// Decodes a `tuple_ids` blob; fails on anything the encoder never writes.
@@ -351,44 +406,105 @@ fn next_raw_id(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 /// Appends `packets` as blocks (see [`block_len`]) with ids from the next free one; `tuple_id`
-/// gives each row's `tuples` id.
+/// gives each row's `tuples` id. The first rows go into the newest block if it has room and
+/// they are in its span of time: the block is decoded and written again, longer, under the
+/// same id.
 pub(super) fn insert_blocks(
     conn: &Connection,
+    path: &std::path::Path,
     packets: &[Packet],
     mut tuple_id: impl FnMut(&Packet) -> rusqlite::Result<i64>,
-) -> rusqlite::Result<()> {
-    if packets.is_empty() {
+) -> Result<(), StoreError> {
+    let err = |e| StoreError::sqlite(path, "inserting history rows", e);
+    let Some(first) = packets.first() else {
         return Ok(());
+    };
+    let mut next = next_raw_id(conn).map_err(err)?;
+    let mut rows = Vec::with_capacity(packets.len());
+    if let Some((id, tail)) = open_tail(conn, path, next)?
+        && tail.len() < BLOCK_ROWS
+        && in_span(tail[0].ts_unix_ns, clamp_i64(first.ts_unix_ns))
+    {
+        next = id;
+        rows.extend(tail);
     }
-    let mut next = next_raw_id(conn)?;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO packet_blocks (id, last_id, row_count, min_ts, max_ts, tuple_ids, data) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
+    for p in packets {
+        rows.push(Row::new(p, tuple_id(p).map_err(err)?));
+    }
+    // OR REPLACE: the newest block, when rows were appended to it.
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO packet_blocks \
+             (id, last_id, row_count, min_ts, max_ts, tuple_ids) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(err)?;
+    let mut insert_data = conn
+        .prepare_cached("INSERT OR REPLACE INTO packet_block_data (id, data) VALUES (?1, ?2)")
+        .map_err(err)?;
     let mut encoder = BlockEncoder::default();
-    let mut ids = Vec::with_capacity(BLOCK_ROWS.min(packets.len()));
-    let mut rest = packets;
+    let mut rest = &rows[..];
     while !rest.is_empty() {
         let (block, tail) = rest.split_at(block_len(rest));
-        ids.clear();
-        for p in block {
-            ids.push(tuple_id(p)?);
-        }
-        let b = encoder.encode(block, &ids);
+        let b = encoder.encode(block);
         let last = next + block.len() as i64 - 1;
-        insert.execute(params![
-            next,
-            last,
-            block.len() as i64,
-            b.min_ts,
-            b.max_ts,
-            b.tuple_ids,
-            b.data
-        ])?;
+        insert
+            .execute(params![
+                next,
+                last,
+                block.len() as i64,
+                b.min_ts,
+                b.max_ts,
+                b.tuple_ids
+            ])
+            .map_err(err)?;
+        insert_data.execute(params![next, b.data]).map_err(err)?;
         next = last + 1;
         rest = tail;
     }
     Ok(())
+}
+
+/// The newest block's id and rows, if its rows are the newest (`next` follows its last id).
+fn open_tail(
+    conn: &Connection,
+    path: &std::path::Path,
+    next: i64,
+) -> Result<Option<(i64, Vec<Row>)>, StoreError> {
+    let err = |e| StoreError::sqlite(path, "inserting history rows", e);
+    let head: Option<(i64, i64, i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT id, last_id, row_count, tuple_ids FROM packet_blocks ORDER BY id DESC LIMIT 1",
+        )
+        .and_then(|mut s| {
+            s.query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .optional()
+        })
+        .map_err(err)?;
+    let Some((id, last_id, row_count, tuple_blob)) = head else {
+        return Ok(None);
+    };
+    if last_id.checked_add(1) != Some(next) || row_count >= BLOCK_ROWS as i64 {
+        return Ok(None);
+    }
+    let bad = |detail| bad_block(path, id, detail);
+    if row_count < 1 || last_id - id != row_count - 1 {
+        return Err(bad(format!(
+            "row_count {row_count} for the ids {id}..={last_id}"
+        )));
+    }
+    let data: Vec<u8> = conn
+        .prepare_cached("SELECT data FROM packet_block_data WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+        .map_err(err)?
+        .ok_or_else(|| bad("its packed rows are missing".into()))?;
+    let tuples = decode_tuple_ids(&tuple_blob).map_err(bad)?;
+    let rows = decode_rows(&data, tuples.len(), row_count as usize).map_err(bad)?;
+    Ok(Some((
+        id,
+        rows.iter()
+            .map(|r| r.to_row(tuples[r.tuple_index]))
+            .collect(),
+    )))
 }
 
 /// Deletes the oldest blocks whose newest row is older than `cutoff_ns`, whole, until they
@@ -414,8 +530,11 @@ pub(super) fn delete_blocks_older_than(
         }
     }
     if !ids.is_empty() {
+        let ids: Array = Rc::new(ids);
         conn.prepare_cached("DELETE FROM packet_blocks WHERE id IN rarray(?1)")?
-            .execute([Rc::new(ids) as Array])?;
+            .execute([ids.clone()])?;
+        conn.prepare_cached("DELETE FROM packet_block_data WHERE id IN rarray(?1)")?
+            .execute([ids])?;
     }
     Ok(rows)
 }
@@ -568,9 +687,8 @@ impl Store {
         let err = |e| StoreError::sqlite(&self.path, "querying history", e);
         let before = q.before_id.unwrap_or(i64::MAX);
         let head_sql = format!(
-            "SELECT id, last_id, row_count{} FROM packet_blocks \
-             WHERE id < ?1 AND id >= ?2{time_sql} ORDER BY id DESC",
-            if keys.is_some() { ", tuple_ids" } else { "" }
+            "SELECT id, last_id, row_count, tuple_ids FROM packet_blocks \
+             WHERE id < ?1 AND id >= ?2{time_sql} ORDER BY id DESC"
         );
         let mut heads = self.conn.prepare_cached(&head_sql).map_err(err)?;
         heads.raw_bind_parameter(1, top).map_err(err)?;
@@ -578,7 +696,7 @@ impl Store {
         bind_time(&mut heads).map_err(err)?;
         let mut body = self
             .conn
-            .prepare_cached("SELECT tuple_ids, data FROM packet_blocks WHERE id = ?1")
+            .prepare_cached("SELECT data FROM packet_block_data WHERE id = ?1")
             .map_err(err)?;
         let mut found: Vec<Found> = Vec::new();
         let mut rows = heads.raw_query();
@@ -589,12 +707,13 @@ impl Store {
             let last_id: i64 = r.get(1).map_err(err)?;
             let row_count: i64 = r.get(2).map_err(err)?;
             let bad = |detail| bad_block(&self.path, id, detail);
+            let blob = r.get_ref(3).and_then(|v| Ok(v.as_blob()?)).map_err(err)?;
+            let tuple_ids = decode_tuple_ids(blob).map_err(bad)?;
             // Which of the block's keys pass the key filters; skip the block if none does.
             let selected = match keys {
                 None => None,
                 Some(keys) => {
-                    let blob = r.get_ref(3).and_then(|v| Ok(v.as_blob()?)).map_err(err)?;
-                    let selected = select(&decode_tuple_ids(blob).map_err(bad)?, keys);
+                    let selected = select(&tuple_ids, keys);
                     if !selected.contains(&true) {
                         continue;
                     }
@@ -606,12 +725,11 @@ impl Store {
                     "row_count {row_count} for the ids {id}..={last_id}"
                 )));
             }
-            let (tuple_blob, data): (Vec<u8>, Vec<u8>) = body
-                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            let data: Vec<u8> = body
+                .query_row([id], |r| r.get(0))
                 .optional()
                 .map_err(err)?
-                .ok_or_else(|| bad("deleted while read".into()))?;
-            let tuple_ids = decode_tuple_ids(&tuple_blob).map_err(bad)?;
+                .ok_or_else(|| bad("its packed rows are missing".into()))?;
             let packed = decode_rows(&data, tuple_ids.len(), row_count as usize).map_err(bad)?;
             for (i, row) in packed.iter().enumerate().rev() {
                 let row_id = id + i as i64;
@@ -738,6 +856,14 @@ mod tests {
         }
     }
 
+    fn to_rows(packets: &[Packet], tuple_ids: &[i64]) -> Vec<Row> {
+        packets
+            .iter()
+            .zip(tuple_ids)
+            .map(|(p, &id)| Row::new(p, id))
+            .collect()
+    }
+
     fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(dir.path().join("h.db")).expect("store opens in a temp dir");
@@ -849,7 +975,7 @@ mod tests {
             .map(|i| [5, 1, 1 << 40][i as usize % 3])
             .collect();
         let mut enc = BlockEncoder::default();
-        let b = enc.encode(&rows, &ids);
+        let b = enc.encode(&to_rows(&rows, &ids));
         assert_eq!((b.min_ts, b.max_ts), (0, i64::MAX));
         let tuples = decode_tuple_ids(b.tuple_ids).expect("tuple ids");
         assert_eq!(tuples, [1, 5, 1 << 40]);
@@ -885,7 +1011,7 @@ mod tests {
                 ..packet(i)
             })
             .collect();
-        let b = enc.encode(&plain, &[3; 1000]);
+        let b = enc.encode(&to_rows(&plain, &[3; 1000]));
         assert_eq!(
             b.data.len(),
             1 + 1000 * 5 + 7,
@@ -894,18 +1020,24 @@ mod tests {
     }
 
     #[test]
-    fn blocks_end_at_the_row_limit_and_the_second() {
+    fn blocks_end_at_the_row_limit_and_the_minute_and_grow_across_batches() {
         let (_dir, mut store) = temp_store();
-        // 2.5 blocks' worth within one second, then rows of two later seconds.
+        // T is 20 s into its minute. 2.5 blocks' worth within a millisecond, then rows of the
+        // next minute (one late by 15 s), of the one after, and of an hour before.
         let n = BLOCK_ROWS * 5 / 2;
         let mut rows: Vec<Packet> = (0..n as u64).map(packet).collect();
-        let mut late = packet(0);
-        late.ts_unix_ns = T + 2 * SEC + 7;
-        rows.push(late);
-        late.ts_unix_ns = T + SEC / 2; // out of order: stays in the block of its predecessor
-        rows.push(late);
-        late.ts_unix_ns = T + 3 * SEC;
-        rows.push(late);
+        for ts in [
+            T + 2 * SEC,
+            T + 45 * SEC,
+            T + 30 * SEC,
+            T + 100 * SEC,
+            T - 3600 * SEC,
+        ] {
+            rows.push(Packet {
+                ts_unix_ns: ts,
+                ..packet(0)
+            });
+        }
         store.insert_packets(&rows).expect("insert");
         let (b, n) = (BLOCK_ROWS as i64, n as i64);
         assert_eq!(
@@ -913,15 +1045,19 @@ mod tests {
             [
                 (1, b, b),
                 (b + 1, 2 * b, b),
-                (2 * b + 1, n, n - 2 * b),
-                (n + 1, n + 2, 2),
-                (n + 3, n + 3, 1)
+                (2 * b + 1, n + 1, n + 1 - 2 * b),
+                (n + 2, n + 3, 2),
+                (n + 4, n + 4, 1),
+                (n + 5, n + 5, 1)
             ]
         );
-        // A second batch never shares a block with the first.
-        store.insert_packets(&[packet(1)]).expect("insert");
-        assert_eq!(blocks(&store).last(), Some(&(n + 4, n + 4, 1)));
-        assert_eq!(store.row_counts().expect("count").packets, n as u64 + 4);
+        // A later batch in the newest block's minute goes into that block.
+        let mut late = packet(0);
+        late.ts_unix_ns = T - 3595 * SEC;
+        store.insert_packets(&[late]).expect("insert");
+        assert_eq!(blocks(&store).last(), Some(&(n + 5, n + 6, 2)));
+        let total = n + 6;
+        assert_eq!(store.row_counts().expect("count").packets, total as u64);
         // Paging crosses every block boundary, with and without a filter.
         for limit in [1, 7, 1000, 4096, 10_000] {
             let q = HistoryQuery {
@@ -929,7 +1065,7 @@ mod tests {
                 ..HistoryQuery::default()
             };
             let ids: Vec<i64> = all_rows(&store, q).iter().map(|r| r.id).collect();
-            assert_eq!(ids, (1..=n + 4).rev().collect::<Vec<_>>(), "limit {limit}");
+            assert_eq!(ids, (1..=total).rev().collect::<Vec<_>>(), "limit {limit}");
             let q = HistoryQuery {
                 limit,
                 direction: Some(Direction::Egress),
@@ -937,42 +1073,52 @@ mod tests {
                 ..HistoryQuery::default()
             };
             let got: Vec<i64> = all_rows(&store, q).iter().map(|r| r.id).collect();
+            // The rows after the first n are ingress.
             let want: Vec<i64> = (1..=n)
                 .rev()
                 .filter(|id| (id - 1) % 2 == 1 && (id - 1) % 5 == 3)
                 .collect();
             assert_eq!(got, want, "limit {limit}");
         }
-        // A row at i64::MAX ns ends its own block without looping.
+        // Rows at i64::MAX ns share a block, without looping.
         let mut max = packet(0);
         max.ts_unix_ns = u64::MAX;
         store
             .insert_packets(&[max, max, packet(2)])
             .expect("insert");
-        assert_eq!(blocks(&store).last(), Some(&(n + 5, n + 7, 3)));
+        assert_eq!(
+            blocks(&store)[6..],
+            [(total + 1, total + 2, 2), (total + 3, total + 3, 1)]
+        );
     }
 
     #[test]
     fn retention_frees_whole_blocks_once_their_newest_row_expired() {
         let (_dir, mut store) = temp_store();
-        // Three blocks: seconds 0, 1 (rows at .0 and .9), 2.
+        // Three blocks: minutes 0, 1 (rows at 0 s and 50 s), 2.
+        const MIN: u64 = 60 * SEC;
         let at = |ns: u64| Packet {
-            ts_unix_ns: T + ns,
+            ts_unix_ns: 28_333_333 * MIN + ns,
             ..packet(0)
         };
         store
-            .insert_packets(&[at(0), at(SEC), at(SEC + 900_000_000), at(2 * SEC)])
+            .insert_packets(&[at(0), at(MIN), at(MIN + 50 * SEC), at(2 * MIN)])
             .expect("insert");
         assert_eq!(blocks(&store).len(), 3);
         // Cutoff inside block 2: its first row has expired, its newest has not.
-        let cutoff = T + SEC + 1;
+        let cutoff = at(MIN + 1).ts_unix_ns;
         assert_eq!(store.delete_older_than(cutoff, 1000).expect("delete"), 1);
         let ids: Vec<i64> = all_rows(&store, HistoryQuery::default())
             .iter()
             .map(|r| r.id)
             .collect();
         assert_eq!(ids, [4, 3, 2], "the straddling block stays whole");
-        assert_eq!(store.delete_older_than(T + 2 * SEC, 1).expect("delete"), 2);
+        assert_eq!(
+            store
+                .delete_older_than(at(2 * MIN).ts_unix_ns, 1)
+                .expect("delete"),
+            2
+        );
         assert_eq!(store.row_counts().expect("count").packets, 1);
         // At least one block goes per call, however small `max_rows`.
         assert_eq!(store.delete_older_than(u64::MAX, 1).expect("delete"), 1);
@@ -981,20 +1127,37 @@ mod tests {
 
     #[test]
     fn a_corrupt_block_is_an_error_naming_it() {
+        const DATA: &str = "packet_block_data SET data";
+        const TUPLES: &str = "packet_blocks SET tuple_ids";
         let (_dir, mut store) = temp_store();
         store
             .insert_packets(&[packet(0), packet(1)])
             .expect("insert");
         for (column, blob, detail) in [
-            ("data", vec![1u8, 0x80], "ends inside a number"),
-            ("data", vec![2u8], "data format 2"),
-            ("data", vec![], "data is empty"),
-            ("tuple_ids", vec![0x80; 11], "longer than 64 bits"),
-            ("tuple_ids", vec![0x80; 3], "ends inside a number"),
-            ("tuple_ids", vec![5, 0], "gap 0"),
+            (DATA, vec![1u8, 0x80], "ends inside a number"),
+            (DATA, vec![2u8], "data format 2"),
+            (DATA, vec![], "data is empty"),
+            (
+                DATA,
+                vec![1, 0, 0, 100, 0, 0, 0, 100, 0, 7],
+                "1 bytes after the last row",
+            ),
+            (
+                DATA,
+                vec![1, 0, 2, 100, 0, 0, 0, 100, 0],
+                "tuple index 2 past",
+            ),
+            (
+                DATA,
+                vec![1, 0, 0, 100, 0x40, 0, 0, 100, 0],
+                "field mask 0x40",
+            ),
+            (TUPLES, vec![0x80; 11], "longer than 64 bits"),
+            (TUPLES, vec![0x80; 3], "ends inside a number"),
+            (TUPLES, vec![5, 0], "gap 0"),
         ] {
             let tx = store.conn.unchecked_transaction().expect("tx");
-            tx.execute(&format!("UPDATE packet_blocks SET {column} = ?1"), [&blob])
+            tx.execute(&format!("UPDATE {column} = ?1"), [&blob])
                 .expect("damage");
             let err = store
                 .query_history(&HistoryQuery::default())
@@ -1011,6 +1174,14 @@ mod tests {
             .query_history(&HistoryQuery::default())
             .expect_err("damaged block");
         assert!(err.to_string().contains("row_count 3"), "{err}");
+        store
+            .conn
+            .execute_batch("UPDATE packet_blocks SET row_count = 2; DELETE FROM packet_block_data")
+            .expect("damage");
+        let err = store
+            .query_history(&HistoryQuery::default())
+            .expect_err("damaged block");
+        assert!(err.to_string().contains("packed rows are missing"), "{err}");
     }
 
     #[test]
@@ -1080,7 +1251,11 @@ mod tests {
             0
         );
         // The next block starts after the last one.
-        store.insert_packets(&[packet(700)]).expect("insert");
+        let later = Packet {
+            ts_unix_ns: T + 120 * SEC,
+            ..packet(700)
+        };
+        store.insert_packets(&[later]).expect("insert");
         assert_eq!(blocks(&store), [(301, 600, 300), (601, 601, 1)]);
         assert_eq!(
             store.delete_older_than(T + 600_000, 1).expect("delete"),
@@ -1094,7 +1269,7 @@ mod tests {
         let (_dir, mut store) = temp_store();
         let mut gone = packet(0);
         gone.tuple.dst_port = 9;
-        gone.ts_unix_ns = T - SEC;
+        gone.ts_unix_ns = T - 120 * SEC;
         store.insert_packets(&[gone]).expect("insert");
         // 30 keys in one block.
         let kept: Vec<Packet> = (0..30).map(packet).collect();
@@ -1143,7 +1318,7 @@ mod tests {
             }).collect();
             let ids: Vec<i64> = fields.iter().map(|f| f.5).collect();
             let mut enc = BlockEncoder::default();
-            let b = enc.encode(&rows, &ids);
+            let b = enc.encode(&to_rows(&rows, &ids));
             let tuples = decode_tuple_ids(b.tuple_ids).expect("tuple ids");
             let decoded = decode_rows(b.data, tuples.len(), rows.len()).expect("rows");
             for ((p, row), id) in rows.iter().zip(&decoded).zip(&ids) {

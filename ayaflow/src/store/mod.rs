@@ -14,34 +14,44 @@
 //!
 //! # Tables
 //!
-//! `packets` (raw mode, one row per packet event) and `windows` (aggregated mode, one row per
-//! five-tuple, direction and window) hold integers only; each points at a row of `tuples`, which
-//! holds every distinct five-tuple and direction once. There, addresses are stored as their
-//! canonical text (`10.0.0.1`, `fd00::1`), protocols by name (`TCP`, `UDP`, `ICMP`, `ICMPv6`,
-//! `IP-<n>`, `ETH-0x<hex>`), directions as `ingress`/`egress`. See `schema.rs` for columns and
-//! indexes.
+//! Raw rows (raw mode, one row per packet event) are packed into blocks of up to a few
+//! thousand rows, one `packet_blocks` row each (`blocks.rs`); rows written before schema
+//! version 3 stay in `packets`, one SQLite row each. `windows` (aggregated mode, one row per
+//! five-tuple, direction and window) holds one SQLite row per window row. Rows hold integers
+//! only and point at a row of `tuples`, which holds every distinct five-tuple and direction
+//! once. There, addresses are stored as their canonical text (`10.0.0.1`, `fd00::1`),
+//! protocols by name (`TCP`, `UDP`, `ICMP`, `ICMPv6`, `IP-<n>`, `ETH-0x<hex>`), directions as
+//! `ingress`/`egress`. See `schema.rs` for columns and indexes.
 //!
 //! # Writing
 //!
-//! The writer keeps a map from key to `tuples.id` ([`TupleIds`]), so a row costs one cached
-//! multi-row `INSERT` and two index inserts near the end of their B-trees. It assigns row ids
-//! itself (`max(id) + 1` read under the write lock) to fill in `bucket = id >> 16`. Retention
-//! deletes rows oldest first, and removes the `tuples` rows nothing points at any more once the
-//! table has grown by as many keys as it held after the last such sweep.
+//! The writer keeps a map from key to `tuples.id` ([`TupleIds`]). Raw rows of one batch are
+//! packed in Rust, a block per [`blocks::BLOCK_ROWS`] rows or per second, so a raw row costs a
+//! few bytes of a blob; a window row costs one cached multi-row `INSERT` and two index inserts
+//! near the end of their B-trees. The writer assigns row ids itself (the next after the largest
+//! one, read under the write lock): consecutive ids for the rows of a block, and
+//! `bucket = id >> 16` for windows. Retention deletes rows oldest first (raw rows in blocks a
+//! whole block at a time, once its newest row has expired), and removes the `tuples` rows
+//! nothing points at any more once the table has grown by as many keys as it held after the
+//! last such sweep.
 //!
 //! # Reading
 //!
-//! [`Store::query_history`] first finds the ids of matching rows, newest first, then reads those
-//! rows joined to their key. Without a time range, key filters (address, port, protocol,
-//! direction) are first tried on the newest thousand rows below the cursor, which fills the page
-//! when many keys match. Otherwise they select `tuples` ids, and the row ids come from whichever
-//! of three plans reads least: the time index (a time range covering at most a quarter of the
+//! [`Store::query_history`] reads raw rows from the blocks first, newest first: it skips blocks
+//! by their time bounds and their list of keys, and decodes only the blocks that may hold a
+//! matching row (see `blocks.rs`). Every block's ids are above the ids of the version 2
+//! `packets` table, so a page that is not full continues there, like a query of windows.
+//! There, the query first finds the ids of matching rows, newest first, then reads those rows
+//! joined to their key. Without a time range, key filters (address, port, protocol, direction)
+//! are first tried on the newest thousand rows below the cursor, which fills the page when
+//! many keys match. Otherwise they select `tuples` ids, and the row ids come from whichever of
+//! three plans reads least: the time index (a time range covering at most a quarter of the
 //! rows), the buckets newest first (few matching keys), or the table by id, newest first (many
 //! matching keys, or no filter but the cursor).
 //!
 //! # History rows as JSON
 //!
-//! [`HistoryRow`] serialises to one of two objects. Raw mode (`packets` table):
+//! [`HistoryRow`] serialises to one of two objects. Raw mode (`packet_blocks` and `packets`):
 //!
 //! ```json
 //! {"id": 42, "timestamp": 1700000000, "timestamp_ns": 1700000000123456789,
@@ -234,7 +244,8 @@ struct TupleIds {
 /// Which history table a query reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum HistoryKind {
-    /// One row per packet event (`packets` table). This is the default.
+    /// One row per packet event (`packet_blocks`, and `packets` for rows written before schema
+    /// version 3). This is the default.
     #[default]
     Raw,
     /// One row per five-tuple, direction and window (`windows` table).
@@ -314,7 +325,7 @@ pub struct WindowRecord {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum HistoryRow {
-    /// A row of the `packets` table.
+    /// A raw row: one packet event.
     Raw(RawRecord),
     /// A row of the `windows` table.
     Aggregated(WindowRecord),
@@ -342,7 +353,7 @@ pub struct HistoryPage {
 /// Number of rows in each history table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RowCounts {
-    /// Rows in `packets` (raw mode).
+    /// Raw rows: the rows of every block plus the rows of `packets` (raw mode).
     pub packets: u64,
     /// Rows in `windows` (aggregated mode).
     pub windows: u64,
@@ -604,7 +615,7 @@ impl Store {
             created.insert(key, id);
             Ok(id)
         };
-        blocks::insert_blocks(&tx, packets, |p| tuple_id(&p.tuple, p.direction)).map_err(err)?;
+        blocks::insert_blocks(&tx, path, packets, |p| tuple_id(&p.tuple, p.direction))?;
         insert_rows(
             &tx,
             "windows",
@@ -1728,7 +1739,8 @@ mod tests {
         let old = packet(0);
         let mut new = packet(10);
         new.tuple.dst_port = 80;
-        // Two batches, two blocks: retention frees whole blocks.
+        new.ts_unix_ns += 3600 * NANOS_PER_SEC;
+        // Two blocks, an hour apart: retention frees whole blocks.
         store.insert_packets(&[old]).expect("insert");
         store.insert_packets(&[new]).expect("insert");
         let keys = |store: &Store| -> i64 {

@@ -195,10 +195,13 @@ const MIGRATIONS: &[&str] = &[
         row_count  INTEGER NOT NULL,
         min_ts     INTEGER NOT NULL,
         max_ts     INTEGER NOT NULL,
-        tuple_ids  BLOB    NOT NULL,
-        data       BLOB    NOT NULL
+        tuple_ids  BLOB    NOT NULL
     );
-    CREATE INDEX packet_blocks_time ON packet_blocks (max_ts, min_ts, row_count);",
+    CREATE INDEX packet_blocks_time ON packet_blocks (max_ts, min_ts, row_count);
+    CREATE TABLE packet_block_data (
+        id    INTEGER PRIMARY KEY,
+        data  BLOB    NOT NULL
+    );",
 ];
 
 /// `bucket = id >> BUCKET_SHIFT` in `packets` and `windows` (see [`MIGRATIONS`], version 2).
@@ -293,7 +296,16 @@ mod tests {
             .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .expect("sqlite_master is readable");
-        assert_eq!(tables, ["packet_blocks", "packets", "tuples", "windows"]);
+        assert_eq!(
+            tables,
+            [
+                "packet_block_data",
+                "packet_blocks",
+                "packets",
+                "tuples",
+                "windows"
+            ]
+        );
         let views: Vec<String> = conn
             .prepare("SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
