@@ -235,26 +235,72 @@ impl PackedRow {
 pub(super) fn decode_tuple_ids(blob: &[u8]) -> Result<Vec<i64>, String> {
     // Every id takes at least one byte.
     let mut ids = Vec::with_capacity(blob.len());
-    let mut pos = 0;
-    let mut prev = 0i64;
-    while pos < blob.len() {
-        // Fast path: most gaps fit one byte.
-        let gap = match blob[pos] {
-            b if b < 0x80 => {
-                pos += 1;
-                u64::from(b)
-            }
-            _ => get_varint(blob, &mut pos)?,
-        };
-        let id = i64::try_from(gap)
-            .ok()
-            .filter(|&g| g > 0)
-            .and_then(|g| prev.checked_add(g))
-            .ok_or_else(|| format!("tuple_ids: gap {gap} after id {prev}"))?;
-        ids.push(id);
-        prev = id;
+    for id in TupleIdIter::new(blob) {
+        ids.push(id?);
     }
     Ok(ids)
+}
+
+/// Returns true if and only if the `tuple_ids` blob holds one of `keys` (ascending). It stops
+/// at the first match, or once its ids are past the largest key, without allocating: a query
+/// whose keys are rare tests every block this way.
+fn holds_any(blob: &[u8], keys: &[i64]) -> Result<bool, String> {
+    let mut rest = keys;
+    for id in TupleIdIter::new(blob) {
+        let id = id?;
+        rest = &rest[rest.partition_point(|&k| k < id)..];
+        match rest.first() {
+            None => return Ok(false),
+            Some(&k) if k == id => return Ok(true),
+            Some(_) => {}
+        }
+    }
+    Ok(false)
+}
+
+/// The ids of a `tuple_ids` blob, in order; an error (then nothing more) on a malformed blob.
+struct TupleIdIter<'a> {
+    blob: &'a [u8],
+    pos: usize,
+    prev: i64,
+}
+
+impl TupleIdIter<'_> {
+    fn new(blob: &[u8]) -> TupleIdIter<'_> {
+        TupleIdIter {
+            blob,
+            pos: 0,
+            prev: 0,
+        }
+    }
+}
+
+impl Iterator for TupleIdIter<'_> {
+    type Item = Result<i64, String>;
+
+    fn next(&mut self) -> Option<Result<i64, String>> {
+        let &b = self.blob.get(self.pos)?;
+        // Fast path: most gaps fit one byte.
+        let gap = if b < 0x80 {
+            self.pos += 1;
+            Ok(u64::from(b))
+        } else {
+            get_varint(self.blob, &mut self.pos)
+        };
+        let id = gap.and_then(|gap| {
+            i64::try_from(gap)
+                .ok()
+                .filter(|&g| g > 0)
+                .and_then(|g| self.prev.checked_add(g))
+                .ok_or_else(|| format!("tuple_ids: gap {gap} after id {}", self.prev))
+        });
+        match id {
+            Ok(id) => self.prev = id,
+            // Stop after the error.
+            Err(_) => self.pos = self.blob.len(),
+        }
+        Some(id)
+    }
 }
 
 /// Decodes the `rows` rows of a `data` blob whose block lists `tuples` distinct keys; fails on
@@ -708,18 +754,14 @@ impl Store {
             let row_count: i64 = r.get(2).map_err(err)?;
             let bad = |detail| bad_block(&self.path, id, detail);
             let blob = r.get_ref(3).and_then(|v| Ok(v.as_blob()?)).map_err(err)?;
+            // Skip the block unless one of its keys passes the key filters.
+            if let Some(keys) = keys
+                && !holds_any(blob, keys).map_err(bad)?
+            {
+                continue;
+            }
             let tuple_ids = decode_tuple_ids(blob).map_err(bad)?;
-            // Which of the block's keys pass the key filters; skip the block if none does.
-            let selected = match keys {
-                None => None,
-                Some(keys) => {
-                    let selected = select(&tuple_ids, keys);
-                    if !selected.contains(&true) {
-                        continue;
-                    }
-                    Some(selected)
-                }
-            };
+            let selected = keys.map(|keys| select(&tuple_ids, keys));
             if row_count < 1 || last_id.checked_sub(id) != Some(row_count - 1) {
                 return Err(bad(format!(
                     "row_count {row_count} for the ids {id}..={last_id}"
@@ -1294,10 +1336,33 @@ mod tests {
 
     proptest! {
         #[test]
+        fn holds_any_agrees_with_a_search(
+            ids in proptest::collection::btree_set(1i64..2000, 0..60),
+            keys in proptest::collection::btree_set(1i64..2000, 0..20),
+        ) {
+            let mut blob = Vec::new();
+            let mut prev = 0;
+            for &id in &ids {
+                put_varint(&mut blob, (id - prev) as u64);
+                prev = id;
+            }
+            let keys: Vec<i64> = keys.into_iter().collect();
+            prop_assert_eq!(
+                decode_tuple_ids(&blob).expect("ids"),
+                ids.iter().copied().collect::<Vec<_>>()
+            );
+            prop_assert_eq!(
+                holds_any(&blob, &keys).expect("ids"),
+                keys.iter().any(|k| ids.contains(k))
+            );
+        }
+
+        #[test]
         fn arbitrary_blobs_never_panic(data in proptest::collection::vec(any::<u8>(), 0..64),
                                        tuples in 0usize..4, rows in 0usize..20) {
             let _ = decode_rows(&data, tuples, rows);
             let _ = decode_tuple_ids(&data);
+            let _ = holds_any(&data, &[1, 5, 1 << 20]);
         }
 
         #[test]
