@@ -1,7 +1,10 @@
-//! Raw rows packed into blocks: the `packet_blocks` table (schema version 3).
+//! Raw rows packed into blocks: the `packet_blocks` and `packet_block_data` tables (schema
+//! version 3).
 //!
-//! The writer packs up to [`BLOCK_ROWS`] consecutive rows of one insert batch into one SQLite
-//! row, so a raw row costs a few bytes of a blob instead of a B-tree row and two index inserts.
+//! The writer packs up to [`BLOCK_ROWS`] consecutive rows into one block, so a raw row costs a
+//! few bytes of a blob instead of a B-tree row and two index inserts. A block's header and
+//! list of keys (`packet_blocks`) are kept apart from its packed rows (`packet_block_data`,
+//! same id), so that walking the headers does not read the rows.
 //! A block's rows have the consecutive ids `id..=last_id`: the block's own id is the id of its
 //! first row, so row ids (the API's paging cursors) stay what they were with one SQLite row per
 //! packet.
@@ -24,7 +27,8 @@
 //! vlan_id                   varint   if mask & 0x20 (default 0)
 //! ```
 //!
-//! A typical row takes 6 to 8 bytes. Decoding checks every length and range and fails with a
+//! A typical row takes 5 to 8 bytes (and 1 to 3 more for its key in `tuple_ids`, unless other
+//! rows of the block share it). Decoding checks every length and range and fails with a
 //! message, never a panic: a damaged file ends up as [`StoreError::BadBlock`].
 //!
 //! # Reading
@@ -34,7 +38,10 @@
 //! filters, decodes the blocks that may hold matches and stops at a page of rows. Only the
 //! rows it returns have their key read from `tuples`.
 
-use std::{collections::HashMap, rc::Rc};
+use std::{
+    collections::{HashMap, HashSet},
+    rc::Rc,
+};
 
 use rusqlite::{Connection, OptionalExtension, params, types::Value, vtab::array::Array};
 
@@ -44,10 +51,12 @@ use super::{
 };
 use crate::flow::{Direction, FiveTuple, Packet};
 
-/// Most rows in one block. Larger blocks amortise SQLite's per-row cost over more packets but
-/// make a query decode more rows to return a page. Measured (3 million rows, 50,000 per
-/// transaction): see the README of the store, `mod.rs`.
-pub(super) const BLOCK_ROWS: usize = 4096;
+/// Most rows in one block. Measured with the storage bench (10 million rows over 100,000
+/// conversations, 50,000 rows per transaction; `cargo xtask bench -- --sections storage,api`):
+/// 1,024 and 4,096 rows write equally fast (about 3 million rows/s, 13 bytes a row), but with
+/// 4,096 a block's list of keys (about 4 KiB here) spills into overflow pages, and the query
+/// that tests every block's list took 35 ms instead of 19 ms (p50).
+pub(super) const BLOCK_ROWS: usize = 1024;
 
 /// A block ends before the first row outside the minute its first row is in (or the minute
 /// before, for rows that arrive late; see [`in_span`]). Retention frees whole blocks, once their
@@ -585,31 +594,42 @@ pub(super) fn delete_blocks_older_than(
     Ok(rows)
 }
 
-/// Every `tuples` id some block points at, ascending and distinct: reads every block's
-/// `tuple_ids` (not its rows).
-pub(super) fn tuples_in_blocks(
+/// Which of `candidates` (`tuples` ids) some block points at. Reads the `tuple_ids` of every
+/// block (not its rows), testing each id against a bitmap of the candidates.
+pub(super) fn tuples_used_by_blocks(
     conn: &Connection,
     path: &std::path::Path,
-) -> Result<Vec<i64>, StoreError> {
+    candidates: &[i64],
+) -> Result<HashSet<i64>, StoreError> {
+    let mut used = HashSet::new();
+    let Some(max) = candidates.iter().copied().filter(|&c| c >= 0).max() else {
+        return Ok(used);
+    };
+    // One bit per id up to the largest candidate: about 12 KiB per 100,000 keys.
+    let mut wanted = vec![0u64; (max / 64 + 1) as usize];
+    for &c in candidates.iter().filter(|&&c| c >= 0) {
+        wanted[(c / 64) as usize] |= 1 << (c % 64);
+    }
     let err = |e| StoreError::sqlite(path, "reading the keys of packet blocks", e);
     let mut stmt = conn
         .prepare_cached("SELECT id, tuple_ids FROM packet_blocks")
         .map_err(err)?;
     let mut rows = stmt.query([]).map_err(err)?;
-    let mut all = Vec::new();
     while let Some(r) = rows.next().map_err(err)? {
         let id: i64 = r.get(0).map_err(err)?;
         let blob = r.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(err)?;
-        all.extend(decode_tuple_ids(blob).map_err(|detail| bad_block(path, id, detail))?);
-        // Keep memory at about the distinct keys, not the blocks times their keys.
-        if all.len() > 1 << 20 {
-            all.sort_unstable();
-            all.dedup();
+        for t in TupleIdIter::new(blob) {
+            let t = t.map_err(|detail| bad_block(path, id, detail))?;
+            // Ascending: nothing after this can be a candidate.
+            if t > max {
+                break;
+            }
+            if wanted[(t / 64) as usize] & (1 << (t % 64)) != 0 {
+                used.insert(t);
+            }
         }
     }
-    all.sort_unstable();
-    all.dedup();
-    Ok(all)
+    Ok(used)
 }
 
 fn bad_block(path: &std::path::Path, id: i64, detail: String) -> StoreError {

@@ -25,9 +25,9 @@
 //!
 //! # Writing
 //!
-//! The writer keeps a map from key to `tuples.id` ([`TupleIds`]). Raw rows of one batch are
-//! packed in Rust, a block per [`blocks::BLOCK_ROWS`] rows or per second, so a raw row costs a
-//! few bytes of a blob; a window row costs one cached multi-row `INSERT` and two index inserts
+//! The writer keeps a map from key to `tuples.id` ([`TupleIds`]). Raw rows are packed in Rust
+//! into blocks of up to [`blocks::BLOCK_ROWS`] rows and a minute (each batch first fills up
+//! the newest block), so a raw row costs a few bytes of a blob; a window row costs one cached multi-row `INSERT` and two index inserts
 //! near the end of their B-trees. The writer assigns row ids itself (the next after the largest
 //! one, read under the write lock): consecutive ids for the rows of a block, and
 //! `bucket = id >> 16` for windows. Retention deletes rows oldest first (raw rows in blocks a
@@ -700,8 +700,9 @@ impl Store {
     /// [`MIN_TUPLES_BEFORE_SWEEP`] keys, or by as many as the last sweep kept, since then.
     ///
     /// It reads every `tuple_id` of both version 2 tables once (an index scan, about a second
-    /// for ten million rows) and the `tuple_ids` of every block (TODO measured) inside one write
-    /// transaction: readers go on, the writer's next insert waits for it.
+    /// for ten million rows) and the list of keys of every block (not their rows: about a byte
+    /// per raw row) inside one write transaction: readers go on, the writer's next insert waits
+    /// for it.
     fn sweep_tuples_if_grown(&mut self) -> Result<(), StoreError> {
         let t = &self.tuples;
         if t.created_since_sweep < t.kept_by_sweep.max(MIN_TUPLES_BEFORE_SWEEP) {
@@ -714,7 +715,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
         let started = std::time::Instant::now();
-        let in_blocks = blocks::tuples_in_blocks(&tx, path)?;
+        // Keys no row of the version 2 tables points at, less those a block points at.
         let unused: Vec<i64> = tx
             .prepare_cached(
                 "SELECT id FROM tuples WHERE id NOT IN (SELECT tuple_id FROM packets) \
@@ -722,9 +723,10 @@ impl Store {
             )
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .map_err(err)?;
+        let in_blocks = blocks::tuples_used_by_blocks(&tx, path, &unused)?;
         let removed: HashSet<i64> = unused
             .into_iter()
-            .filter(|id| in_blocks.binary_search(id).is_err())
+            .filter(|id| !in_blocks.contains(id))
             .collect();
         let list: Array = Rc::new(removed.iter().copied().map(Value::Integer).collect());
         tx.prepare_cached("DELETE FROM tuples WHERE id IN rarray(?1)")

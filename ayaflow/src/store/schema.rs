@@ -18,22 +18,26 @@ use super::StoreError;
 /// # Version 3 (current)
 ///
 /// ```text
-/// packet_blocks  id | last_id row_count min_ts max_ts | tuple_ids data    (raw rows, packed)
+/// packet_blocks      id | last_id row_count min_ts max_ts | tuple_ids     (raw rows, packed)
+/// packet_block_data  id | data
 /// ```
 ///
-/// Raw rows are no longer one SQLite row each: the writer packs up to a few thousand rows of
-/// one insert batch into a row of `packet_blocks` (format in `blocks.rs`), which costs about
-/// a tenth of a B-tree row with two index inserts. The rows of a block have the consecutive
-/// ids `id..=last_id` (`row_count` of them), so row ids and paging cursors stay as before, and
-/// they continue after the largest id of the version 2 `packets` table.
+/// Raw rows are no longer one SQLite row each: the writer packs up to a thousand rows into a
+/// block (format in `blocks.rs`), which costs about a tenth of a B-tree row with two index
+/// inserts per row. The rows of a block have the consecutive ids `id..=last_id` (`row_count`
+/// of them), so row ids and paging cursors stay as before; they continue after the largest id
+/// of the version 2 `packets` table.
 ///
 /// - `min_ts`/`max_ts`: the smallest and largest `ts_unix_ns` of the block's rows.
-///   `packet_blocks_time (max_ts, min_ts, row_count)` serves retention (a block goes once its
-///   newest row has expired) and time ranges, and `sum(row_count)` without reading blocks.
+///   `packet_blocks_time (max_ts, min_ts, row_count)` serves retention (a block goes whole,
+///   once its newest row has expired), time ranges, and `sum(row_count)` without reading
+///   blocks.
 /// - `tuple_ids`: the block's distinct `tuples` ids, so that key filters skip blocks without
-///   decoding them, and the sweep of unused keys keeps the keys blocks point at.
+///   decoding their rows, and the sweep of unused keys keeps the keys blocks point at.
+/// - `packet_block_data` holds the packed rows of the block with the same id, in a table of
+///   its own so that walking the headers reads only headers.
 /// - `packets` (version 2) keeps the rows written before the migration, untouched; it gets no
-///   new rows. Queries read blocks first, then these rows, retention deletes both.
+///   new rows. Queries read blocks first, then these rows; retention deletes both.
 /// - For `sqlite3` users: `packets_view` shows only the version 2 rows; raw rows in blocks are
 ///   read through `/api/history` (`tuples` and `windows_view` work as before).
 ///
