@@ -902,7 +902,7 @@ mod tests {
                 dst: IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)),
                 dst_port: 53,
             },
-            direction: if i % 2 == 0 {
+            direction: if i.is_multiple_of(2) {
                 Direction::Ingress
             } else {
                 Direction::Egress
