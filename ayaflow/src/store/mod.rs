@@ -700,8 +700,8 @@ impl Store {
     /// [`MIN_TUPLES_BEFORE_SWEEP`] keys, or by as many as the last sweep kept, since then.
     ///
     /// It reads every `tuple_id` of both version 2 tables once (an index scan, about a second
-    /// for ten million rows) and the list of keys of every block (not their rows: about a byte
-    /// per raw row) inside one write transaction: readers go on, the writer's next insert waits
+    /// for ten million rows) and the list of keys of every block (not their rows; about 0.2 s
+    /// for ten million rows, see `blocks::tuples_used_by_blocks`) inside one write transaction: readers go on, the writer's next insert waits
     /// for it.
     fn sweep_tuples_if_grown(&mut self) -> Result<(), StoreError> {
         let t = &self.tuples;
