@@ -14,8 +14,8 @@
 //!
 //! # Tables
 //!
-//! Raw rows (raw mode, one row per packet event) are packed into blocks of up to a few
-//! thousand rows, one `packet_blocks` row each (`blocks.rs`); rows written before schema
+//! Raw rows (raw mode, one row per packet event) are packed into blocks of up to about a
+//! thousand rows, one `packet_blocks` row each (`blocks/`); rows written before schema
 //! version 3 stay in `packets`, one SQLite row each. `windows` (aggregated mode, one row per
 //! five-tuple, direction and window) holds one SQLite row per window row. Rows hold integers
 //! only and point at a row of `tuples`, which holds every distinct five-tuple and direction
@@ -26,8 +26,8 @@
 //! # Writing
 //!
 //! The writer keeps a map from key to `tuples.id` ([`TupleIds`]). Raw rows are packed in Rust
-//! into blocks of up to [`blocks::BLOCK_ROWS`] rows and a minute (each batch first fills up
-//! the newest block), so a raw row costs a few bytes of a blob; a window row costs one cached multi-row `INSERT` and two index inserts
+//! into blocks of up to `blocks::BLOCK_ROWS` rows and a minute (each batch first fills up the
+//! newest block), so a raw row costs a few bytes of a blob; a window row costs one cached multi-row `INSERT` and two index inserts
 //! near the end of their B-trees. The writer assigns row ids itself (the next after the largest
 //! one, read under the write lock): consecutive ids for the rows of a block, and
 //! `bucket = id >> 16` for windows. Retention deletes rows oldest first (raw rows in blocks a
@@ -39,7 +39,7 @@
 //!
 //! [`Store::query_history`] reads raw rows from the blocks first, newest first: it skips blocks
 //! by their time bounds and their list of keys, and decodes only the blocks that may hold a
-//! matching row (see `blocks.rs`). Every block's ids are above the ids of the version 2
+//! matching row (see `blocks/mod.rs`). Every block's ids are above the ids of the version 2
 //! `packets` table, so a page that is not full continues there, like a query of windows.
 //! There, the query first finds the ids of matching rows, newest first, then reads those rows
 //! joined to their key. Without a time range, key filters (address, port, protocol, direction)
@@ -641,8 +641,8 @@ impl Store {
     ///
     /// Raw rows in blocks go a whole block at a time, once the block's newest row is older
     /// than the cutoff, so a call may delete up to a block's rows more than `max_rows`, and a
-    /// row may outlive the cutoff by the time its block spans (at most about a second, see
-    /// `blocks.rs`). Rows of the version 2 `packets` table go one by one.
+    /// row may outlive the cutoff by the time its block spans (at most two minutes, see
+    /// `blocks/mod.rs`). Rows of the version 2 `packets` table go one by one.
     ///
     /// One small transaction, so the write lock is held only briefly: callers loop while the
     /// result is at least `max_rows`, letting other writes in between.

@@ -23,7 +23,7 @@ use super::StoreError;
 /// ```
 ///
 /// Raw rows are no longer one SQLite row each: the writer packs up to a thousand rows into a
-/// block (format in `blocks.rs`), which costs about a tenth of a B-tree row with two index
+/// block (format in `blocks/format.rs`), which costs about a tenth of a B-tree row with two index
 /// inserts per row. The rows of a block have the consecutive ids `id..=last_id` (`row_count`
 /// of them), so row ids and paging cursors stay as before; they continue after the largest id
 /// of the version 2 `packets` table.
