@@ -27,9 +27,10 @@
 //!
 //! The writer keeps a map from key to `tuples.id` ([`TupleIds`]). Raw rows are packed in Rust
 //! into blocks of up to `blocks::BLOCK_ROWS` rows and a minute (each batch first fills up the
-//! newest block), so a raw row costs a few bytes of a blob; a window row costs one cached multi-row `INSERT` and two index inserts
-//! near the end of their B-trees. The writer assigns row ids itself (the next after the largest
-//! one, read under the write lock): consecutive ids for the rows of a block, and
+//! newest block), so a raw row costs a few bytes of a blob; a window row costs one cached
+//! multi-row `INSERT` and two index inserts near the end of their B-trees. The writer assigns
+//! row ids itself (the next after the largest one, read under the write lock): consecutive ids
+//! for the rows of a block, and
 //! `bucket = id >> 16` for windows. Retention deletes rows oldest first (raw rows in blocks a
 //! whole block at a time, once its newest row has expired), and removes the `tuples` rows
 //! nothing points at any more once the table has grown by as many keys as it held after the
@@ -701,8 +702,8 @@ impl Store {
     ///
     /// It reads every `tuple_id` of both version 2 tables once (an index scan, about a second
     /// for ten million rows) and the list of keys of every block (not their rows; about 0.2 s
-    /// for ten million rows, see `blocks::tuples_used_by_blocks`) inside one write transaction: readers go on, the writer's next insert waits
-    /// for it.
+    /// for ten million rows, see `blocks::tuples_used_by_blocks`) inside one write transaction:
+    /// readers go on, the writer's next insert waits for it.
     fn sweep_tuples_if_grown(&mut self) -> Result<(), StoreError> {
         let t = &self.tuples;
         if t.created_since_sweep < t.kept_by_sweep.max(MIN_TUPLES_BEFORE_SWEEP) {

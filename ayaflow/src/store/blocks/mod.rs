@@ -4,8 +4,9 @@
 //! The writer packs up to [`BLOCK_ROWS`] consecutive rows into one block, so a raw row costs a
 //! few bytes of a blob instead of a B-tree row and two index inserts. A block's header and
 //! list of keys (`packet_blocks`) are kept apart from its packed rows (`packet_block_data`,
-//! same id), so that walking the headers does not read the rows. A block's rows have the consecutive ids `id..=last_id`: the block's own id is the id of its
-//! first row, so row ids (the API's paging cursors) stay what they were with one SQLite row per
+//! same id), so that walking the headers does not read the rows. A block's rows have the
+//! consecutive ids `id..=last_id`: the block's own id is the id of its first row, so row ids
+//! (the API's paging cursors) stay what they were with one SQLite row per
 //! packet. How the rows and keys are packed: `format.rs`.
 //!
 //! # Reading
@@ -935,7 +936,8 @@ mod tests {
         assert_eq!(got, kept);
     }
 
-    /// Times the key sweep over ten million rows of 100,000 keys, one of them unused (release build:
+    /// Times the key sweep over ten million rows of 100,000 keys, one of them unused (release
+    /// build:
     /// `cargo test --release -p ayaflow --lib sweep_cost -- --ignored --nocapture`).
     #[test]
     #[ignore = "a measurement, not a check"]
