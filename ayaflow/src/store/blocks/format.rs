@@ -78,8 +78,10 @@ pub(super) struct EncodedBlock<'a> {
 /// Packs rows into blocks; keeps its buffers from one block to the next.
 #[derive(Default)]
 pub(super) struct BlockEncoder {
-    /// Distinct tuple ids of the block being encoded, ascending.
-    distinct: Vec<i64>,
+    /// The block's (tuple id, row position) pairs, sorted.
+    order: Vec<(i64, u32)>,
+    /// Each row's position in the block's list of distinct tuple ids.
+    index: Vec<u32>,
     tuple_ids: Vec<u8>,
     data: Vec<u8>,
 }
@@ -87,29 +89,37 @@ pub(super) struct BlockEncoder {
 impl BlockEncoder {
     /// Encodes `rows` (not empty).
     pub(super) fn encode(&mut self, rows: &[Row]) -> EncodedBlock<'_> {
-        self.distinct.clear();
-        self.distinct.extend(rows.iter().map(|r| r.tuple_id));
-        self.distinct.sort_unstable();
-        self.distinct.dedup();
+        // One sort gives both the distinct ids (ascending) and each row's index among them.
+        self.order.clear();
+        self.order
+            .extend(rows.iter().zip(0u32..).map(|(r, i)| (r.tuple_id, i)));
+        self.order.sort_unstable();
+        self.index.clear();
+        self.index.resize(rows.len(), 0);
         self.tuple_ids.clear();
-        let mut prev = 0;
-        for &id in &self.distinct {
-            // Ascending and (being rowids) positive, so every gap is at least 1.
-            put_varint(&mut self.tuple_ids, id.wrapping_sub(prev) as u64);
-            prev = id;
+        let (mut prev, mut distinct) = (None, 0u32);
+        for &(id, row) in &self.order {
+            if prev != Some(id) {
+                // Ascending and (being rowids) positive, so every gap is at least 1.
+                put_varint(
+                    &mut self.tuple_ids,
+                    id.wrapping_sub(prev.unwrap_or(0)) as u64,
+                );
+                prev = Some(id);
+                distinct += 1;
+            }
+            self.index[row as usize] = distinct - 1;
         }
         self.data.clear();
         self.data.push(FORMAT);
         let (mut min_ts, mut max_ts, mut prev_ts) = (i64::MAX, i64::MIN, 0i64);
-        for p in rows {
+        for (p, &index) in rows.iter().zip(&self.index) {
             let ts = p.ts_unix_ns;
             (min_ts, max_ts) = (min_ts.min(ts), max_ts.max(ts));
             // Both in [0, i64::MAX]: the difference cannot overflow.
             put_varint(&mut self.data, zigzag(ts - prev_ts));
             prev_ts = ts;
-            // `id` is one of `distinct`: found.
-            let index = self.distinct.binary_search(&p.tuple_id).unwrap_or(0);
-            put_varint(&mut self.data, index as u64);
+            put_varint(&mut self.data, index.into());
             put_varint(&mut self.data, p.bytes.into());
             let mask = (MASK_PACKETS * u8::from(p.packets != 1))
                 | (MASK_TCP_FLAGS * u8::from(p.tcp_flags != 0))
