@@ -20,8 +20,9 @@
 //! The writer wakes every [`StorageConfig::flush_interval`] (earlier when the queue holds many
 //! rows), moves everything queued into its pending buffer and writes it in transactions of up to
 //! [`MAX_ROWS_PER_TRANSACTION`] rows, so a row is durable within about a second of arrival.
-//! Retention runs every `clamp(retention / 10, 1 s, 60 s)`, deleting at most
-//! [`RETENTION_BATCH_ROWS`] per transaction; between two batches, due writes go first.
+//! Retention runs every `clamp(retention / 10, 1 s, 60 s)`, deleting about
+//! [`RETENTION_BATCH_ROWS`] per transaction (raw rows go a whole block at a time, so a batch may
+//! be up to a block larger); between two batches, due writes go first.
 //!
 //! # Faults
 //!
@@ -73,8 +74,9 @@ pub const DEFAULT_MAX_QUEUED_ROWS: usize = 262_144;
 /// Default of [`StorageConfig::drain_timeout`].
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Rows deleted per retention transaction: small enough that the write lock is released within
-/// milliseconds, so queued inserts never wait long behind retention.
+/// Rows deleted per retention transaction (at least; raw rows go a whole block at a time): small
+/// enough that the write lock is released within milliseconds, so queued inserts never wait
+/// long behind retention.
 pub const RETENTION_BATCH_ROWS: usize = 5_000;
 
 /// Rows per insert transaction, so one huge backlog does not become one huge transaction.
@@ -765,8 +767,9 @@ impl Writer {
                     .stats
                     .retention_deleted
                     .fetch_add(n as u64, Ordering::Relaxed);
-                // A full batch means more may be expired: continue after any due write.
-                self.retention_running = n == RETENTION_BATCH_ROWS;
+                // A full batch (or more: blocks go whole) means more may be expired: continue
+                // after any due write.
+                self.retention_running = n >= RETENTION_BATCH_ROWS;
                 self.succeeded();
             }
             Err(e) => self.failed(&e),

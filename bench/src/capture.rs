@@ -339,8 +339,12 @@ fn stored_rows(db: &Path, windows: bool) -> Result<(u64, Option<u64>)> {
         )?;
         Ok((n as u64, Some(w as u64)))
     } else {
-        let n: i64 = c.query_row("SELECT COUNT(*) FROM packets", [], |r| r.get(0))?;
-        Ok((n as u64, None))
+        // Raw rows are packed in blocks: the store counts them.
+        drop(c);
+        let n = ayaflow::store::Store::open_read_only(db)?
+            .row_counts()?
+            .packets;
+        Ok((n, None))
     }
 }
 

@@ -651,8 +651,10 @@ fn section_storage(w: &mut String, cmd: &str, plan: &Plan, res: &Results) {
             w,
             "Raw rows written through the agent's own `Store::insert_packets` in transactions of \
              50,000 rows (as its writer does), 100,000 conversations over 24 hours, IPv4 and IPv6, \
-             schema version 2 (each conversation stored once in `tuples`, integer rows with two \
-             append-friendly indexes). Bytes per row: the file (and WAL) after close, divided by the rows.\n\n\
+             schema version 3 (each conversation stored once in `tuples`; raw rows packed a few bytes \
+             each into blocks of up to 1,024 rows, one SQLite row per block; the first tenth also \
+             creates the 100,000 conversations). Bytes per row: the file (and WAL) after close, \
+             divided by the rows.\n\n\
              Reproduce: `{cmd} -- --sections storage`\n\n\
              | rows | seconds | rows/s overall | rows/s, first 10 % | rows/s, last 10 % | bytes on disk | bytes/row |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
              | {} | {:.1} | {} | {} | {} | {} | {:.0} |\n",
@@ -841,13 +843,13 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
         let _ = writeln!(
             w,
             "- **Storage** ({t}): raw mode costs {:.3} s per million packets in the agent, {:.3} s more \
-             than aggregated mode, for one SQLite row per packet (schema 2: integer columns, the \
-             conversation once in `tuples`, two indexes). It stored {} of {} events; {} rows were \
+             than aggregated mode, for a stored row per packet (schema 3: rows packed a few bytes \
+             each into blocks of up to 1,024, the conversation once in `tuples`). It stored {} of {} events; {} rows were \
              dropped at the bounded storage queue (counted, never silently). SQLite alone takes about {} \
              rows/s here (section 4), but in the agent the writer shares two CPUs with the generator \
              and the ring-buffer reader, so a rate close to that is partly dropped. What would move \
-             it: a writer thread with a CPU of its own, fewer per-packet columns, time-partitioned \
-             tables, or storing windows (aggregated or flow mode).",
+             it: a writer thread with a CPU of its own, a cheaper map from conversation to its id \
+             (one lookup per row), or storing windows (aggregated or flow mode).",
             raw.proc_cpu,
             raw.proc_cpu - agg.proc_cpu,
             opt_n(raw.rows),
@@ -962,10 +964,12 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
         let _ = writeln!(
             w,
             "- **History queries** over {} rows: from {:.0} ms (`{}`) to {:.0} ms (`{}`) at p50. \
-             A filter is resolved against the small `tuples` table first, then the matching rows are \
-             read by (time, conversation) or (bucket, conversation), newest first. What would move \
+             A filter is resolved against the small `tuples` table first, then the blocks of raw rows \
+             are walked newest first, skipping a block by its time bounds or its list of \
+             conversations, and only blocks that may hold a match are decoded. The slowest query \
+             matches about one row in 100,000, so it tests the list of every block. What would move \
              it: a warm read connection per API worker instead of one per request (each query starts \
-             with a cold SQLite cache), and time-partitioned tables for long ranges.",
+             with a cold SQLite cache), and a summary per block that is smaller than its list.",
             fmt_n(plan.history_rows as f64),
             fast.p50_ms,
             fast.path,

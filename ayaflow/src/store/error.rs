@@ -117,6 +117,20 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
+    /// A block of raw rows (`packet_blocks`) does not decode: damaged, or not written by this
+    /// ayaflow.
+    #[error(
+        "the block of raw rows starting at id {id} in {} is damaged: {detail}; if the file was \
+         not written by this ayaflow choose another with --db-path, otherwise move it aside and \
+         restart the agent (it creates a new one)",
+        path.display()
+    )]
+    BadBlock {
+        path: PathBuf,
+        id: i64,
+        detail: String,
+    },
+
     /// A stored row holds a value this version never writes.
     #[error(
         "row {id} of {} holds {detail}; the file was not written by this ayaflow, choose another \
@@ -237,7 +251,8 @@ impl StoreError {
             | StoreError::SchemaMismatch { .. }
             | StoreError::Sqlite { .. }
             | StoreError::WriterThread { .. }
-            | StoreError::BadRow { .. } => ErrorKind::Other,
+            | StoreError::BadRow { .. }
+            | StoreError::BadBlock { .. } => ErrorKind::Other,
         }
     }
 }

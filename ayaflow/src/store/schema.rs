@@ -15,7 +15,33 @@ use super::StoreError;
 
 /// Every migration, oldest first. Index `i` takes a file from version `i` to `i + 1`.
 ///
-/// # Version 2 (current)
+/// # Version 3 (current)
+///
+/// ```text
+/// packet_blocks      id | last_id row_count min_ts max_ts | tuple_ids     (raw rows, packed)
+/// packet_block_data  id | data
+/// ```
+///
+/// Raw rows are no longer one SQLite row each: the writer packs up to a thousand rows into a
+/// block (format in `blocks/format.rs`), which costs about a tenth of a B-tree row with two index
+/// inserts per row. The rows of a block have the consecutive ids `id..=last_id` (`row_count`
+/// of them), so row ids and paging cursors stay as before; they continue after the largest id
+/// of the version 2 `packets` table.
+///
+/// - `min_ts`/`max_ts`: the smallest and largest `ts_unix_ns` of the block's rows.
+///   `packet_blocks_time (max_ts, min_ts, row_count)` serves retention (a block goes whole,
+///   once its newest row has expired), time ranges, and `sum(row_count)` without reading
+///   blocks.
+/// - `tuple_ids`: the block's distinct `tuples` ids, so that key filters skip blocks without
+///   decoding their rows, and the sweep of unused keys keeps the keys blocks point at.
+/// - `packet_block_data` holds the packed rows of the block with the same id, in a table of
+///   its own so that walking the headers reads only headers.
+/// - `packets` (version 2) keeps the rows written before the migration, untouched; it gets no
+///   new rows. Queries read blocks first, then these rows; retention deletes both.
+/// - For `sqlite3` users: `packets_view` shows only the version 2 rows; raw rows in blocks are
+///   read through `/api/history` (`tuples` and `windows_view` work as before).
+///
+/// # Version 2
 ///
 /// ```text
 /// tuples   id | proto src src_port dst dst_port direction          (one row per distinct key)
@@ -166,6 +192,20 @@ const MIGRATIONS: &[&str] = &[
         SELECT w.id, w.window_start, w.window_end, k.proto, k.src, k.src_port, k.dst,
                k.dst_port, k.direction, w.packets, w.bytes
         FROM windows AS w JOIN tuples AS k ON k.id = w.tuple_id;",
+    // 3: new raw rows go into blocks; the version 2 `packets` rows stay where they are.
+    "CREATE TABLE packet_blocks (
+        id         INTEGER PRIMARY KEY,
+        last_id    INTEGER NOT NULL,
+        row_count  INTEGER NOT NULL,
+        min_ts     INTEGER NOT NULL,
+        max_ts     INTEGER NOT NULL,
+        tuple_ids  BLOB    NOT NULL
+    );
+    CREATE INDEX packet_blocks_time ON packet_blocks (max_ts, min_ts, row_count);
+    CREATE TABLE packet_block_data (
+        id    INTEGER PRIMARY KEY,
+        data  BLOB    NOT NULL
+    );",
 ];
 
 /// `bucket = id >> BUCKET_SHIFT` in `packets` and `windows` (see [`MIGRATIONS`], version 2).
@@ -184,13 +224,23 @@ pub(crate) fn user_version(conn: &Connection, path: &Path) -> Result<i64, StoreE
 /// Brings the file up to [`SCHEMA_VERSION`], or fails with [`StoreError::NewerSchema`] if it is
 /// already past it (an older agent must not write into tables it does not know).
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    migrate_to(conn, path, SCHEMA_VERSION)
+}
+
+/// Brings the file up to version `target` (at most [`SCHEMA_VERSION`]); tests use it to build
+/// files as older agents left them.
+pub(crate) fn migrate_to(
+    conn: &mut Connection,
+    path: &Path,
+    target: i64,
+) -> Result<(), StoreError> {
     // Cheap check first so that an up-to-date file needs no write lock at all.
     let found = user_version(conn, path)?;
     check_not_newer(found, path)?;
-    if found == SCHEMA_VERSION {
+    if found >= target {
         return Ok(());
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate() {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(target as usize) {
         let target = i as i64 + 1;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -250,7 +300,16 @@ mod tests {
             .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .expect("sqlite_master is readable");
-        assert_eq!(tables, ["packets", "tuples", "windows"]);
+        assert_eq!(
+            tables,
+            [
+                "packet_block_data",
+                "packet_blocks",
+                "packets",
+                "tuples",
+                "windows"
+            ]
+        );
         let views: Vec<String> = conn
             .prepare("SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
