@@ -36,10 +36,11 @@ const MASK_FLAGS: u8 = 0x10;
 const MASK_VLAN: u8 = 0x20;
 
 /// One raw row as a block holds it: the packet's fields, its time clamped to i64 (as SQLite
-/// integers are), its key as a `tuples` id.
+/// integers are), and its key: a `tuples` id (`Row<i64>`, what the encoder takes) or a position
+/// in the block's `tuple_ids` (`Row<usize>`, what the decoder yields).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Row {
-    pub tuple_id: i64,
+pub(super) struct Row<K = i64> {
+    pub key: K,
     pub ts_unix_ns: i64,
     pub packets: u32,
     pub bytes: u32,
@@ -53,7 +54,7 @@ pub(super) struct Row {
 impl Row {
     pub(super) fn new(p: &Packet, tuple_id: i64) -> Row {
         Row {
-            tuple_id,
+            key: tuple_id,
             ts_unix_ns: clamp_i64(p.ts_unix_ns),
             packets: p.packets,
             bytes: p.bytes,
@@ -65,6 +66,37 @@ impl Row {
         }
     }
 }
+
+impl<K> Row<K> {
+    /// The same row with another form of its key.
+    pub(super) fn with_key<L>(self, key: L) -> Row<L> {
+        let Row {
+            key: _,
+            ts_unix_ns,
+            packets,
+            bytes,
+            tcp_flags,
+            icmp_type,
+            icmp_code,
+            flags,
+            vlan_id,
+        } = self;
+        Row {
+            key,
+            ts_unix_ns,
+            packets,
+            bytes,
+            tcp_flags,
+            icmp_type,
+            icmp_code,
+            flags,
+            vlan_id,
+        }
+    }
+}
+
+/// A decoded row: its key is the position of its tuple id in the block's `tuple_ids`.
+pub(super) type PackedRow = Row<usize>;
 
 /// One block as the writer inserts it.
 pub(super) struct EncodedBlock<'a> {
@@ -92,7 +124,7 @@ impl BlockEncoder {
         // One sort gives both the distinct ids (ascending) and each row's index among them.
         self.order.clear();
         self.order
-            .extend(rows.iter().zip(0u32..).map(|(r, i)| (r.tuple_id, i)));
+            .extend(rows.iter().zip(0u32..).map(|(r, i)| (r.key, i)));
         self.order.sort_unstable();
         self.index.clear();
         self.index.resize(rows.len(), 0);
@@ -150,38 +182,6 @@ impl BlockEncoder {
             max_ts,
             tuple_ids: &self.tuple_ids,
             data: &self.data,
-        }
-    }
-}
-
-/// A decoded row before its key is read: the packet's own fields and its `tuples` id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct PackedRow {
-    pub ts_unix_ns: i64,
-    /// Position of the row's tuple id in the block's `tuple_ids`.
-    pub tuple_index: usize,
-    pub packets: u32,
-    pub bytes: u32,
-    pub tcp_flags: u8,
-    pub icmp_type: u8,
-    pub icmp_code: u8,
-    pub flags: u8,
-    pub vlan_id: u16,
-}
-
-impl PackedRow {
-    /// The row with its key as a `tuples` id, as the encoder takes it.
-    pub(super) fn to_row(self, tuple_id: i64) -> Row {
-        Row {
-            tuple_id,
-            ts_unix_ns: self.ts_unix_ns,
-            packets: self.packets,
-            bytes: self.bytes,
-            tcp_flags: self.tcp_flags,
-            icmp_type: self.icmp_type,
-            icmp_code: self.icmp_code,
-            flags: self.flags,
-            vlan_id: self.vlan_id,
         }
     }
 }
@@ -322,8 +322,8 @@ fn decode_row(r: &mut Reader<'_>, prev_ts: &mut i64, tuples: usize) -> Result<Pa
         0
     };
     Ok(PackedRow {
+        key: tuple_index,
         ts_unix_ns: ts,
-        tuple_index,
         packets,
         bytes,
         tcp_flags,
@@ -416,7 +416,7 @@ mod tests {
         assert_eq!(tuples, [1, 5, 1 << 40]);
         let decoded = decode_rows(b.data, tuples.len(), rows.len()).expect("rows");
         for ((p, row), id) in rows.iter().zip(&decoded).zip(&ids) {
-            assert_eq!(tuples[row.tuple_index], *id);
+            assert_eq!(tuples[row.key], *id);
             let back = (
                 row.ts_unix_ns as u64,
                 row.packets,
@@ -517,7 +517,7 @@ mod tests {
             let tuples = decode_tuple_ids(b.tuple_ids).expect("tuple ids");
             let decoded = decode_rows(b.data, tuples.len(), rows.len()).expect("rows");
             for ((p, row), id) in rows.iter().zip(&decoded).zip(&ids) {
-                prop_assert_eq!(tuples[row.tuple_index], *id);
+                prop_assert_eq!(tuples[row.key], *id);
                 prop_assert_eq!(row.ts_unix_ns, clamp_i64(p.ts_unix_ns));
                 prop_assert_eq!(
                     (row.packets, row.bytes, row.tcp_flags, row.icmp_type),

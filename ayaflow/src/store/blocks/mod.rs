@@ -178,9 +178,7 @@ fn open_tail(
     let rows = decode_rows(&data, tuples.len(), row_count as usize).map_err(bad)?;
     Ok(Some((
         id,
-        rows.iter()
-            .map(|r| r.to_row(tuples[r.tuple_index]))
-            .collect(),
+        rows.iter().map(|r| r.with_key(tuples[r.key])).collect(),
     )))
 }
 
@@ -433,9 +431,9 @@ impl Store {
                 let wanted = row_id < before
                     && from.is_none_or(|f| row.ts_unix_ns >= f)
                     && to.is_none_or(|t| row.ts_unix_ns < t)
-                    && selected.as_ref().is_none_or(|s| s[row.tuple_index]);
+                    && selected.as_ref().is_none_or(|s| s[row.key]);
                 if wanted {
-                    found.push((row_id, tuple_ids[row.tuple_index], *row));
+                    found.push((row_id, tuple_ids[row.key], *row));
                     if found.len() == want {
                         break;
                     }
