@@ -10,7 +10,8 @@
 //!   storage writer; aggregates windows when configured.
 //! - `store`: SQLite, the only module with SQL (raw rows, windows, retention, history queries).
 //! - `api`, `metrics`: axum routes and the Prometheus registry.
-//! - `cli` + `config`: flags/env/YAML as typed, then validated; `shutdown`: signal handling.
+//! - `cli` + `config`: flags/env/YAML as typed, then validated; `shutdown`: signal handling;
+//!   `hugepages`: the binary's allocator (huge pages for the big tables).
 
 pub mod agent;
 pub mod aggregate;
@@ -21,6 +22,7 @@ pub mod connections;
 pub mod decode;
 pub mod ebpf;
 pub mod flow;
+pub mod hugepages;
 pub mod metrics;
 pub mod pipeline;
 pub mod shutdown;

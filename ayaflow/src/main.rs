@@ -7,6 +7,10 @@ use ayaflow::{agent, cli::Cli, config::Config};
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
+/// Huge pages for the big hash maps (see `ayaflow::hugepages`).
+#[global_allocator]
+static ALLOCATOR: ayaflow::hugepages::HugePageHint = ayaflow::hugepages::HugePageHint;
+
 fn main() -> ExitCode {
     let config = match Config::from_cli(Cli::parse()) {
         Ok(c) => c,

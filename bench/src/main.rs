@@ -38,6 +38,10 @@ use clap::Parser;
 
 use crate::{observer::Observer, sender::Traffic};
 
+/// The agent's allocator, so that section 4 measures `Store` as the agent runs it.
+#[global_allocator]
+static ALLOCATOR: ayaflow::hugepages::HugePageHint = ayaflow::hugepages::HugePageHint;
+
 #[derive(Parser, Debug, Clone)]
 #[command(about = "ayaFlow benchmarks (run through `cargo xtask bench`)")]
 pub struct Args {

@@ -138,9 +138,15 @@ const ROWS_PER_INSERT: usize = 64;
 /// [`Store::set_max_bytes`], which counts the database file only); it stays below
 /// [`JOURNAL_SIZE_LIMIT_BYTES`].
 ///
-/// A larger page cache (`cache_size`) than SQLite's 2 MiB measured no faster: the pages the
-/// writer touches are few (see `schema.rs`).
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
+
+/// The writer's page cache (`cache_size`), in KiB, allocated as pages are read: 16 MiB rather
+/// than SQLite's 2 MiB. Appending rows touches few pages (see `schema.rs`), but a burst of new
+/// connections inserts its keys at random places of the `tuples` indexes (about 20 MiB at
+/// 100,000 keys); with 2 MiB the transaction spilled pages to the WAL and read them back.
+/// Measured (`cargo xtask bench -- --sections storage`, 100,000 new keys in the first million
+/// rows): the first million rows 1.3 to 2 times faster; 32 MiB was no faster than 16.
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
 /// Rows [`Store::query_history`] tests one by one against their keys before it reads the list
 /// of matching keys (see `matching_ids`): about half a millisecond.
@@ -149,6 +155,10 @@ const PROBE_ROWS: i64 = 1024;
 /// Most keys the writer keeps in its [`TupleIds`] map (about 100 bytes each); beyond, it
 /// starts over, and keys are looked up in `tuples` again as they come.
 const MAX_CACHED_TUPLES: usize = 1 << 18;
+
+/// New `tuples` rows per insert statement (7 values each, well under SQLite's limit of 32,766
+/// parameters).
+const TUPLES_PER_INSERT: usize = 256;
 
 /// Retention sweeps `tuples` for keys no row points at once this many keys were created since
 /// the last sweep (or as many as the sweep left, if more), so the sweep's full read of the
@@ -236,6 +246,10 @@ type KeyHasher = foldhash::fast::RandomState;
 #[derive(Debug, Default)]
 struct TupleIds {
     ids: HashMap<TupleKey, i64, KeyHasher>,
+    /// `ids` holds every row of `tuples`, so a key missing from it is new: it is inserted
+    /// without looking it up first, many keys per statement. True from the open (when
+    /// `tuples` fits in [`MAX_CACHED_TUPLES`]) until the map starts over.
+    complete: bool,
     /// Keys inserted into `tuples` since the last sweep.
     created_since_sweep: u64,
     /// Keys left in `tuples` after the last sweep.
@@ -470,6 +484,8 @@ impl Store {
             .map_err(|e| StoreError::sqlite(&path, "setting journal_size_limit", e))?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
             .map_err(|e| StoreError::sqlite(&path, "setting wal_autocheckpoint", e))?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+            .map_err(|e| StoreError::sqlite(&path, "setting cache_size", e))?;
         schema::migrate(&mut conn, &path)?;
         Store::finish(conn, path)
     }
@@ -510,12 +526,13 @@ impl Store {
         let default_max_pages = conn
             .pragma_query_value(None, "max_page_count", |r| r.get(0))
             .map_err(|e| StoreError::sqlite(&path, "reading max_page_count", e))?;
+        let tuples = TupleIds::load(&conn, &path);
         Ok(Store {
             file_id: FileId::of(&path),
             conn,
             path,
             default_max_pages,
-            tuples: TupleIds::default(),
+            tuples,
         })
     }
 
@@ -593,6 +610,21 @@ impl Store {
         packets: &[Packet],
         windows: &[WindowRow],
     ) -> Result<(), StoreError> {
+        let result = self.try_insert_batch(packets, windows);
+        if result.is_err() && self.tuples.complete && !self.tuples.matches_count(&self.conn) {
+            // Nothing of the batch is stored, and `tuples` changed under this writer (another
+            // process writes the same file): look keys up from now on, and try again.
+            self.tuples.complete = false;
+            return self.try_insert_batch(packets, windows);
+        }
+        result
+    }
+
+    fn try_insert_batch(
+        &mut self,
+        packets: &[Packet],
+        windows: &[WindowRow],
+    ) -> Result<(), StoreError> {
         if packets.is_empty() && windows.is_empty() {
             return Ok(());
         }
@@ -607,12 +639,28 @@ impl Store {
         // Keys this transaction created: they join the map only once it commits.
         let mut created: HashMap<TupleKey, i64, KeyHasher> = HashMap::default();
         let cached = &self.tuples.ids;
+        // With a complete map, new keys get the next ids here and are inserted together after
+        // the rows (in the same transaction), in key order: a key costs one row of a multi-row
+        // insert rather than a lookup and an insert statement of its own.
+        let complete = self.tuples.complete;
+        let mut next_tuple_id = if complete {
+            next_id(&tx, "tuples").map_err(err)?
+        } else {
+            0
+        };
+        let mut new_keys = Vec::new();
         let mut tuple_id = |tuple: &FiveTuple, direction: Direction| -> rusqlite::Result<i64> {
             let key = (*tuple, direction);
             if let Some(&id) = cached.get(&key).or_else(|| created.get(&key)) {
                 return Ok(id);
             }
-            let id = tuple_row_id(&tx, &key)?;
+            let id = if complete {
+                new_keys.push((key, next_tuple_id));
+                next_tuple_id += 1;
+                next_tuple_id - 1
+            } else {
+                tuple_row_id(&tx, &key)?
+            };
             created.insert(key, id);
             Ok(id)
         };
@@ -626,11 +674,13 @@ impl Store {
             bind_window,
         )
         .map_err(err)?;
+        insert_tuples(&tx, &new_keys).map_err(err)?;
         tx.commit().map_err(err)?;
         let t = &mut self.tuples;
         t.created_since_sweep += created.len() as u64;
         if t.ids.len() + created.len() > MAX_CACHED_TUPLES {
             t.ids.clear();
+            t.complete = false;
         }
         t.ids.extend(created);
         Ok(())
@@ -1212,6 +1262,101 @@ fn tuple_row_id(conn: &Connection, key: &TupleKey) -> rusqlite::Result<i64> {
     )?
     .execute(params![src, dst, t.src_port, t.dst_port, proto, dir])?;
     Ok(conn.last_insert_rowid())
+}
+
+/// Inserts new `tuples` rows with the ids given, in key order (which keeps the unique index's
+/// inserts local), [`TUPLES_PER_INSERT`] rows per statement.
+fn insert_tuples(conn: &Connection, keys: &[(TupleKey, i64)]) -> rusqlite::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut rows: Vec<_> = keys
+        .iter()
+        .map(|((t, direction), id)| {
+            (
+                t.src.to_string(),
+                t.dst.to_string(),
+                t.src_port,
+                t.dst_port,
+                t.proto.to_string(),
+                direction_name(*direction),
+                *id,
+            )
+        })
+        .collect();
+    rows.sort_unstable();
+    let columns = "src, dst, src_port, dst_port, proto, direction";
+    let mut many = conn.prepare_cached(&insert_sql("tuples", columns, 7, TUPLES_PER_INSERT))?;
+    let mut one = conn.prepare_cached(&insert_sql("tuples", columns, 7, 1))?;
+    let bind =
+        |stmt: &mut Statement<'_>, at: usize, r: &(String, String, u16, u16, String, &str, i64)| {
+            stmt.raw_bind_parameter(at + 1, r.6)?;
+            stmt.raw_bind_parameter(at + 2, &r.0)?;
+            stmt.raw_bind_parameter(at + 3, &r.1)?;
+            stmt.raw_bind_parameter(at + 4, r.2)?;
+            stmt.raw_bind_parameter(at + 5, r.3)?;
+            stmt.raw_bind_parameter(at + 6, &r.4)?;
+            stmt.raw_bind_parameter(at + 7, r.5)
+        };
+    let mut chunks = rows.chunks_exact(TUPLES_PER_INSERT);
+    for chunk in &mut chunks {
+        for (i, r) in chunk.iter().enumerate() {
+            bind(&mut many, i * 7, r)?;
+        }
+        many.raw_execute()?;
+    }
+    for r in chunks.remainder() {
+        bind(&mut one, 0, r)?;
+        one.raw_execute()?;
+    }
+    Ok(())
+}
+
+impl TupleIds {
+    /// Reads every key of `tuples` if there are at most [`MAX_CACHED_TUPLES`]: a complete map.
+    /// Otherwise, or if a row cannot be read, an empty map that looks keys up as they come.
+    fn load(conn: &Connection, path: &Path) -> TupleIds {
+        let read = || -> Result<Option<HashMap<TupleKey, i64, KeyHasher>>, StoreError> {
+            let sql = |e| StoreError::sqlite(path, "reading conversation keys", e);
+            let count: i64 = conn
+                .query_row("SELECT count(*) FROM tuples", [], |r| r.get(0))
+                .map_err(sql)?;
+            if count > MAX_CACHED_TUPLES as i64 {
+                return Ok(None);
+            }
+            let mut stmt = conn
+                .prepare("SELECT id, direction, proto, src, src_port, dst, dst_port FROM tuples")
+                .map_err(sql)?;
+            let mut rows = stmt.query([]).map_err(sql)?;
+            let mut ids = HashMap::with_capacity_and_hasher(count as usize, KeyHasher::default());
+            while let Some(r) = rows.next().map_err(sql)? {
+                let id: i64 = r.get(0).map_err(sql)?;
+                let key = StoredKey::read(r, id, 1)
+                    .map_err(sql)?
+                    .decode(&Decoder { path, id })?;
+                ids.insert(key, id);
+            }
+            Ok(Some(ids))
+        };
+        match read() {
+            Ok(Some(ids)) => TupleIds {
+                ids,
+                complete: true,
+                ..TupleIds::default()
+            },
+            Ok(None) => TupleIds::default(),
+            Err(e) => {
+                tracing::warn!("conversation keys will be looked up one by one: {e}");
+                TupleIds::default()
+            }
+        }
+    }
+
+    /// Returns true if and only if `tuples` holds as many rows as the map (and can be read).
+    fn matches_count(&self, conn: &Connection) -> bool {
+        conn.query_row("SELECT count(*) FROM tuples", [], |r| r.get::<_, i64>(0))
+            .is_ok_and(|n| usize::try_from(n).is_ok_and(|n| n == self.ids.len()))
+    }
 }
 
 /// Binds one version 2 raw row at parameter offset `at` (0-based) of a multi-row insert.
@@ -1826,6 +1971,98 @@ mod tests {
             })
             .expect("query");
         assert_eq!(page.rows.len(), 1);
+    }
+
+    /// The number of `tuples` rows.
+    fn tuple_rows(store: &Store) -> usize {
+        let n: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM tuples", [], |r| r.get(0))
+            .expect("count tuples");
+        n as usize
+    }
+
+    /// Packet `i` of conversation `i % keys`: IPv4 and IPv6, one port per conversation.
+    fn keyed_packet(i: u32, keys: u32) -> Packet {
+        let mut p = packet(i);
+        let k = i % keys;
+        p.tuple.src_port = k as u16;
+        if k % 2 == 1 {
+            p.tuple.src = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 7));
+        }
+        p
+    }
+
+    /// Every raw row of the store, oldest first.
+    fn all_raw_rows(store: &Store) -> Vec<Packet> {
+        let mut rows = Vec::new();
+        let mut before_id = None;
+        loop {
+            let page = store
+                .query_history(&HistoryQuery {
+                    limit: MAX_HISTORY_LIMIT,
+                    before_id,
+                    ..HistoryQuery::default()
+                })
+                .expect("query");
+            rows.extend(page.rows.iter().map(|r| match r {
+                HistoryRow::Raw(r) => r.packet,
+                HistoryRow::Aggregated(_) => panic!("raw rows only"),
+            }));
+            match page.next_cursor {
+                Some(c) => before_id = Some(c),
+                None => break,
+            }
+        }
+        rows.reverse();
+        rows
+    }
+
+    #[test]
+    fn a_reopened_store_knows_every_key_and_stores_each_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("h.db");
+        // 1,000 conversations, then 3,000 with those 1,000 among them.
+        let first: Vec<Packet> = (0..2_000).map(|i| keyed_packet(i, 1_000)).collect();
+        let more: Vec<Packet> = (2_000..8_000).map(|i| keyed_packet(i, 3_000)).collect();
+        {
+            let mut store = Store::open(&path).expect("open");
+            assert!(store.tuples.complete, "a new file's keys are all known");
+            store.insert_packets(&first).expect("insert");
+            assert_eq!(tuple_rows(&store), 1_000);
+        }
+        let mut store = Store::open(&path).expect("reopen");
+        assert!(store.tuples.complete);
+        assert_eq!(store.tuples.ids.len(), 1_000, "every key read at open");
+        store.insert_packets(&more).expect("insert");
+        assert_eq!(tuple_rows(&store), 3_000, "only the new keys became rows");
+        let written: Vec<Packet> = first.iter().chain(&more).copied().collect();
+        assert_eq!(
+            all_raw_rows(&store),
+            written,
+            "every row reads back with its key"
+        );
+    }
+
+    #[test]
+    fn a_key_another_writer_added_is_looked_up_not_added_twice() {
+        let (_dir, mut store) = temp_store();
+        store.insert_packets(&[packet(0)]).expect("insert");
+        // Another connection to the same file adds the key of packet(1) behind the writer's
+        // back: the writer's map no longer holds every key.
+        let other = Connection::open(&store.path).expect("second connection");
+        let p = keyed_packet(1, 2);
+        let outside_id = tuple_row_id(&other, &(p.tuple, p.direction)).expect("outside insert");
+        drop(other);
+        store
+            .insert_packets(&[p])
+            .expect("insert after the outside key");
+        assert!(!store.tuples.complete, "falls back to looking keys up");
+        assert_eq!(
+            store.tuples.ids.get(&(p.tuple, p.direction)),
+            Some(&outside_id)
+        );
+        assert_eq!(tuple_rows(&store), 2);
     }
 
     #[test]
