@@ -10,7 +10,8 @@ use ayaflow_common::{
     event::{EVENT_FLAG_FLOW_FALLBACK, EVENT_FLAG_PARSE_ERROR, PacketEvent},
     flow::{
         ETH_P_IP, ETH_P_IPV6, FLOW_PROBES, FlowKey, FlowSlot, INDEX_EMPTY, INDEX_RESERVED,
-        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, SLOT_LIVE, flow_hash, free_stack,
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, SLOT_LIVE, counts, flow_hash,
+        free_stack,
     },
     globals::CAPTURE_MODE_FLOWS,
 };
@@ -133,7 +134,8 @@ fn bump(counters: Option<*mut ayaflow_common::counters::CounterBlock>, counter: 
 
 /// Adds the packet to its connection's slot, claiming a free slot for a new connection.
 /// Returns false when none of the [`FLOW_PROBES`] index positions from the key's hash on is the
-/// connection's or free, or no slot is free.
+/// connection's or free, when no slot is free, or when the connection's slot has no room left
+/// until the next sweep (see `counts`).
 ///
 /// Probing stops at the first empty position: a connection indexed further on (a position
 /// before it was emptied since) gets a second slot here. The agent sums slots by key, and the
@@ -169,8 +171,8 @@ fn add_to_flow(p: &Parsed, packets: u32, bytes: u32) -> bool {
                 && core::ptr::read_volatile(&raw const (*s).state) == SLOT_LIVE
                 && same_key(&raw const (*s).key, &key)
             {
-                add(s, p, packets, bytes);
-                return true;
+                // No room (see `counts`): the packet goes to the ring buffer instead.
+                return add(s, p, packets, bytes);
             }
         }
         pos = pos.wrapping_add(1);
@@ -250,8 +252,7 @@ unsafe fn claim(e: *mut u32, pos: u32, p: &Parsed, packets: u32, bytes: u32) -> 
         (*s).icmp_code = p.icmp_code;
         // The agent left the sums at zero when it freed the slot; add, as for a live slot, so
         // that this holds even for a slot the agent never touched.
-        atomic_add(&raw mut (*s).packets, packets as u64);
-        atomic_add(&raw mut (*s).bytes, bytes as u64);
+        atomic_add(&raw mut (*s).counts, counts::pack(packets, bytes));
         xchg32(&raw mut (*s).state, SLOT_LIVE);
         xchg32(e, n + 1);
     }
@@ -271,16 +272,20 @@ fn mark_used(slot: u32) {
     }
 }
 
-/// Adds to a live slot other CPUs may update at the same time, and the agent empties: the sums
-/// with atomic adds (exact), packets before bytes (the agent takes bytes before packets, so a
-/// packet is never reported after its bytes), the TCP flags with an atomic OR (only when a flag
-/// is new, which is rare), the ICMP type/code with plain stores (any recent value will do).
+/// Adds to a live slot other CPUs may update at the same time, and the agent empties: packets
+/// and bytes with one atomic add to the `counts` word (exact), the TCP flags with an atomic OR
+/// (only when a flag is new, which is rare), the ICMP type/code with plain stores (any recent
+/// value will do). Returns false, adding nothing, if the word has no room (see `counts`).
 #[inline(always)]
-fn add(s: *mut FlowSlot, p: &Parsed, packets: u32, bytes: u32) {
+fn add(s: *mut FlowSlot, p: &Parsed, packets: u32, bytes: u32) -> bool {
     // SAFETY: `s` points at a live slot (see `add_to_flow`).
     unsafe {
-        atomic_add(&raw mut (*s).packets, packets as u64);
-        atomic_add(&raw mut (*s).bytes, bytes as u64);
+        // A plain read of the line the key compare just loaded; others may add between it and
+        // the add, within the margin `counts` leaves.
+        if !counts::has_room(core::ptr::read_volatile(&raw const (*s).counts)) {
+            return false;
+        }
+        atomic_add(&raw mut (*s).counts, counts::pack(packets, bytes));
         let flags = p.tcp_flags;
         if flags & !(*s).tcp_flags != 0 {
             // BPF atomics are 32 or 64 bits: OR the 4-aligned word that starts with
@@ -292,6 +297,7 @@ fn add(s: *mut FlowSlot, p: &Parsed, packets: u32, bytes: u32) {
             (*s).icmp_code = p.icmp_code;
         }
     }
+    true
 }
 
 // Rust's BPF target has no compare-and-swap, so `core`'s atomics offer no read-modify-write;

@@ -39,8 +39,8 @@ pub static FLOWS: Array<FlowSlot> = Array::with_max_entries(65536, BPF_F_MMAPABL
 pub static FLOW_CLAIMS: Array<SlotClaim> = Array::with_max_entries(65536, BPF_F_MMAPABLE);
 
 /// Flow mode: the hash index, `INDEX_POSITIONS_PER_SLOT` positions per slot, each
-/// `INDEX_EMPTY`, `INDEX_RESERVED` or a slot number plus one. 4 bytes per position, so that
-/// the part a packet reads stays in the cache when the slots do not.
+/// `INDEX_EMPTY`, `INDEX_RESERVED` or a slot number plus one: 4-byte values, which a BPF array
+/// stores 8 bytes apart.
 #[map(name = "FLOW_INDEX")]
 pub static FLOW_INDEX: Array<u32> = Array::with_max_entries(131072, BPF_F_MMAPABLE);
 

@@ -25,9 +25,9 @@
 //! | 100,000 | 131,072 | 13.1 MiB |
 //! | 1,000,000 | 2,097,152 | 210 MiB |
 //!
-//! The agent's allocator asks for huge pages for an allocation this size (`hugepages.rs`): a
-//! packet's lookup then costs a cache miss but rarely a TLB miss as well, and the allocation
-//! is resident from the first connections (2 MiB at a time) rather than as it fills.
+//! The agent's allocator backs an allocation this size with huge pages, resident at once
+//! (`hugepages.rs`): a packet's lookup then costs a cache miss but rarely a TLB miss as well,
+//! and the memory is in use from the start rather than as the table fills.
 //!
 //! While it drops the entries that closed, [`ConnectionTable::expire`] may rebuild the map (see
 //! there), which holds two allocations of that size for a moment.

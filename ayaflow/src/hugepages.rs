@@ -14,9 +14,12 @@
 //! memory is too fragmented for one) the kernel keeps 4 KiB pages: the hint changes speed,
 //! never behaviour.
 //!
-//! The cost: a block's memory becomes resident 2 MiB at a time, so a pre-allocated table is
-//! resident in full from its first entries, rather than page by page as it fills (the memory
-//! the configuration reserves is the memory the agent uses, from the start).
+//! The hinted pages are also made resident at once (`MADV_POPULATE_WRITE`, Linux 5.14): a
+//! pre-allocated table is then resident in full from the start, so the memory the
+//! configuration reserves is the memory the agent uses, and the huge pages are cleared when the
+//! table is allocated (at start) rather than on the packet path, one fault at a time (which
+//! measured as doubling the agent's CPU in flow mode at 1,000 flows over a 3-million-packet
+//! run).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -67,12 +70,17 @@ fn hint(p: *mut u8, len: usize) {
 }
 
 /// Asks the kernel to back the 2 MiB-aligned pages inside `[p, p + len)` with transparent huge
-/// pages. Best effort: an error (no THP support, an old kernel) leaves 4 KiB pages.
+/// pages, and makes them resident. Best effort: an error (no THP support, an old kernel) leaves
+/// 4 KiB pages, faulted in as they are first written.
 pub fn advise_huge_pages(p: *mut u8, len: usize) {
     if let Some((start, end)) = aligned_inside(p as usize, len) {
-        // SAFETY: the range lies inside a block this process allocated; MADV_HUGEPAGE changes
-        // neither its contents nor its validity.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        let (addr, len) = (start as *mut libc::c_void, end - start);
+        // SAFETY: the range lies inside a block this process allocated; neither advice changes
+        // its contents or its validity (populating faults in what is not resident yet).
+        unsafe {
+            libc::madvise(addr, len, libc::MADV_HUGEPAGE);
+            libc::madvise(addr, len, libc::MADV_POPULATE_WRITE);
+        }
     }
 }
 

@@ -292,7 +292,7 @@ fn section_kernel(w: &mut String, cmd: &str, k: &crate::kernel::Report) {
          floor any TC program pays, here the test runner's own loop. Raw mode includes the ring-buffer \
          reserve + submit of one 64-byte event (the ring is sized so that no event is dropped); flow \
          mode finding the flow's slot through the flow table's index (a seeded hash, one 4-byte \
-         index position, five 64-bit key compares) and its two atomic adds.\n\nReproduce: `{cmd} -- --sections kernel`\n",
+         index position, five 64-bit key compares) and its one atomic add.\n\nReproduce: `{cmd} -- --sections kernel`\n",
         fmt_n(k.repeat as f64),
         k.runs
     );
@@ -775,11 +775,12 @@ fn analysis(w: &mut String, plan: &Plan, res: &Results) {
              per-CPU counter block; raw mode adds the precise boot-time clock (about 30 ns in this VM) \
              and the ring-buffer reserve/submit of a 64-byte event, flow mode no clock, a seeded \
              multiply-xor hash of the 40-byte key, one index position and one 64-byte slot of the \
-             flow table (five word compares) and two atomic adds. In situ the flow-mode figure is \
-             higher than here: with many flows the slot is a cache and TLB miss (here one flow is \
-             hit again and again); slots are handed out densely, so the flows in use share as few \
-             pages as they can. What would move it: one counter update per packet instead of \
-             several, and in raw mode a smaller event.",
+             flow table (five word compares) and one atomic add (packets and bytes share a word). In \
+             situ the flow-mode figure is higher than here: with many flows the index position and \
+             the slot are cache and TLB misses (here one flow is hit again and again); slots are \
+             handed out densely, so the flows in use share as few pages as they can. What would \
+             move it: a smaller index (a BPF array stores its 4-byte positions in 8 bytes), and in \
+             raw mode a smaller event.",
             r.raw_ns,
             r.flows_ns,
             r.empty_ns,

@@ -515,6 +515,71 @@ fn flow_mode_aggregates_then_falls_back_when_full() {
     );
 }
 
+/// Flow mode: a slot whose packet count reached half its field (2^27 packets without a sweep)
+/// takes no more; the next packet goes to the ring buffer as a fallback, and after a sweep the
+/// slot counts again. Nothing is lost or counted twice.
+#[test]
+fn a_slot_near_full_falls_back_until_swept() {
+    use ayaflow_common::{
+        event::EVENT_FLAG_FLOW_FALLBACK, flow::counts::PACKET_BITS, globals::CAPTURE_MODE_FLOWS,
+    };
+    require_bpf();
+    let opts = LoadOptions {
+        capture_mode: CAPTURE_MODE_FLOWS,
+        flow_map_size: 16,
+        ..LoadOptions::default()
+    };
+    let mut prog = KernelProgram::load(&opts).expect("loading the classifier in flow mode");
+    let mut ring = prog.take_events().unwrap();
+    let counters = prog.take_counters().unwrap();
+    let mut flows = prog.take_flows().unwrap();
+    let fd = prog.program_fd(Direction::Ingress);
+    // Each run: a GSO skb said to hold 65,535 segments (the test runner takes the count as
+    // given, so the frame itself can stay small).
+    let f = eth(
+        ETH_P_IP,
+        &ipv4(6, A4, B4, &[], 0, &tcp(7, 8, 0x10, &[0; 40])),
+    );
+    let ctx = SkBuffCtx::default().gso_segs(65_535).gso_size(1);
+    let segs = 65_535u64;
+    let wire = (f.len() + 65_534 * (14 + 20 + 20)) as u64;
+    let half = 1u64 << (PACKET_BITS - 1);
+    // The smallest number of runs that reaches half: all of them fit, the next one does not.
+    let fitting = half.div_ceil(segs);
+    test_run(fd, &f, Some(&ctx), fitting as u32).expect("test run");
+    assert!(ring.next().is_none(), "no event while the slot has room");
+    assert_eq!(test_run(fd, &f, Some(&ctx), 1).unwrap().retval, PASS);
+    let event = ayaflow::decode::packet_event(&ring.next().expect("a fallback event")).unwrap();
+    assert_eq!(
+        (
+            event.flags,
+            u64::from(event.packets),
+            u64::from(event.bytes)
+        ),
+        (EVENT_FLAG_FLOW_FALLBACK, segs, wire)
+    );
+    assert!(ring.next().is_none());
+
+    let now = ayaflow::ebpf::evict::flow_clock_ns();
+    let deltas = flows.sweep(now);
+    assert_eq!(deltas.len(), 1, "{deltas:?}");
+    assert_eq!(
+        (deltas[0].packets, deltas[0].bytes),
+        (fitting * segs, fitting * wire)
+    );
+    // Swept: the slot counts again.
+    assert_eq!(test_run(fd, &f, Some(&ctx), 1).unwrap().retval, PASS);
+    assert!(ring.next().is_none(), "counted in the slot again");
+    let deltas = flows.sweep(ayaflow::ebpf::evict::flow_clock_ns());
+    assert_eq!((deltas[0].packets, deltas[0].bytes), (segs, wire));
+    let t = counters.read().unwrap();
+    assert_eq!(
+        t.get(Direction::Ingress, Counter::Packets),
+        (fitting + 2) * segs
+    );
+    assert_eq!(t.get(Direction::Ingress, Counter::FlowFallbacks), 1);
+}
+
 /// Flow mode with thousands of connections: every one is reported once, nothing twice, and a
 /// later packet shows up as exactly one delta.
 #[test]

@@ -3,8 +3,8 @@
 //!
 //! The table (see `ayaflow_common::flow::FlowSlot`) is BPF arrays that this module maps into
 //! the agent's memory (`BPF_F_MMAPABLE`), so a sweep is a walk over memory, without a system
-//! call. The kernel adds to a slot's sums with atomic adds; a sweep takes them with atomic
-//! exchanges (`swap(0)`), so what it reads is exactly what was added since the previous sweep:
+//! call. The kernel adds to a slot's sums (one word, `ayaflow_common::flow::counts`) with an
+//! atomic add; a sweep takes them with an atomic exchange (`swap(0)`), so what it reads is exactly what was added since the previous sweep:
 //! no copy of the previous totals is kept, and no packet is lost or counted twice.
 //!
 //! A slot's `state` says who may do what (see `ayaflow_common::flow`):
@@ -31,7 +31,7 @@ use std::{
 use aya::maps::Map;
 use ayaflow_common::flow::{
     Direction, FlowKey, FlowSlot, INDEX_EMPTY, SLOT_DRAINING, SLOT_EMPTY, SLOT_LIVE, SlotClaim,
-    free_stack,
+    counts, free_stack,
 };
 
 use crate::flow::FiveTuple;
@@ -400,22 +400,19 @@ impl SlotRef {
     }
 
     /// Takes the sums added since the last take, with what the slot says about its connection
-    /// (times are left at zero for the caller); `None` if nothing was added. Bytes are taken
-    /// before packets: the kernel adds packets first, so a packet is never reported after its
-    /// bytes.
+    /// (times are left at zero for the caller); `None` if nothing was added. One exchange takes
+    /// both sums (`ayaflow_common::flow::counts`), so they always agree.
     fn take(&self) -> Option<FlowDelta> {
         // SAFETY: fields of this slot; the key does not change while the slot is live or
         // draining; flags and ICMP bytes are read as one atomic word.
         unsafe {
-            let bytes = self
-                .u64_at(&raw mut (*self.0).bytes)
+            let word = self
+                .u64_at(&raw mut (*self.0).counts)
                 .swap(0, Ordering::AcqRel);
-            let packets = self
-                .u64_at(&raw mut (*self.0).packets)
-                .swap(0, Ordering::AcqRel);
-            if packets == 0 && bytes == 0 {
+            if word == 0 {
                 return None;
             }
+            let (packets, bytes) = counts::split(word);
             let key: FlowKey = std::ptr::read_volatile(&raw const (*self.0).key);
             let extras = AtomicU32::from_ptr((&raw mut (*self.0).tcp_flags).cast::<u32>())
                 .load(Ordering::Relaxed);
