@@ -487,7 +487,9 @@ impl Store {
         conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(|e| StoreError::sqlite(&path, "setting cache_size", e))?;
         schema::migrate(&mut conn, &path)?;
-        Store::finish(conn, path)
+        // Only the writer needs the keys' ids.
+        let tuples = TupleIds::load(&conn, &path);
+        Store::finish(conn, path, tuples)
     }
 
     /// Opens an existing database for reading only (API readers). WAL lets it read while the
@@ -519,14 +521,14 @@ impl Store {
                 expected: schema::SCHEMA_VERSION,
             });
         }
-        Store::finish(conn, path)
+        // A reader (one per history request) inserts nothing: no map of keys to read.
+        Store::finish(conn, path, TupleIds::default())
     }
 
-    fn finish(conn: Connection, path: PathBuf) -> Result<Store, StoreError> {
+    fn finish(conn: Connection, path: PathBuf, tuples: TupleIds) -> Result<Store, StoreError> {
         let default_max_pages = conn
             .pragma_query_value(None, "max_page_count", |r| r.get(0))
             .map_err(|e| StoreError::sqlite(&path, "reading max_page_count", e))?;
-        let tuples = TupleIds::load(&conn, &path);
         Ok(Store {
             file_id: FileId::of(&path),
             conn,
@@ -2031,6 +2033,11 @@ mod tests {
             store.insert_packets(&first).expect("insert");
             assert_eq!(tuple_rows(&store), 1_000);
         }
+        let reader = Store::open_read_only(&path).expect("open for reading");
+        assert!(
+            reader.tuples.ids.is_empty(),
+            "a reader does not read the keys"
+        );
         let mut store = Store::open(&path).expect("reopen");
         assert!(store.tuples.complete);
         assert_eq!(store.tuples.ids.len(), 1_000, "every key read at open");
