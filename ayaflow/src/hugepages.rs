@@ -95,38 +95,50 @@ fn aligned_inside(p: usize, len: usize) -> Option<(usize, usize)> {
 mod tests {
     use super::*;
 
-    /// The hinted range of a block, as `/proc/self/smaps` shows it: the VMA holding `p` has
-    /// the `hg` (VM_HUGEPAGE) flag.
-    fn vma_flags(p: usize) -> String {
+    /// The resident KiB and the flags of the mapping holding `p`, as `/proc/self/smaps` shows
+    /// them (a hinted range is a mapping of its own, flagged `hg`: VM_HUGEPAGE).
+    fn mapping(p: usize) -> (u64, String) {
         let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read /proc/self/smaps");
-        let mut inside = false;
+        let (mut inside, mut rss) = (false, 0);
         for line in smaps.lines() {
             if let Some((range, _)) = line.split_once(' ')
                 && let Some((a, b)) = range.split_once('-')
                 && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
             {
                 inside = (a..b).contains(&p);
+            } else if inside && let Some(kib) = line.strip_prefix("Rss:") {
+                rss = kib
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .parse()
+                    .expect("Rss in kB");
             } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
-                return flags.trim().to_owned();
+                return (rss, flags.trim().to_owned());
             }
         }
         panic!("no mapping holds {p:#x}");
     }
 
     #[test]
-    fn a_large_block_is_marked_for_huge_pages() {
+    fn a_large_block_is_marked_for_huge_pages_and_resident_at_once() {
         let a = HugePageHint;
         let big = Layout::from_size_align(16 << 20, 8).unwrap();
         // SAFETY: a non-zero layout, freed below with the same layout.
         let p = unsafe { a.alloc(big) };
         assert!(!p.is_null());
-        let (start, _) = aligned_inside(p as usize, big.size()).expect("16 MiB hold a huge page");
-        let flags = vma_flags(start);
+        let (start, end) = aligned_inside(p as usize, big.size()).expect("16 MiB hold huge pages");
+        // Nothing of the block was written: what is resident, the populate made so.
+        let (rss_kib, flags) = mapping(start);
         // SAFETY: allocated above with this layout.
         unsafe { a.dealloc(p, big) };
         assert!(
             flags.split(' ').any(|f| f == "hg"),
             "VmFlags of a 16 MiB block: {flags}"
+        );
+        assert!(
+            rss_kib >= ((end - start) >> 10) as u64,
+            "{rss_kib} KiB resident of the {} KiB hinted",
+            (end - start) >> 10
         );
     }
 

@@ -4,8 +4,9 @@
 //! The table (see `ayaflow_common::flow::FlowSlot`) is BPF arrays that this module maps into
 //! the agent's memory (`BPF_F_MMAPABLE`), so a sweep is a walk over memory, without a system
 //! call. The kernel adds to a slot's sums (one word, `ayaflow_common::flow::counts`) with an
-//! atomic add; a sweep takes them with an atomic exchange (`swap(0)`), so what it reads is exactly what was added since the previous sweep:
-//! no copy of the previous totals is kept, and no packet is lost or counted twice.
+//! atomic add; a sweep takes them with an atomic exchange (`swap(0)`), so what it reads is
+//! exactly what was added since the previous sweep: no copy of the previous totals is kept,
+//! and no packet is lost or counted twice.
 //!
 //! A slot's `state` says who may do what (see `ayaflow_common::flow`):
 //! - `EMPTY` -> `LIVE`: the kernel program, for a connection's first packet, with a slot it
