@@ -88,18 +88,18 @@ pub const INDEX_POSITIONS_PER_SLOT: u32 = 2;
 /// of a known connection writes.
 ///
 /// The table is two-level. A hash of the key picks a position of `FLOW_INDEX` (a 4-byte value,
-/// which the BPF array stores in 8 bytes),
-/// which holds the number of the connection's slot; slots are handed out densely from a free
-/// stack, so the slots in use stay packed together. Measured (BENCHMARKS.md): with 100,000
-/// connections a packet's slot was a cache and TLB miss in a sparse table of 80-byte slots;
-/// the index is small enough to stay cached and the dense slots touch far fewer pages.
+/// which the BPF array stores in 8 bytes), which holds the number of the connection's slot;
+/// slots are handed out densely from a free stack, so the slots in use stay packed together.
+/// Measured (BENCHMARKS.md): with 100,000 connections a packet's slot was a cache and TLB miss
+/// in a sparse table of 80-byte slots; the dense slots touch far fewer pages, and the index
+/// position, now the larger miss (perf in the capture bench), is a small part of a cache line.
 ///
 /// The slots are a BPF array that the agent maps into its memory (`BPF_F_MMAPABLE`). The
 /// kernel adds a packet to its slot's [`counts`] word with one atomic add; the agent takes the
 /// sums with an atomic exchange (`swap(0)`), so no packet is lost or counted twice between the
-/// two sides, and the agent reads the table without a system call. Ownership of a slot moves with `state` (see the `SLOT_*` constants):
-/// the kernel fills a slot it popped from the free stack and makes it live, the agent drains
-/// idle ones and pushes them back.
+/// two sides, and the agent reads the table without a system call. Ownership of a slot moves
+/// with `state` (see the `SLOT_*` constants): the kernel fills a slot it popped from the free
+/// stack and makes it live, the agent drains idle ones and pushes them back.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot {
@@ -171,9 +171,10 @@ pub mod free_stack {
 /// Neither field may overflow into the other. The kernel adds only while both are below half
 /// their range ([`counts::has_room`]) and otherwise sends the packet to the ring buffer,
 /// counted as a fallback, until the agent's next sweep empties the word. The half left holds
-/// what 2,048 CPUs add if each passes the check at the same instant with the largest skb (65,535
-/// segments, 512 KiB with BIG TCP). Reaching half takes 2^27 packets or 32 GiB of one direction of one
-/// connection between two sweeps (a second apart): only an agent that stopped sweeping.
+/// what 2,048 CPUs add if each passes the check at the same instant with the largest skb
+/// (65,535 segments, 512 KiB with BIG TCP). Reaching half takes 2^27 packets or 32 GiB of one
+/// direction of one connection between two sweeps (a second apart): in practice only an agent
+/// that stopped sweeping.
 pub mod counts {
     /// Bits of the packet count, at the top of the word.
     pub const PACKET_BITS: u32 = 28;
@@ -181,7 +182,7 @@ pub mod counts {
     pub const BYTE_BITS: u32 = 64 - PACKET_BITS;
     const BYTE_MASK: u64 = (1 << BYTE_BITS) - 1;
 
-    /// The word that adds `packets` and `bytes`.
+    /// The word that adds `packets` (an skb's segments: below 2^16) and `bytes`.
     #[inline(always)]
     pub fn pack(packets: u32, bytes: u32) -> u64 {
         ((packets as u64) << BYTE_BITS) | bytes as u64

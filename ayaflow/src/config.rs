@@ -42,7 +42,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 /// ([`crate::connections::ConnectionTable::new`]), so a typo such as an extra zero must not
 /// become an allocation failure: 2^24 entries already take about 3.3 GiB.
 pub const MAX_MAX_CONNECTIONS: usize = 1 << 24;
-/// Default number of slots of the kernel flow table (6.5 MiB with its index, claims and free stack).
+/// Default number of slots of the kernel flow table: 6.5 MiB with its index, claims and free
+/// stack.
 pub const DEFAULT_FLOW_MAP_SIZE: u32 = 65_536;
 /// Largest accepted `flow_map_size`: 2^24 slots of 104 B already take 1.6 GiB of kernel memory:
 /// per slot 64 B of slot, 16 of claim, and two index positions and a free-stack entry of 8 B
