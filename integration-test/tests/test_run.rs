@@ -437,19 +437,24 @@ fn sweep_until_empty(flows: &mut ayaflow::ebpf::evict::FlowSweeper) -> Vec<FlowD
     all
 }
 
+/// The classifier loaded in flow mode with a flow table of `flow_map_size` slots.
+fn load_flow_mode(flow_map_size: u32) -> KernelProgram {
+    require_bpf();
+    let opts = LoadOptions {
+        capture_mode: ayaflow_common::globals::CAPTURE_MODE_FLOWS,
+        flow_map_size,
+        ..LoadOptions::default()
+    };
+    KernelProgram::load(&opts).expect("loading the classifier in flow mode")
+}
+
 /// Flow mode: packets of one connection accumulate in `FLOWS` (no event), a second connection
 /// that does not fit in a full table falls back to an event flagged as such, and both are
 /// counted. Once the first connection is idle its slot is freed, and the second one gets it.
 #[test]
 fn flow_mode_aggregates_then_falls_back_when_full() {
-    use ayaflow_common::{event::EVENT_FLAG_FLOW_FALLBACK, globals::CAPTURE_MODE_FLOWS};
-    require_bpf();
-    let opts = LoadOptions {
-        capture_mode: CAPTURE_MODE_FLOWS,
-        flow_map_size: 1,
-        ..LoadOptions::default()
-    };
-    let mut prog = KernelProgram::load(&opts).expect("loading the classifier in flow mode");
+    use ayaflow_common::event::EVENT_FLAG_FLOW_FALLBACK;
+    let mut prog = load_flow_mode(1);
     let mut ring = prog.take_events().unwrap();
     let counters = prog.take_counters().unwrap();
     let mut flows = prog.take_flows().unwrap();
@@ -520,16 +525,8 @@ fn flow_mode_aggregates_then_falls_back_when_full() {
 /// slot counts again. Nothing is lost or counted twice.
 #[test]
 fn a_slot_near_full_falls_back_until_swept() {
-    use ayaflow_common::{
-        event::EVENT_FLAG_FLOW_FALLBACK, flow::counts::PACKET_BITS, globals::CAPTURE_MODE_FLOWS,
-    };
-    require_bpf();
-    let opts = LoadOptions {
-        capture_mode: CAPTURE_MODE_FLOWS,
-        flow_map_size: 16,
-        ..LoadOptions::default()
-    };
-    let mut prog = KernelProgram::load(&opts).expect("loading the classifier in flow mode");
+    use ayaflow_common::{event::EVENT_FLAG_FLOW_FALLBACK, flow::counts::PACKET_BITS};
+    let mut prog = load_flow_mode(16);
     let mut ring = prog.take_events().unwrap();
     let counters = prog.take_counters().unwrap();
     let mut flows = prog.take_flows().unwrap();
@@ -584,15 +581,8 @@ fn a_slot_near_full_falls_back_until_swept() {
 /// later packet shows up as exactly one delta.
 #[test]
 fn flow_sweep_reports_every_connection_once() {
-    use ayaflow_common::globals::CAPTURE_MODE_FLOWS;
-    require_bpf();
     const FLOWS: u16 = 5000;
-    let opts = LoadOptions {
-        capture_mode: CAPTURE_MODE_FLOWS,
-        flow_map_size: 16384,
-        ..LoadOptions::default()
-    };
-    let mut prog = KernelProgram::load(&opts).unwrap();
+    let mut prog = load_flow_mode(16384);
     let mut sweeper = prog.take_flows().unwrap();
     let counters = prog.take_counters().unwrap();
     let fd = prog.program_fd(Direction::Ingress);
@@ -640,15 +630,8 @@ fn flow_sweep_reports_every_connection_once() {
 /// packed run of slots, a few pages of a large table rather than one page each.
 #[test]
 fn flow_slots_in_use_stay_packed_through_churn() {
-    use ayaflow_common::globals::CAPTURE_MODE_FLOWS;
-    require_bpf();
     const AT_ONCE: u16 = 200;
-    let opts = LoadOptions {
-        capture_mode: CAPTURE_MODE_FLOWS,
-        flow_map_size: 65536,
-        ..LoadOptions::default()
-    };
-    let mut prog = KernelProgram::load(&opts).unwrap();
+    let mut prog = load_flow_mode(65536);
     let mut sweeper = prog.take_flows().unwrap();
     let counters = prog.take_counters().unwrap();
     let fd = prog.program_fd(Direction::Ingress);
@@ -690,16 +673,9 @@ fn flow_slots_in_use_stay_packed_through_churn() {
 /// packets the program saw, none lost between a read and a free, none counted twice.
 #[test]
 fn flow_sweeps_racing_the_kernel_lose_nothing() {
-    use ayaflow_common::globals::CAPTURE_MODE_FLOWS;
-    require_bpf();
     const CALLS: u32 = 200;
     const REPEAT: u32 = 50_000;
-    let opts = LoadOptions {
-        capture_mode: CAPTURE_MODE_FLOWS,
-        flow_map_size: 64,
-        ..LoadOptions::default()
-    };
-    let mut prog = KernelProgram::load(&opts).unwrap();
+    let mut prog = load_flow_mode(64);
     let mut sweeper = prog.take_flows().unwrap();
     let counters = prog.take_counters().unwrap();
     let fd = prog.program_fd(Direction::Ingress);

@@ -156,10 +156,6 @@ const PROBE_ROWS: i64 = 1024;
 /// starts over, and keys are looked up in `tuples` again as they come.
 const MAX_CACHED_TUPLES: usize = 1 << 18;
 
-/// New `tuples` rows per insert statement (7 values each, well under SQLite's limit of 32,766
-/// parameters).
-const TUPLES_PER_INSERT: usize = 256;
-
 /// Retention sweeps `tuples` for keys no row points at once this many keys were created since
 /// the last sweep (or as many as the sweep left, if more), so the sweep's full read of the
 /// indexes is paid at most once per doubling of the table.
@@ -1203,9 +1199,9 @@ fn key_conditions(q: &HistoryQuery, prefix: &str, first: usize) -> Option<(Strin
 
 /// The id the next row of `table` gets: ids are assigned by the writer so that `bucket` can be
 /// filled in (`bucket = id >> BUCKET_SHIFT`). Read under the write lock.
-/// Appends `rows` to `table` with ids from the next free one: [`ROWS_PER_INSERT`] rows per
-/// statement, then the remainder one by one. `columns` are the columns after `id` and how many
-/// values a row binds; `bind` binds one row at a parameter offset given its id and tuple id.
+/// Appends `rows` to `table` with ids from the next free one. `columns` are the columns after
+/// `id` and how many values a row binds; `bind` binds one row at a parameter offset given its id
+/// and tuple id.
 fn insert_rows<T>(
     conn: &Connection,
     table: &str,
@@ -1218,20 +1214,35 @@ fn insert_rows<T>(
         return Ok(());
     }
     let mut next = next_id(conn, table)?;
+    insert_many(conn, table, (columns, values), rows, |stmt, at, row| {
+        bind(stmt, at, next, tuple_id(row)?, row)?;
+        next += 1;
+        Ok(())
+    })
+}
+
+/// Inserts `rows` into `table`: [`ROWS_PER_INSERT`] rows per statement, then the remainder one
+/// by one. `columns` are the columns after `id` and how many values a row binds (its id
+/// included); `bind` binds one row, its id first, at a parameter offset.
+fn insert_many<T>(
+    conn: &Connection,
+    table: &str,
+    (columns, values): (&str, usize),
+    rows: &[T],
+    mut bind: impl FnMut(&mut Statement<'_>, usize, &T) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
     let mut many = conn.prepare_cached(&insert_sql(table, columns, values, ROWS_PER_INSERT))?;
     let mut one = conn.prepare_cached(&insert_sql(table, columns, values, 1))?;
     let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
     for chunk in &mut chunks {
         for (i, row) in chunk.iter().enumerate() {
-            bind(&mut many, i * values, next, tuple_id(row)?, row)?;
-            next += 1;
+            bind(&mut many, i * values, row)?;
         }
         many.raw_execute()?;
     }
     for row in chunks.remainder() {
-        bind(&mut one, 0, next, tuple_id(row)?, row)?;
+        bind(&mut one, 0, row)?;
         one.raw_execute()?;
-        next += 1;
     }
     Ok(())
 }
@@ -1267,7 +1278,7 @@ fn tuple_row_id(conn: &Connection, key: &TupleKey) -> rusqlite::Result<i64> {
 }
 
 /// Inserts new `tuples` rows with the ids given, in key order (which keeps the unique index's
-/// inserts local), [`TUPLES_PER_INSERT`] rows per statement.
+/// inserts local).
 fn insert_tuples(conn: &Connection, keys: &[(TupleKey, i64)]) -> rusqlite::Result<()> {
     if keys.is_empty() {
         return Ok(());
@@ -1287,31 +1298,16 @@ fn insert_tuples(conn: &Connection, keys: &[(TupleKey, i64)]) -> rusqlite::Resul
         })
         .collect();
     rows.sort_unstable();
-    let columns = "src, dst, src_port, dst_port, proto, direction";
-    let mut many = conn.prepare_cached(&insert_sql("tuples", columns, 7, TUPLES_PER_INSERT))?;
-    let mut one = conn.prepare_cached(&insert_sql("tuples", columns, 7, 1))?;
-    let bind =
-        |stmt: &mut Statement<'_>, at: usize, r: &(String, String, u16, u16, String, &str, i64)| {
-            stmt.raw_bind_parameter(at + 1, r.6)?;
-            stmt.raw_bind_parameter(at + 2, &r.0)?;
-            stmt.raw_bind_parameter(at + 3, &r.1)?;
-            stmt.raw_bind_parameter(at + 4, r.2)?;
-            stmt.raw_bind_parameter(at + 5, r.3)?;
-            stmt.raw_bind_parameter(at + 6, &r.4)?;
-            stmt.raw_bind_parameter(at + 7, r.5)
-        };
-    let mut chunks = rows.chunks_exact(TUPLES_PER_INSERT);
-    for chunk in &mut chunks {
-        for (i, r) in chunk.iter().enumerate() {
-            bind(&mut many, i * 7, r)?;
-        }
-        many.raw_execute()?;
-    }
-    for r in chunks.remainder() {
-        bind(&mut one, 0, r)?;
-        one.raw_execute()?;
-    }
-    Ok(())
+    let columns = ("src, dst, src_port, dst_port, proto, direction", 7);
+    insert_many(conn, "tuples", columns, &rows, |stmt, at, r| {
+        stmt.raw_bind_parameter(at + 1, r.6)?;
+        stmt.raw_bind_parameter(at + 2, &r.0)?;
+        stmt.raw_bind_parameter(at + 3, &r.1)?;
+        stmt.raw_bind_parameter(at + 4, r.2)?;
+        stmt.raw_bind_parameter(at + 5, r.3)?;
+        stmt.raw_bind_parameter(at + 6, &r.4)?;
+        stmt.raw_bind_parameter(at + 7, r.5)
+    })
 }
 
 impl TupleIds {
