@@ -190,8 +190,8 @@ async fn tick(pipeline: Pipeline, shutdown: Shutdown) {
     }
 }
 
-/// Flow mode: sweeps the kernel map every `SWEEP_INTERVAL` on the blocking pool (a sweep is
-/// one syscall per entry), and once more at shutdown with every entry treated as idle, so the
+/// Flow mode: sweeps the kernel map every `SWEEP_INTERVAL` on the blocking pool (a sweep walks
+/// every slot in use and updates the table and windows of each), and once more at shutdown with every entry treated as idle, so the
 /// kernel's last counts reach the table and the windows before they are flushed.
 fn spawn_sweeper(
     sweeper: FlowSweeper,
@@ -215,7 +215,8 @@ fn spawn_sweeper(
             } else {
                 ebpf::evict::flow_clock_ns()
             };
-            let swept = tokio::task::spawn_blocking(move || p.deltas(&lock(&s).sweep(now))).await;
+            let swept =
+                tokio::task::spawn_blocking(move || p.deltas(lock(&s).sweep_in_place(now))).await;
             if let Err(e) = swept {
                 tracing::error!("flow sweep failed: {e}");
             }

@@ -91,13 +91,13 @@ impl Pipeline {
     }
 
     /// Flow mode: applies one sweep's deltas to the table and the current windows.
-    pub fn deltas(&self, deltas: &[FlowDelta]) {
-        if deltas.is_empty() {
+    pub fn deltas<'a>(&self, deltas: impl Iterator<Item = &'a FlowDelta> + Clone) {
+        if deltas.clone().next().is_none() {
             return;
         }
         {
             let mut table = lock(&self.table);
-            for d in deltas {
+            for d in deltas.clone() {
                 table.record_delta(
                     d.tuple,
                     d.direction,

@@ -18,6 +18,7 @@
 mod capture;
 mod http;
 mod kernel;
+mod memlat;
 mod netns;
 mod observer;
 mod pathcost;
@@ -205,6 +206,9 @@ pub struct Results {
     #[serde(default)]
     pub rerendered_by: Option<String>,
     pub kernel: Option<kernel::Report>,
+    /// Section 1's random-access cost by table size.
+    #[serde(default)]
+    pub memory_access: Vec<memlat::Row>,
     /// Set when section 1 was measured again apart from the rest: on which commit, and why.
     #[serde(default)]
     pub kernel_rerun: Option<String>,
@@ -325,6 +329,11 @@ fn run(args: &Args) -> Result<()> {
             plan.repeat, plan.kernel_runs
         );
         res.kernel = Some(kernel::run(plan.repeat, plan.kernel_runs)?);
+        eprintln!("bench: section 1, random loads by table size");
+        res.memory_access = memlat::run(
+            if args.quick { 200_000 } else { 4_000_000 },
+            plan.kernel_runs,
+        )?;
     }
     interrupted()?;
     if want("capture") || want("storage") || want("api") {
