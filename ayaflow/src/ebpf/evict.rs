@@ -14,8 +14,9 @@
 //! - `LIVE` -> `DRAINING`: a sweep, once no packet was added for [`IDLE_AFTER`]. The kernel
 //!   program no longer matches a draining slot (a new packet of that connection gets a new
 //!   slot), but a program that matched it just before may still be adding.
-//! - `DRAINING` -> `EMPTY`: a later sweep, at least [`DRAIN_GRACE`] after, long past any program
-//!   run: it takes what was added meanwhile, empties the slot's index position, clears the key,
+//! - `DRAINING` -> `EMPTY`: a later sweep, at least [`DRAIN_GRACE`] after and once an RCU grace
+//!   period has passed (every program run that may have matched the slot has ended): it takes
+//!   what was added meanwhile, empties the slot's index position, clears the key,
 //!   and pushes the slot back onto the free stack.
 //!
 //! The kernel reads no clock per packet, so a delta's last-seen time is the sweep that took it
@@ -41,8 +42,10 @@ use crate::flow::FiveTuple;
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// A slot to which no packet was added for this long is drained and freed.
 pub const IDLE_AFTER: Duration = Duration::from_secs(2);
-/// How long a draining slot waits before it is freed: far longer than any run of the kernel
-/// program (microseconds), which may have matched the slot just before it was drained.
+/// How long a draining slot waits before it is freed, at least: far longer than a run of the
+/// kernel program (microseconds), which may have matched the slot just before it was drained.
+/// The sweep also waits for an RCU grace period (`wait_for_program_runs`), which covers a run
+/// delayed past this.
 pub const DRAIN_GRACE: Duration = Duration::from_millis(100);
 
 /// CLOCK_MONOTONIC now: the clock of the flow table's first-seen times (the kernel reads it
@@ -175,6 +178,8 @@ pub struct FlowSweeper {
     /// fresh allocation would have the kernel zero again every second (measured: a tenth of
     /// the agent's CPU in flow mode).
     slots: Vec<usize>,
+    /// Draining slots past their grace, freed at the end of a sweep.
+    drained: Vec<usize>,
     fresh: Vec<FlowDelta>,
     known: Vec<FlowDelta>,
 }
@@ -210,6 +215,7 @@ impl FlowSweeper {
             used,
             clock_to_unix_ns,
             slots: Vec::new(),
+            drained: Vec::new(),
             fresh: Vec::new(),
             known: Vec::new(),
         })
@@ -243,6 +249,8 @@ impl FlowSweeper {
         known.clear();
         let mut slots = std::mem::take(&mut self.slots);
         self.used_slots(&mut slots);
+        let mut drained = std::mem::take(&mut self.drained);
+        drained.clear();
         for &i in &slots {
             // SAFETY: `i` is a slot of the mapping; fields the kernel changes are accessed
             // atomically, the others only while the state forbids the kernel to change them (a
@@ -292,22 +300,38 @@ impl FlowSweeper {
                             continue;
                         }
                     };
-                    if clock.saturating_sub(since) < grace {
-                        continue;
+                    if clock.saturating_sub(since) >= grace {
+                        drained.push(i);
                     }
-                    // Late additions: from programs that matched the slot just before it
-                    // was drained.
-                    if let Some(mut d) = s.take() {
-                        d.first_seen_unix_ns = first_seen_ns() + self.clock_to_unix_ns;
-                        d.last_seen_unix_ns = last_seen_unix_ns.max(d.first_seen_unix_ns);
-                        known.push(d);
-                    }
-                    self.free_slot(i, &s);
                 }
                 // Empty, or being claimed by the kernel right now (the next sweep reads it).
                 _ => {}
             }
         }
+        if !drained.is_empty() {
+            // Every program run that saw one of these slots live has ended once an RCU grace
+            // period has passed (programs run inside RCU read-side sections): only then are
+            // their additions all in and the slot safe to free. The time grace alone was not
+            // enough: a run delayed past it (a preempted BPF_PROG_TEST_RUN, a descheduled
+            // vCPU) added to a slot already freed, and its packet was lost.
+            wait_for_program_runs();
+        }
+        for &i in &drained {
+            // SAFETY: as above.
+            let s = unsafe { SlotRef::new(self.table.at(i)) };
+            // Late additions: from programs that matched the slot just before it was drained.
+            if let Some(mut d) = s.take() {
+                // SAFETY: written by the kernel before the slot went live.
+                let first = unsafe {
+                    std::ptr::read_volatile(&raw const (*self.claims.at(i)).first_seen_ns)
+                };
+                d.first_seen_unix_ns = first + self.clock_to_unix_ns;
+                d.last_seen_unix_ns = last_seen_unix_ns.max(d.first_seen_unix_ns);
+                known.push(d);
+            }
+            self.free_slot(i, &s);
+        }
+        self.drained = drained;
         fresh.sort_by_key(|d| d.first_seen_unix_ns);
         self.slots = slots;
         self.fresh = fresh;
@@ -399,6 +423,28 @@ impl FlowSweeper {
     /// Slots in the table.
     pub fn capacity(&self) -> usize {
         self.table.len
+    }
+}
+
+/// Waits until every BPF program run that started before the call has ended: an RCU grace
+/// period, through `membarrier(MEMBARRIER_CMD_GLOBAL)` (which calls `synchronize_rcu`; kernel
+/// 4.3 and later). Where that is refused (a kernel with `nohz_full`, a seccomp profile without
+/// `membarrier`), slots are freed after [`DRAIN_GRACE`] alone, which a program run delayed
+/// longer than that can miss; this is logged once.
+fn wait_for_program_runs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    // SAFETY: a syscall with integer arguments only.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "membarrier(MEMBARRIER_CMD_GLOBAL) failed ({e}): flow-table slots are freed \
+                 after a {DRAIN_GRACE:?} grace instead of an RCU grace period; allow the \
+                 membarrier syscall (seccomp) so that no late addition can be missed"
+            )
+        });
     }
 }
 
