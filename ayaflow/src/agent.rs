@@ -191,8 +191,9 @@ async fn tick(pipeline: Pipeline, shutdown: Shutdown) {
 }
 
 /// Flow mode: sweeps the kernel map every `SWEEP_INTERVAL` on the blocking pool (a sweep walks
-/// every slot in use and updates the table and windows of each), and once more at shutdown with every entry treated as idle, so the
-/// kernel's last counts reach the table and the windows before they are flushed.
+/// every slot in use and updates the table and windows of each), and once more at shutdown
+/// with every entry treated as idle, so the kernel's last counts reach the table and the
+/// windows before they are flushed.
 fn spawn_sweeper(
     sweeper: FlowSweeper,
     pipeline: Pipeline,
