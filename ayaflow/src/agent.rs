@@ -28,7 +28,9 @@ use crate::{
         evict::{self, FlowSweeper},
     },
     metrics::{Family, MetricsSource, Readings, agent_families},
-    pipeline::{Pipeline, PipelineStats, lock, now_unix_ns},
+    clock::unix_now_ns,
+    pipeline::{Pipeline, PipelineStats},
+    sync::lock,
     shutdown::{Shutdown, signal_received},
     storage::{Storage, StorageConfig, StorageStats},
     store::HistoryKind,
@@ -184,7 +186,7 @@ async fn tick(pipeline: Pipeline, shutdown: Shutdown) {
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = interval.tick() => pipeline.tick(now_unix_ns()),
+            _ = interval.tick() => pipeline.tick(unix_now_ns()),
             () = &mut stop => return,
         }
     }

@@ -19,7 +19,7 @@ use crate::flow::{Direction, FiveTuple, WireHashMap};
 /// The open entries of one window.
 type WindowSums = WireHashMap<(FiveTuple, Direction), Sums>;
 
-const NANOS_PER_SEC: u64 = 1_000_000_000;
+use crate::clock::NANOS_PER_SEC;
 
 /// One aggregated row: the totals of one five-tuple in one direction over one window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

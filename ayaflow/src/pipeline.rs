@@ -11,6 +11,7 @@ use std::sync::{
 };
 
 use crate::{
+    sync::lock,
     aggregate::Aggregator,
     connections::ConnectionTable,
     ebpf::{evict::FlowDelta, ring::PacketSink},
@@ -134,16 +135,3 @@ impl Pipeline {
     }
 }
 
-/// Locks `m`, recovering the data if a thread panicked while holding it (the table and the
-/// aggregator stay consistent between single updates, so their data is still usable).
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Unix time now, in nanoseconds.
-pub fn now_unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}

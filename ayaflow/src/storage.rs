@@ -55,11 +55,12 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use crate::{
     aggregate::WindowRow,
+    clock::unix_now_ns,
     flow::Packet,
     store::{ErrorKind, Store, StoreError},
 };
@@ -292,7 +293,7 @@ impl Shared {
     /// Locks the queue. A panic while holding the lock cannot leave the queue half-updated
     /// (every change is a single push, drain or flag store), so a poisoned lock is still usable.
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.queue)
     }
 
     fn max_db_bytes(&self) -> Option<u64> {
@@ -848,13 +849,6 @@ impl Writer {
         }
         self.close_store();
     }
-}
-
-fn unix_now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Allows one log line per period on a single thread, counting the ones it suppressed.

@@ -94,7 +94,7 @@ pub fn write_history(db: &Path, rows: u64) -> Result<StoreResult> {
         let _ = std::fs::remove_file(db.with_extension(ext));
     }
     let mut store = Store::open(db).context("opening the history database")?;
-    let now = ayaflow::pipeline::now_unix_ns();
+    let now = ayaflow::clock::unix_now_ns();
     let tenth = (rows / 10).max(1);
     let start = Instant::now();
     // (rows so far, seconds so far) after each transaction.
@@ -318,7 +318,7 @@ pub fn history(
     wrk_secs: u32,
 ) -> Result<Vec<WrkResult>> {
     let agent = Running::start_agent(pair, dir, agent_bin, db)?;
-    let now_s = ayaflow::pipeline::now_unix_ns() / 1_000_000_000;
+    let now_s = ayaflow::clock::unix_now_ns() / 1_000_000_000;
     let from = now_s - HISTORY_SPAN_S / 2;
     let to = from + 600;
     let queries = [

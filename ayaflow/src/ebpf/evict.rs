@@ -51,7 +51,7 @@ pub const DRAIN_GRACE: Duration = Duration::from_millis(100);
 /// CLOCK_MONOTONIC now: the clock of the flow table's first-seen times (the kernel reads it
 /// with `bpf_ktime_get_ns`) and of the sweeps.
 pub fn flow_clock_ns() -> u64 {
-    super::ring::clock_ns(libc::CLOCK_MONOTONIC)
+    crate::clock::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// What one connection direction added since the previous sweep.
@@ -204,7 +204,7 @@ impl FlowSweeper {
             )));
         }
         let clock_to_unix_ns =
-            super::ring::clock_ns(libc::CLOCK_REALTIME).saturating_sub(flow_clock_ns());
+            crate::clock::clock_ns(libc::CLOCK_REALTIME).saturating_sub(flow_clock_ns());
         Ok(FlowSweeper {
             seen: vec![Seen::New; n],
             table,

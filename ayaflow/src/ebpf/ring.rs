@@ -7,21 +7,11 @@
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::{decode, flow::Packet};
+use crate::{clock::clock_ns, decode, flow::Packet};
 
 /// Packets handed to the sink at once: large enough to amortise locking downstream, small
 /// enough to keep latency to the live view low.
 pub const BATCH: usize = 4096;
-
-pub(crate) fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// CLOCK_BOOTTIME now, the kernel program's clock (`bpf_ktime_get_boot_ns`).
 pub fn boot_time_ns() -> u64 {

@@ -122,7 +122,7 @@ pub const MAX_HISTORY_LIMIT: u32 = 10_000;
 /// does not leave a large `-wal` file behind for ever.
 const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
-const NANOS_PER_SEC: u64 = 1_000_000_000;
+use crate::clock::NANOS_PER_SEC;
 
 /// Rows per multi-row `INSERT` statement: one statement step instead of many amortises
 /// SQLite's per-statement work (binding stays per value). The rest of a batch goes row by row.
