@@ -11,15 +11,15 @@
 //! Most distributions set `transparent_hugepage/enabled` to `madvise`, so a process gets huge
 //! pages only where it asks with `madvise(MADV_HUGEPAGE)`; this asks for every block of at
 //! least [`HINT_FROM_BYTES`], on the 2 MiB-aligned part of it. Where huge pages are off (or
-//! memory is too fragmented for one) the kernel keeps 4 KiB pages: the hint changes speed,
-//! never behaviour.
+//! memory is too fragmented for one) the kernel keeps 4 KiB pages: the page size changes speed
+//! only, never what the agent computes.
 //!
-//! The hinted pages are also made resident at once (`MADV_POPULATE_WRITE`, Linux 5.14): a
-//! pre-allocated table is then resident in full from the start, so the memory the
-//! configuration reserves is the memory the agent uses, and the huge pages are cleared when the
-//! table is allocated (at start) rather than on the packet path, one fault at a time (which
-//! measured as doubling the agent's CPU in flow mode at 1,000 flows over a 3-million-packet
-//! run).
+//! The hint does change memory use: the hinted pages are also made resident at once
+//! (`MADV_POPULATE_WRITE`, Linux 5.14), so a pre-allocated table takes its full size in RSS from
+//! the start, not as it fills. That is on purpose: the memory the configuration reserves is the
+//! memory the agent uses, and the huge pages are cleared when the table is allocated (at start)
+//! rather than on the packet path, one fault at a time (which measured as doubling the agent's
+//! CPU in flow mode at 1,000 flows over a 3-million-packet run).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
