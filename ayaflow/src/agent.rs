@@ -20,20 +20,20 @@ use ayaflow_common::{counters::Counter, globals};
 use crate::{
     aggregate::Aggregator,
     api::{self, AppState, LiveSource},
+    clock::unix_now_ns,
     config::{CaptureMode, Config},
     connections::{ConnectionSnapshot, ConnectionTable, SortKey},
     ebpf::{
         self, KernelProgram, LoadError, LoadOptions,
         counters::CounterReader,
-        evict::{self, FlowSweeper},
+        sweep::{self, FlowSweeper},
     },
     metrics::{Family, MetricsSource, Readings, agent_families},
-    clock::unix_now_ns,
     pipeline::{Pipeline, PipelineStats},
-    sync::lock,
     shutdown::{Shutdown, signal_received},
     storage::{Storage, StorageConfig, StorageStats},
     store::HistoryKind,
+    sync::lock,
 };
 
 /// How often idle connections are expired and finished windows handed to storage.
@@ -203,7 +203,7 @@ fn spawn_sweeper(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let sweeper = Arc::new(Mutex::new(sweeper));
-        let mut interval = tokio::time::interval(evict::SWEEP_INTERVAL);
+        let mut interval = tokio::time::interval(sweep::SWEEP_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = shutdown.wait();
         tokio::pin!(stop);
@@ -216,10 +216,9 @@ fn spawn_sweeper(
             let now = if last {
                 u64::MAX
             } else {
-                ebpf::evict::flow_clock_ns()
+                ebpf::sweep::flow_clock_ns()
             };
-            let swept =
-                tokio::task::spawn_blocking(move || p.deltas(lock(&s).sweep_in_place(now))).await;
+            let swept = tokio::task::spawn_blocking(move || p.deltas(lock(&s).sweep(now))).await;
             if let Err(e) = swept {
                 tracing::error!("flow sweep failed: {e}");
             }

@@ -35,6 +35,9 @@ mod tests {
         let a = unix_now_ns();
         let b = clock_ns(libc::CLOCK_REALTIME);
         let c = unix_now_ns();
-        assert!(a <= b + NANOS_PER_SEC && b <= c + NANOS_PER_SEC, "{a} {b} {c}");
+        assert!(
+            a <= b + NANOS_PER_SEC && b <= c + NANOS_PER_SEC,
+            "{a} {b} {c}"
+        );
     }
 }

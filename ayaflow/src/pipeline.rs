@@ -11,12 +11,12 @@ use std::sync::{
 };
 
 use crate::{
-    sync::lock,
     aggregate::Aggregator,
     connections::ConnectionTable,
-    ebpf::{evict::FlowDelta, ring::PacketSink},
+    ebpf::{ring::PacketSink, sweep::FlowDelta},
     flow::Packet,
     storage::StorageSender,
+    sync::lock,
 };
 
 /// Counters of the pipeline itself.
@@ -134,4 +134,3 @@ impl Pipeline {
         }
     }
 }
-

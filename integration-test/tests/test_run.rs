@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ayaflow::ebpf::{
     KernelProgram, LoadOptions,
     counters::Totals,
-    evict::FlowDelta,
+    sweep::FlowDelta,
     test_run::{SkBuffCtx, test_run},
 };
 use ayaflow_common::{
@@ -422,9 +422,9 @@ fn frames_the_kernel_test_runner_refuses() {
 
 /// Sweeps until the table holds no connection (drained slots are freed a grace period after
 /// they were drained), returning every delta on the way.
-fn sweep_until_empty(flows: &mut ayaflow::ebpf::evict::FlowSweeper) -> Vec<FlowDelta> {
+fn sweep_until_empty(flows: &mut ayaflow::ebpf::sweep::FlowSweeper) -> Vec<FlowDelta> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut all = flows.sweep(u64::MAX);
+    let mut all = flows.sweep(u64::MAX).copied().collect::<Vec<_>>();
     while flows.tracked() > 0 {
         assert!(
             std::time::Instant::now() < deadline,
@@ -432,7 +432,7 @@ fn sweep_until_empty(flows: &mut ayaflow::ebpf::evict::FlowSweeper) -> Vec<FlowD
             flows.tracked()
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
-        all.extend(flows.sweep(u64::MAX));
+        all.extend(flows.sweep(u64::MAX).copied().collect::<Vec<_>>());
     }
     all
 }
@@ -474,7 +474,10 @@ fn flow_mode_aggregates_then_falls_back_when_full() {
     assert_eq!(test_run(fd, &second, None, 1).unwrap().retval, PASS);
 
     // The first connection: one slot with 3 packets, no events.
-    let deltas = flows.sweep(ayaflow::ebpf::evict::flow_clock_ns());
+    let deltas = flows
+        .sweep(ayaflow::ebpf::sweep::flow_clock_ns())
+        .copied()
+        .collect::<Vec<_>>();
     assert_eq!(deltas.len(), 1, "{deltas:?}");
     assert_eq!(
         (deltas[0].tuple.src_port, deltas[0].packets, deltas[0].bytes),
@@ -482,7 +485,9 @@ fn flow_mode_aggregates_then_falls_back_when_full() {
     );
     assert!(
         flows
-            .sweep(ayaflow::ebpf::evict::flow_clock_ns())
+            .sweep(ayaflow::ebpf::sweep::flow_clock_ns())
+            .copied()
+            .collect::<Vec<_>>()
             .is_empty(),
         "nothing new, nothing reported again"
     );
@@ -507,7 +512,10 @@ fn flow_mode_aggregates_then_falls_back_when_full() {
     assert!(sweep_until_empty(&mut flows).is_empty());
     // The freed slot takes the second connection: no event this time.
     assert_eq!(test_run(fd, &second, None, 1).unwrap().retval, PASS);
-    let deltas = flows.sweep(ayaflow::ebpf::evict::flow_clock_ns());
+    let deltas = flows
+        .sweep(ayaflow::ebpf::sweep::flow_clock_ns())
+        .copied()
+        .collect::<Vec<_>>();
     assert_eq!(deltas.len(), 1, "{deltas:?}");
     assert_eq!((deltas[0].tuple.src_port, deltas[0].packets), (1001, 1));
     assert!(ring.next().is_none());
@@ -557,8 +565,8 @@ fn a_slot_near_full_falls_back_until_swept() {
     );
     assert!(ring.next().is_none());
 
-    let now = ayaflow::ebpf::evict::flow_clock_ns();
-    let deltas = flows.sweep(now);
+    let now = ayaflow::ebpf::sweep::flow_clock_ns();
+    let deltas = flows.sweep(now).copied().collect::<Vec<_>>();
     assert_eq!(deltas.len(), 1, "{deltas:?}");
     assert_eq!(
         (deltas[0].packets, deltas[0].bytes),
@@ -567,7 +575,10 @@ fn a_slot_near_full_falls_back_until_swept() {
     // Swept: the slot counts again.
     assert_eq!(test_run(fd, &f, Some(&ctx), 1).unwrap().retval, PASS);
     assert!(ring.next().is_none(), "counted in the slot again");
-    let deltas = flows.sweep(ayaflow::ebpf::evict::flow_clock_ns());
+    let deltas = flows
+        .sweep(ayaflow::ebpf::sweep::flow_clock_ns())
+        .copied()
+        .collect::<Vec<_>>();
     assert_eq!((deltas[0].packets, deltas[0].bytes), (segs, wire));
     let t = counters.read().unwrap();
     assert_eq!(
@@ -603,8 +614,8 @@ fn flow_sweep_reports_every_connection_once() {
             .get(Direction::Ingress, Counter::FlowFallbacks),
         0
     );
-    let now = ayaflow::ebpf::evict::flow_clock_ns();
-    let deltas = sweeper.sweep(now);
+    let now = ayaflow::ebpf::sweep::flow_clock_ns();
+    let deltas = sweeper.sweep(now).copied().collect::<Vec<_>>();
     assert_eq!(deltas.len(), FLOWS as usize);
     let mut ports: Vec<u16> = deltas.iter().map(|d| d.tuple.src_port).collect();
     ports.sort_unstable();
@@ -616,11 +627,11 @@ fn flow_sweep_reports_every_connection_once() {
             .all(|d| d.packets == 1 && d.bytes == frame(0).len() as u64)
     );
     assert!(
-        sweeper.sweep(now).is_empty(),
+        sweeper.sweep(now).copied().collect::<Vec<_>>().is_empty(),
         "nothing new, nothing reported again"
     );
     test_run(fd, &frame(10_007), None, 1).unwrap();
-    let again = sweeper.sweep(now);
+    let again = sweeper.sweep(now).copied().collect::<Vec<_>>();
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].tuple.src_port, again[0].packets), (10_007, 1));
 }
@@ -696,7 +707,7 @@ fn flow_sweeps_racing_the_kernel_lose_nothing() {
         });
         let mut all = Vec::new();
         while !sender.is_finished() {
-            all.extend(sweeper.sweep(u64::MAX));
+            all.extend(sweeper.sweep(u64::MAX).copied().collect::<Vec<_>>());
         }
         sender.join().unwrap();
         all.extend(sweep_until_empty(&mut sweeper));

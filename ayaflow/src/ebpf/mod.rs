@@ -7,9 +7,9 @@
 
 pub mod counters;
 mod error;
-pub mod evict;
 pub mod interface;
 pub mod ring;
+pub mod sweep;
 pub mod test_run;
 
 use std::os::fd::{AsFd, BorrowedFd};
@@ -211,8 +211,8 @@ impl KernelProgram {
     }
 
     /// Takes the flow table's maps (once), for flow mode's sweeper.
-    pub fn take_flows(&mut self) -> Result<evict::FlowSweeper, LoadError> {
-        let maps = evict::FlowMaps {
+    pub fn take_flows(&mut self) -> Result<sweep::FlowSweeper, LoadError> {
+        let maps = sweep::FlowMaps {
             slots: self.take_map(globals::MAP_FLOWS)?,
             claims: self.take_map(globals::MAP_FLOW_CLAIMS)?,
             index: self.take_map(globals::MAP_FLOW_INDEX)?,
@@ -220,7 +220,7 @@ impl KernelProgram {
             free_top: self.take_map(globals::MAP_FLOW_FREE_TOP)?,
             used: self.take_map(globals::MAP_FLOWS_USED)?,
         };
-        evict::FlowSweeper::new(&maps).map_err(|e| LoadError::Other {
+        sweep::FlowSweeper::new(&maps).map_err(|e| LoadError::Other {
             action: "opening FLOWS".into(),
             source: e.into(),
         })

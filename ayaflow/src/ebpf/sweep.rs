@@ -232,13 +232,10 @@ impl FlowSweeper {
     /// Deltas of connections seen for the first time come first, oldest first, so that a
     /// connection seen in both directions in one sweep is oriented from its initiator when the
     /// table creates its entry; the others (most of them, on a busy node) need no order.
-    pub fn sweep(&mut self, now: u64) -> Vec<FlowDelta> {
-        self.sweep_in_place(now).copied().collect()
-    }
-
-    /// [`sweep`](Self::sweep) into buffers the sweeper keeps: the deltas are valid until the
-    /// next sweep.
-    pub fn sweep_in_place(&mut self, now: u64) -> impl Iterator<Item = &FlowDelta> + Clone {
+    ///
+    /// The deltas are in buffers the sweeper keeps and reuses (no allocation per sweep on a busy
+    /// node): they are valid until the next sweep; `.copied().collect()` keeps them longer.
+    pub fn sweep(&mut self, now: u64) -> impl Iterator<Item = &FlowDelta> + Clone {
         let idle_after = IDLE_AFTER.as_nanos() as u64;
         let grace = DRAIN_GRACE.as_nanos() as u64;
         let clock = flow_clock_ns();
