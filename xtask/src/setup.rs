@@ -28,13 +28,15 @@ pub const BUILD_PACKAGES: &[&str] = &[
 ];
 
 /// Debian packages of the tests: ip and tc (iproute2), ping, ethtool, bpftool; Prometheus and
-/// promtool for the dashboard and metrics tests; python3-venv for the venv below.
+/// promtool for the dashboard and metrics tests; libfaketime to step the agent's clock (alone);
+/// python3-venv for the venv below.
 pub const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "iputils-ping",
     "ethtool",
     "prometheus",
+    "libfaketime",
     "python3-venv",
 ];
 

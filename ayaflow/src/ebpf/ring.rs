@@ -18,7 +18,15 @@ pub fn boot_time_ns() -> u64 {
     clock_ns(libc::CLOCK_BOOTTIME)
 }
 
-/// Nanoseconds to add to CLOCK_BOOTTIME to get Unix time.
+/// Records one [`drain`] hands on at most. Under sustained overload the ring never empties, and
+/// a drain that read until it did would never give the runtime back: the timer, shutdown and,
+/// on a busy runtime, the API's tasks would wait behind it. 16 batches are a few milliseconds.
+pub const DRAIN_LIMIT: usize = 16 * BATCH;
+
+/// Nanoseconds to add to CLOCK_BOOTTIME to get Unix time. Read again for every drain: the
+/// system clock can be stepped (NTP, an operator) while the boot clock runs on, and an offset
+/// taken once at start would date every later packet by the old clock (the live table would
+/// then expire every connection at once after a step forward).
 pub fn boot_to_unix_offset_ns() -> u64 {
     clock_ns(libc::CLOCK_REALTIME).saturating_sub(boot_time_ns())
 }
@@ -54,7 +62,6 @@ pub async fn run(
     // (the AsyncFd owns the ring buffer), which is what `register_with_interest` requires.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(std::io::Error::from)?;
-    let offset = boot_to_unix_offset_ns();
     let mut batch = Vec::with_capacity(BATCH);
     tokio::pin!(shutdown);
     let mut timer = tokio::time::interval(drain_interval);
@@ -63,27 +70,53 @@ pub async fn run(
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), offset, &mut batch, sink);
-                guard.clear_ready();
+                if drain(guard.get_inner_mut(), &mut batch, sink, DRAIN_LIMIT) == Drained::All {
+                    guard.clear_ready();
+                } else {
+                    // More is waiting: readiness stays set, so the loop comes back to it once
+                    // the other tasks (and the timer and shutdown arms) had their turn.
+                    drop(guard);
+                    tokio::task::yield_now().await;
+                }
             }
-            _ = timer.tick() => drain(fd.get_mut(), offset, &mut batch, sink),
+            _ = timer.tick() => {
+                drain(fd.get_mut(), &mut batch, sink, DRAIN_LIMIT);
+            }
             () = &mut shutdown => {
-                drain(fd.get_mut(), offset, &mut batch, sink);
+                while drain(fd.get_mut(), &mut batch, sink, DRAIN_LIMIT) == Drained::Limit {}
                 return Ok(());
             }
         }
     }
 }
 
-/// Hands every record now in `ring` to `sink`, in batches.
+/// Whether a [`drain`] emptied the ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// The ring had no record left.
+    All,
+    /// Stopped at the limit: more records may be waiting.
+    Limit,
+}
+
+/// Hands up to `limit` of the records now in `ring` to `sink`, in batches.
 pub fn drain(
     ring: &mut RingBuf<MapData>,
-    offset: u64,
     batch: &mut Vec<Packet>,
     sink: &mut impl PacketSink,
-) {
+    limit: usize,
+) -> Drained {
+    let offset = boot_to_unix_offset_ns();
     let mut malformed = 0;
-    while let Some(item) = ring.next() {
+    let mut taken = 0;
+    let mut drained = Drained::All;
+    loop {
+        if taken == limit {
+            drained = Drained::Limit;
+            break;
+        }
+        let Some(item) = ring.next() else { break };
+        taken += 1;
         match decode::packet_event(&item) {
             Some(e) => batch.push(Packet::from_event(&e, offset)),
             None => malformed += 1,
@@ -101,4 +134,5 @@ pub fn drain(
     if malformed > 0 {
         sink.malformed(malformed);
     }
+    drained
 }

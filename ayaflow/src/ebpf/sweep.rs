@@ -54,6 +54,11 @@ pub fn flow_clock_ns() -> u64 {
     crate::clock::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
+/// Nanoseconds to add to a [`flow_clock_ns`] time to get Unix time, as the clocks are now.
+fn clock_to_unix_ns() -> u64 {
+    crate::clock::clock_ns(libc::CLOCK_REALTIME).saturating_sub(flow_clock_ns())
+}
+
 /// What one connection direction added since the previous sweep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowDelta {
@@ -63,6 +68,7 @@ pub struct FlowDelta {
     pub bytes: u64,
     pub first_seen_unix_ns: u64,
     pub last_seen_unix_ns: u64,
+    /// The TCP flags first seen in this delta's packets (bits reported before are left out).
     pub tcp_flags: u8,
 }
 
@@ -172,7 +178,13 @@ pub struct FlowSweeper {
     /// Bit `i % 64` of word `i / 64` is set while slot `i` may hold a connection.
     used: Mapped<u64>,
     seen: Vec<Seen>,
-    /// Added to a [`flow_clock_ns`] time to get Unix time.
+    /// The TCP flags already reported for each slot. The kernel ORs a connection's flags into
+    /// its slot for as long as the slot lives; a delta carries only the bits new since the
+    /// slot's last delta, so that a SYN seen in one sweep is not seen again with the FIN of a
+    /// later one (which the live table would take for a new connection).
+    reported_flags: Vec<u8>,
+    /// Added to a [`flow_clock_ns`] time to get Unix time. Taken again at every sweep: the
+    /// system clock can be stepped (NTP, an operator) while the monotonic clock runs on.
     clock_to_unix_ns: u64,
     /// Kept from sweep to sweep: with 100,000 flows a sweep's deltas are megabytes, which a
     /// fresh allocation would have the kernel zero again every second (perf: about 8 % of the
@@ -203,17 +215,16 @@ impl FlowSweeper {
                 used.len * 64
             )));
         }
-        let clock_to_unix_ns =
-            crate::clock::clock_ns(libc::CLOCK_REALTIME).saturating_sub(flow_clock_ns());
         Ok(FlowSweeper {
             seen: vec![Seen::New; n],
+            reported_flags: vec![0; n],
             table,
             claims,
             index,
             free,
             free_top,
             used,
-            clock_to_unix_ns,
+            clock_to_unix_ns: clock_to_unix_ns(),
             slots: Vec::new(),
             drained: Vec::new(),
             fresh: Vec::new(),
@@ -238,6 +249,7 @@ impl FlowSweeper {
     pub fn sweep(&mut self, now: u64) -> impl Iterator<Item = &FlowDelta> + Clone {
         let idle_after = IDLE_AFTER.as_nanos() as u64;
         let grace = DRAIN_GRACE.as_nanos() as u64;
+        self.clock_to_unix_ns = clock_to_unix_ns();
         let clock = flow_clock_ns();
         let last_seen_unix_ns = clock + self.clock_to_unix_ns;
         let mut fresh = std::mem::take(&mut self.fresh);
@@ -261,6 +273,7 @@ impl FlowSweeper {
                     };
                     if let Some(mut d) = s.take() {
                         self.date(i, &mut d, last_seen_unix_ns);
+                        self.report_new_flags(i, &mut d);
                         if self.seen[i] == Seen::New {
                             fresh.push(d);
                         } else {
@@ -314,6 +327,7 @@ impl FlowSweeper {
             // Late additions: from programs that matched the slot just before it was drained.
             if let Some(mut d) = s.take() {
                 self.date(i, &mut d, last_seen_unix_ns);
+                self.report_new_flags(i, &mut d);
                 known.push(d);
             }
             self.free_slot(i, &s);
@@ -334,6 +348,14 @@ impl FlowSweeper {
             unsafe { std::ptr::read_volatile(&raw const (*self.claims.at(i)).first_seen_ns) };
         d.first_seen_unix_ns = first + self.clock_to_unix_ns;
         d.last_seen_unix_ns = last_seen_unix_ns.max(d.first_seen_unix_ns);
+    }
+
+    /// Keeps in `d` only the TCP flags slot `i` has not reported yet (the slot's flags only
+    /// ever gain bits while it lives).
+    fn report_new_flags(&mut self, i: usize, d: &mut FlowDelta) {
+        let seen = d.tcp_flags;
+        d.tcp_flags &= !self.reported_flags[i];
+        self.reported_flags[i] = seen;
     }
 
     /// Frees drained slot `i`: empties its index position, clears its bit and key, and pushes
@@ -360,6 +382,7 @@ impl FlowSweeper {
             .fetch_and(!(1u64 << (i % 64)), Ordering::AcqRel);
         s.free();
         self.seen[i] = Seen::New;
+        self.reported_flags[i] = 0;
         self.push_free(i as u32);
     }
 
