@@ -2,8 +2,15 @@
 //!
 //! Start-up order (each step fails before anything is attached, except the last two):
 //! resolve the interface -> open storage -> load the program -> attach -> bind the API.
-//! Shutdown order: stop the API -> final ring-buffer drain -> flush the current window ->
-//! storage writes everything queued and closes the database -> drop the program (detaches).
+//!
+//! Shutdown, on a signal or when capture stops by itself (a failed ring reader or sweeper,
+//! which also makes the exit code non-zero): not ready -> stop the API -> detach the program
+//! and wait for the runs in flight (an RCU grace period) -> final ring-buffer drain and flow
+//! sweep -> flush the current window -> storage writes everything queued and closes the
+//! database. Detaching first is what makes the history complete: a packet the kernel counts
+//! after the final drain would be counted and never stored. Every step is bounded
+//! ([`STEP_LIMIT`]; storage has its own drain timeout), so a stuck request cannot hold the
+//! shutdown.
 
 use std::{
     net::SocketAddr,
@@ -38,6 +45,10 @@ use crate::{
 
 /// How often idle connections are expired and finished windows handed to storage.
 const TICK: Duration = Duration::from_millis(250);
+
+/// The longest a shutdown step may take (stopping the API with its open requests, the final
+/// drain and sweep) before it is abandoned with a warning.
+const STEP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Runs the agent until a signal arrives; returns once everything is flushed and detached.
 pub async fn run(config: Config) -> Result<()> {
@@ -111,6 +122,7 @@ pub async fn run(config: Config) -> Result<()> {
         },
         config.allowed_ips.clone(),
     );
+    let kernel_totals = counters.clone();
     let source = AgentMetrics {
         counters,
         table,
@@ -132,6 +144,8 @@ pub async fn run(config: Config) -> Result<()> {
     state.ready.store(true, Ordering::Relaxed);
 
     let (stop_tx, shutdown) = Shutdown::new();
+    // The capture tasks stop later, once the program is detached.
+    let (capture_stop_tx, capture_shutdown) = Shutdown::new();
     let api_task = tokio::spawn(api::serve(listener, state.clone(), shutdown.clone()));
     let stream_task = tokio::spawn(api::stream::publish(
         state.clone(),
@@ -140,33 +154,65 @@ pub async fn run(config: Config) -> Result<()> {
     ));
     let tick_task = tokio::spawn(tick(pipeline.clone(), shutdown.clone()));
     let mut sink = pipeline.clone();
-    let ring_shutdown = shutdown.clone();
+    let ring_shutdown = capture_shutdown.clone();
     let drain_interval = if flows {
         ebpf::ring::FLOW_MODE_DRAIN_INTERVAL
     } else {
         ebpf::ring::DRAIN_INTERVAL
     };
-    let ring_task = tokio::spawn(async move {
+    let mut ring_task = tokio::spawn(async move {
         ebpf::ring::run(ring, &mut sink, ring_shutdown.wait(), drain_interval).await
     });
 
-    let sweep_task = sweeper.map(|s| spawn_sweeper(s, pipeline.clone(), shutdown.clone()));
+    let mut sweep_task =
+        sweeper.map(|s| spawn_sweeper(s, pipeline.clone(), capture_shutdown.clone()));
 
-    let signal = signal_received()
-        .await
-        .context("installing signal handlers")?;
-    tracing::info!("{signal} received: shutting down");
+    // Until a signal, or until capture stops by itself: then the agent no longer sees traffic,
+    // and says so (not ready, a non-zero exit) rather than serve a view that stopped.
+    let mut ring_done = false;
+    let mut sweep_done = false;
+    let capture_failure = tokio::select! {
+        signal = signal_received() => {
+            tracing::info!("{} received: shutting down", signal.context("installing signal handlers")?);
+            None
+        }
+        r = &mut ring_task => {
+            ring_done = true;
+            Some(match r {
+                Ok(Ok(())) => "the ring-buffer reader stopped".to_string(),
+                Ok(Err(e)) => format!("reading the ring buffer: {e}"),
+                Err(e) => format!("the ring-buffer reader failed: {e}"),
+            })
+        }
+        r = async { sweep_task.as_mut().expect("only polled in flow mode").await }, if sweep_task.is_some() => {
+            sweep_done = true;
+            Some(match r {
+                Ok(()) => "the flow sweeper stopped".to_string(),
+                Err(e) => format!("the flow sweeper failed: {e}"),
+            })
+        }
+    };
     state.ready.store(false, Ordering::Relaxed);
+    if let Some(why) = &capture_failure {
+        tracing::error!("capture stopped ({why}): shutting down");
+    }
     let _ = stop_tx.send(true);
-    if let Err(e) = api_task.await? {
+    if let Some(Err(e)) = bounded("stopping the API", api_task).await {
         tracing::warn!("API server: {e}");
     }
-    let _ = stream_task.await;
-    ring_task.await?.context("reading the ring buffer")?;
-    tick_task.await?;
-    if let Some(t) = sweep_task {
-        t.await?;
+    bounded("stopping the live stream", stream_task).await;
+
+    drop(program);
+    ebpf::sweep::wait_for_program_runs();
+    tracing::info!("detached");
+    let _ = capture_stop_tx.send(true);
+    if !ring_done && let Some(Err(e)) = bounded("the final ring-buffer drain", ring_task).await {
+        tracing::error!("reading the ring buffer: {e}");
     }
+    if let Some(t) = sweep_task.filter(|_| !sweep_done) {
+        bounded("the final flow sweep", t).await;
+    }
+    bounded("stopping the tick", tick_task).await;
     pipeline.flush();
     drop(pipeline);
     let stats = storage.shutdown();
@@ -175,9 +221,47 @@ pub async fn run(config: Config) -> Result<()> {
         rows_dropped = stats.rows_dropped_total(),
         "history flushed and closed"
     );
-    drop(program);
-    tracing::info!("detached; bye");
-    Ok(())
+    log_final_totals(&kernel_totals);
+    match capture_failure {
+        Some(why) => Err(anyhow::anyhow!(
+            "capture stopped: {why}; the history holds what was captured until then"
+        )),
+        None => {
+            tracing::info!("bye");
+            Ok(())
+        }
+    }
+}
+
+/// Awaits `task` for at most [`STEP_LIMIT`]; past that it is aborted and the shutdown goes on.
+/// `None` if it was abandoned or failed (both logged).
+async fn bounded<T>(what: &str, mut task: tokio::task::JoinHandle<T>) -> Option<T> {
+    match tokio::time::timeout(STEP_LIMIT, &mut task).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            tracing::error!("{what} failed: {e}");
+            None
+        }
+        Err(_) => {
+            task.abort();
+            tracing::warn!("{what} took longer than {STEP_LIMIT:?}: abandoned");
+            None
+        }
+    }
+}
+
+/// Logs what the kernel counted, once nothing can add to it any more (after the detach): with
+/// every packet in the history (raw mode, no drop), the rows add up to these numbers.
+fn log_final_totals(counters: &CounterReader) {
+    match counters.read() {
+        Ok(t) => tracing::info!(
+            ingress_packets = t.get(ayaflow_common::flow::Direction::Ingress, Counter::Packets),
+            egress_packets = t.get(ayaflow_common::flow::Direction::Egress, Counter::Packets),
+            ring_drops = t.sum(Counter::RingbufDrops),
+            "the kernel's final totals"
+        ),
+        Err(e) => tracing::warn!("reading the kernel's final totals: {e}"),
+    }
 }
 
 async fn tick(pipeline: Pipeline, shutdown: Shutdown) {

@@ -34,7 +34,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(agent::run(config)) {
+    let result = runtime.block_on(agent::run(config));
+    // A history query still running on the blocking pool (a slow one, abandoned with the API)
+    // must not hold the exit: dropping the runtime would wait for it without limit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -1,9 +1,8 @@
-//! Waits for SIGINT or SIGTERM and tells every task through a `watch` channel.
+//! Waits for SIGINT or SIGTERM and tells tasks through a `watch` channel.
 //!
-//! Order on shutdown (see `agent.rs`): the API stops accepting; the capture tasks drain the
-//! ring buffer (and sweep the flow table) one last time; the pipeline flushes the current
-//! aggregation window; storage writes everything queued and closes the database; then the
-//! kernel program is dropped, which detaches it.
+//! The agent uses two of these (see `agent.rs` for the order): one stops the API, the live
+//! stream and the tick; the other, once the kernel program is detached, has the capture tasks
+//! drain the ring buffer (and sweep the flow table) one last time.
 
 use tokio::{
     signal::unix::{SignalKind, signal},

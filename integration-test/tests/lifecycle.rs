@@ -9,7 +9,7 @@ use ayaflow::{
 };
 use integration_test::{
     agent::{Agent, binary, metric, run},
-    netns::{ADDR_B4, NetPair},
+    netns::{ADDR_A4, ADDR_B4, NetPair},
     require_bpf,
 };
 
@@ -122,6 +122,102 @@ fn second_agent_on_the_same_hook_is_refused() {
 }
 
 /// Sends `count` pings from a to b and waits for them to finish.
+/// SIGTERM in the middle of traffic: every packet the kernel counted until it was detached is
+/// in the history. The agent detaches first, waits for the program runs in flight, then drains
+/// the ring, flushes and closes; draining while still attached lost what arrived after the
+/// drain (counted, never stored).
+#[test]
+fn sigterm_under_traffic_stores_every_packet_counted_until_detach() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    require_bpf();
+    let pair = NetPair::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let agent = Agent::start_on_b(&pair, &db, &[]);
+    // About 5,000 packets a second from a to b (nothing listens on b: only the datagrams come
+    // in), for 30 s at most: slow enough for the ring never to drop, busy enough that packets
+    // arrive through every step of the shutdown.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        NetPair::spawn_in_ns(&pair.ns_a, move || {
+            let s = std::net::UdpSocket::bind((ADDR_A4, 42000)).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                for _ in 0..5 {
+                    let _ = s.send_to(&[3u8; 64], (ADDR_B4, 9));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    integration_test::wait_for(30, "traffic to be counted", || {
+        let (_, m) = agent.get("/metrics")?;
+        (metric(&m, "ayaflow_packets_total{direction=\"ingress\"}")? >= 2000).then_some(())
+    });
+    let log_path = agent.stderr_path.clone();
+    let status = agent.terminate();
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let log = strip_ansi(&std::fs::read_to_string(&log_path).unwrap());
+    assert!(status.success(), "exit 0 on SIGTERM; log: {log}");
+    let field = |name: &str| -> u64 {
+        let at = log
+            .find("the kernel's final totals")
+            .unwrap_or_else(|| panic!("no final totals in the log: {log}"));
+        let line = log[at..].lines().next().unwrap();
+        let v = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {line}"));
+        v.parse().unwrap()
+    };
+    assert_eq!(field("ring_drops"), 0, "the ring kept up: {log}");
+    assert_eq!(
+        rows(&db, Direction::Ingress),
+        field("ingress_packets") as usize,
+        "every packet counted until the detach is stored; log: {log}"
+    );
+}
+
+/// `log` without its terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Raw rows seen by `direction`, every page, read through the store.
+fn rows(db: &std::path::Path, direction: Direction) -> usize {
+    let store = Store::open(db).expect("the history opens");
+    let (mut n, mut before_id) = (0, None);
+    loop {
+        let page = store
+            .query_history(&HistoryQuery {
+                limit: MAX_HISTORY_LIMIT,
+                direction: Some(direction),
+                before_id,
+                ..HistoryQuery::default()
+            })
+            .expect("the history is readable");
+        n += page.rows.len();
+        match page.next_cursor {
+            Some(c) => before_id = Some(c),
+            None => return n,
+        }
+    }
+}
+
 fn ping(pair: &NetPair, count: usize) {
     let out = NetPair::command(&pair.ns_a, "ping")
         .args(["-c", &count.to_string(), "-i", "0.02", "-W", "5", ADDR_B4])

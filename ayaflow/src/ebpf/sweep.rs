@@ -451,7 +451,7 @@ impl FlowSweeper {
 /// 4.3 and later). Where that is refused (a kernel with `nohz_full`, a seccomp profile without
 /// `membarrier`), slots are freed after [`DRAIN_GRACE`] alone, which a program run delayed
 /// longer than that can miss; this is logged once.
-fn wait_for_program_runs() {
+pub fn wait_for_program_runs() {
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
     static WARNED: std::sync::Once = std::sync::Once::new();
     // SAFETY: a syscall with integer arguments only.
