@@ -6,6 +6,14 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_ARP: u16 = 0x0806;
 
+/// TC_ACT_UNSPEC as the kernel reports it: "not my decision", the packet goes on.
+pub const PASS: u32 = -1i32 as u32;
+/// Addresses of the crafted frames (documentation ranges).
+pub const A4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const B4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub const B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+
 /// Ethernet header + payload.
 pub fn eth(ether_type: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
