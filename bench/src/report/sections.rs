@@ -1,0 +1,190 @@
+//! The kernel, memory-latency and storage sections of BENCHMARKS.md.
+
+use super::*;
+
+pub(super) fn section_kernel(w: &mut String, cmd: &str, k: &crate::kernel::Report) {
+    let _ = writeln!(
+        w,
+        "## 1. Kernel cost per packet\n\n`BPF_PROG_TEST_RUN` with {} repetitions per call (the \
+         kernel's mean), median of {} calls per cell, the three programs interleaved on the same \
+         frames. The empty classifier is `r0 = -1; exit` (the same verdict, TC_ACT_UNSPEC): the \
+         floor any TC program pays, here the test runner's own loop. Raw mode includes the ring-buffer \
+         reserve + submit of one 64-byte event (the ring is sized so that no event is dropped); flow \
+         mode finding the flow's slot through the flow table's index (a seeded hash, one 4-byte \
+         index position, five 64-bit key compares) and its one atomic add.\n\nReproduce: `{cmd} -- --sections kernel`\n",
+        fmt_n(k.repeat as f64),
+        k.runs
+    );
+    let _ = writeln!(
+        w,
+        "| frame | bytes | empty ns | ayaflow raw ns | raw / empty | ayaflow flows ns | flows / empty |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for r in &k.rows {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {:.0} | {:.0} | {} | {:.0} | {} |",
+            r.frame,
+            r.bytes,
+            r.empty_ns,
+            r.raw_ns,
+            ratio(r.raw_ns, r.empty_ns),
+            r.flows_ns,
+            ratio(r.flows_ns, r.empty_ns)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nLoaded size, from the kernel (`BPF_OBJ_GET_INFO_BY_FD`; the capture mode is a load-time \
+         constant, so the verifier removes the other mode's code):\n\n| program | xlated instructions | JIT bytes |\n| --- | ---: | ---: |"
+    );
+    for z in &k.sizes {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} |",
+            z.program,
+            fmt_n(z.xlated_insns as f64),
+            fmt_n(z.jited_bytes as f64)
+        );
+    }
+    let _ = writeln!(w);
+}
+
+pub(super) fn section_memory(w: &mut String, cmd: &str, plan: &Plan, rows: &[crate::memlat::Row]) {
+    let _ = writeln!(
+        w,
+        "### One random memory access, by table size\n\nA pointer chase (each load's address is \
+         the previous load's value) through a random cycle of the 64-byte lines of a buffer in \
+         4 KiB pages, the pages BPF maps are made of; median of {} chases. When packets of many \
+         flows come in turn (the capture bench sends its flows round-robin), finding a packet's \
+         flow entry is one such access at least, whatever the table's design: at 1,000 flows the \
+         table stays in the CPU's caches, at 100,000 it cannot. This is the floor under flow \
+         mode's cost per packet at 100,000 flows (section 3, issue 5's criteria).\n\n\
+         Reproduce: `{cmd} -- --sections kernel`\n\n\
+         | table | bytes | ns per random load |\n| --- | ---: | ---: |",
+        plan.kernel_runs
+    );
+    for r in rows {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {:.1} |",
+            r.what,
+            fmt_n(r.bytes() as f64),
+            r.ns
+        );
+    }
+    let _ = writeln!(w);
+}
+
+pub(super) fn section_storage(w: &mut String, cmd: &str, plan: &Plan, res: &Results) {
+    if res.store.is_none() && res.live.is_none() && res.history.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "## 4. Storage and API\n");
+    if let Some(st) = &res.store {
+        let _ = writeln!(
+            w,
+            "Raw rows written through the agent's own `Store::insert_packets` in transactions of \
+             50,000 rows (as its writer does), 100,000 conversations over 24 hours, IPv4 and IPv6, \
+             schema version 3 (each conversation stored once in `tuples`; raw rows packed a few bytes \
+             each into blocks of up to 1,024 rows, one SQLite row per block; the first tenth also \
+             creates the 100,000 conversations). Bytes per row: the file (and WAL) after close, \
+             divided by the rows.\n\n\
+             Reproduce: `{cmd} -- --sections storage`\n\n\
+             | rows | seconds | rows/s overall | rows/s, first 10 % | rows/s, last 10 % | bytes on disk | bytes/row |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
+             | {} | {:.1} | {} | {} | {} | {} | {:.0} |\n",
+            fmt_n(st.rows as f64),
+            st.secs,
+            fmt_n(st.rows as f64 / st.secs),
+            fmt_n(st.first_rate),
+            fmt_n(st.last_rate),
+            fmt_n(st.bytes as f64),
+            st.bytes as f64 / st.rows.max(1) as f64
+        );
+    }
+    let g = groups(plan, &res.capture);
+    let agg: Vec<_> = g
+        .iter()
+        .filter(|((_, o), _)| o == "ayaflow-agg" || o == "ayaflow-flows")
+        .collect();
+    if !agg.is_empty() {
+        let _ = writeln!(
+            w,
+            "Aggregated modes (from section 2's runs, {WINDOW_SECS}-second windows; a run of a few \
+             seconds spans one or two windows; rows per window ≈ the flows, as each five-tuple gets \
+             one row per window):\n\n| traffic | mode | packets | stored rows | windows | rows per window | bytes on disk |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for ((t, o), rs) in agg {
+            let m = summarize(rs);
+            let _ = writeln!(
+                w,
+                "| {t} | {o} | {} | {} | {} | {} | {} |",
+                fmt_n(m.delivered),
+                opt_n(m.rows),
+                opt_n(m.windows),
+                match (m.rows, m.windows) {
+                    (Some(r), Some(n)) if n > 0.0 => fmt_n(r / n),
+                    _ => "-".into(),
+                },
+                opt_n(m.disk_bytes)
+            );
+        }
+        let _ = writeln!(w);
+    }
+    if !res.history.is_empty() || res.live.is_some() {
+        let _ = writeln!(
+            w,
+            "API latency inside namespace b against the agent on 127.0.0.1 (a raw-mode agent attached \
+             to `if_b`; the machine has 2 CPUs shared by the client and the agent): `/api/live` and \
+             `/metrics` under `wrk -t1 -c2 -d{}s --latency`; `/api/history` with sequential requests \
+             (one at a time, as a dashboard pages), since a slow query would only time out under wrk.\n\nReproduce: `{cmd} -- --sections api`\n\n\
+             | request | p50 ms | p99 ms | requests/s |\n| --- | ---: | ---: | ---: |",
+            plan.wrk_secs
+        );
+        if let Some(l) = &res.live {
+            for r in &l.wrk {
+                let _ = writeln!(
+                    w,
+                    "| `{}` ({}) | {:.2} | {:.2} | {} |",
+                    r.path,
+                    r.what,
+                    r.p50_ms,
+                    r.p99_ms,
+                    fmt_n(r.rps)
+                );
+            }
+        }
+        for r in &res.history {
+            let _ = writeln!(
+                w,
+                "| `{}` ({}, {} rows in the history) | {:.2} | {:.2} | {} |",
+                r.path,
+                r.what,
+                fmt_n(plan.history_rows as f64),
+                r.p50_ms,
+                r.p99_ms,
+                fmt_n(r.rps)
+            );
+        }
+        let _ = writeln!(w);
+    }
+    if let Some(l) = &res.live {
+        let _ = writeln!(
+            w,
+            "Memory of the agent (raw mode, `--max-connections 1100000`), connections made by one \
+             packet per distinct IPv4 flow sent at {} packets/s:\n\n| state | tracked connections | RSS MiB | peak RSS MiB |\n| --- | ---: | ---: | ---: |\n| idle, after start | 0 | {:.1} | - |",
+            fmt_n(plan.memory_rate as f64),
+            l.idle_rss_kb as f64 / 1024.0
+        );
+        for (n, rss, hwm) in &l.rss {
+            let _ = writeln!(
+                w,
+                "| after {} flows | {} | {:.1} | {:.1} |",
+                fmt_n(*n as f64),
+                fmt_n(*n as f64),
+                *rss as f64 / 1024.0,
+                *hwm as f64 / 1024.0
+            );
+        }
+        let _ = writeln!(w);
+    }
+}
