@@ -24,6 +24,7 @@ pub mod decode;
 pub mod ebpf;
 pub mod flow;
 pub mod hugepages;
+pub mod ipfix;
 pub mod metrics;
 pub mod pipeline;
 pub mod shutdown;

@@ -70,6 +70,9 @@ pub struct FlowDelta {
     pub last_seen_unix_ns: u64,
     /// The TCP flags first seen in this delta's packets (bits reported before are left out).
     pub tcp_flags: u8,
+    /// Type and code of the connection's latest ICMP/ICMPv6 message (0 otherwise).
+    pub icmp_type: u8,
+    pub icmp_code: u8,
 }
 
 /// A BPF array created with `BPF_F_MMAPABLE`, mapped into this process and accessed in place.
@@ -513,6 +516,8 @@ impl SlotRef {
                 first_seen_unix_ns: 0,
                 last_seen_unix_ns: 0,
                 tcp_flags: extras as u8,
+                icmp_type: (extras >> 8) as u8,
+                icmp_code: (extras >> 16) as u8,
             })
         }
     }
