@@ -35,12 +35,13 @@ use crate::{
         counters::CounterReader,
         sweep::{self, FlowSweeper},
     },
-    metrics::{Family, MetricsSource, Readings, agent_families},
+    metrics::{Family, MetricsSource},
     pipeline::{Pipeline, PipelineStats},
     shutdown::{Shutdown, signal_received},
     storage::{Storage, StorageConfig, StorageStats},
     store::HistoryKind,
     sync::lock,
+    telemetry::{Readings, agent_families},
 };
 
 /// How often idle connections are expired and finished windows handed to storage.
@@ -335,7 +336,7 @@ impl LiveSource for Live {
     }
 }
 
-/// Every metric of the agent, read at scrape time (the catalogue is `metrics::agent_families`).
+/// Every metric of the agent, read at scrape time (the catalogue is `telemetry::agent_families`).
 struct AgentMetrics {
     counters: Arc<CounterReader>,
     table: Arc<Mutex<ConnectionTable>>,

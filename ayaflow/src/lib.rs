@@ -31,3 +31,4 @@ pub mod shutdown;
 pub mod storage;
 pub mod store;
 pub mod sync;
+pub mod telemetry;

@@ -1,7 +1,7 @@
 //! The HTTP API over real HTTP and WebSocket on loopback, through the public API only:
 //! `api::serve` on an ephemeral port, with a fake `LiveSource` over a real `ConnectionTable`
 //! filled with known packets, a real SQLite file written with `Store` (raw and window rows),
-//! and the agent's metric catalogue (`metrics::agent_families`) over fixed readings.
+//! and the agent's metric catalogue (`telemetry::agent_families`) over fixed readings.
 //!
 //! Timing assertions poll with generous limits; none relies on a fixed sleep.
 
@@ -19,11 +19,12 @@ use ayaflow::{
     connections::{ConnectionSnapshot, ConnectionTable, SortKey},
     ebpf::counters::Totals,
     flow::{Direction, FiveTuple, Packet, Protocol},
-    metrics::{self, Family, MetricsSource, Readings},
+    metrics::{self, Family, MetricsSource},
     pipeline::PipelineStats,
     shutdown::Shutdown,
     storage::StorageStatsSnapshot,
     store::{HistoryKind, Store},
+    telemetry::Readings,
 };
 use ayaflow_common::counters::Counter;
 use futures_util::StreamExt;
@@ -316,7 +317,7 @@ impl MetricsSource for FixedMetrics {
             let t = self.live.table();
             (t.active_len() as u64, t.stats())
         };
-        metrics::agent_families(&Readings {
+        ayaflow::telemetry::agent_families(&Readings {
             kernel: Some(kernel),
             kernel_read_errors: 0,
             active_connections: active,

@@ -1,0 +1,294 @@
+//! The catalogue of the agent's metrics: every family's name, type and help text, and the
+//! readings they are computed from at scrape time.
+//!
+//! The stats structs stay with the modules that produce them (the API's, the table's, the
+//! pipeline's, storage's); this module reads them as plain values and hands
+//! [`crate::metrics`] families to encode, so the encoder depends on no producer and no producer
+//! on the encoder's users.
+
+use std::sync::atomic::Ordering;
+
+use ayaflow_common::{counters::Counter, flow::Direction};
+
+use crate::{
+    api::ApiStats,
+    connections::TableStats,
+    ebpf::counters::Totals,
+    flow::direction_name,
+    metrics::{Family, Kind},
+    pipeline::PipelineStats,
+    storage::{DropReason, StorageStatsSnapshot},
+    store::ErrorKind,
+};
+
+/// What the agent's metrics are read from, gathered once per scrape.
+pub struct Readings<'a> {
+    /// The kernel's per-CPU counters summed; `None` if reading them failed, in which case
+    /// their families are left out of this scrape (Prometheus then sees a gap, not a wrong
+    /// value) and `kernel_read_errors` says why.
+    pub kernel: Option<Totals>,
+    /// Scrapes that could not read the kernel's counters, so far.
+    pub kernel_read_errors: u64,
+    /// Connections in the live table now.
+    pub active_connections: u64,
+    /// The live table's lifetime counters.
+    pub table: TableStats,
+    /// Ring-buffer events read and malformed.
+    pub pipeline: &'a PipelineStats,
+    /// The storage writer's counters.
+    pub storage: StorageStatsSnapshot,
+    /// The API's counters.
+    pub api: &'a ApiStats,
+}
+
+/// Every metric family of the agent, from `r`. Counters are named without `_total` (the
+/// encoder appends it); every loss and failure has its own counter.
+pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
+    let mut out = Vec::new();
+    if let Some(t) = &r.kernel {
+        let per_direction = |c: Counter| -> Vec<(Vec<(&'static str, String)>, u64)> {
+            Direction::ALL
+                .iter()
+                .map(|&d| {
+                    (
+                        vec![("direction", direction_name(d).to_string())],
+                        t.get(d, c),
+                    )
+                })
+                .collect()
+        };
+        let kernel = [
+            (
+                "ayaflow_packets",
+                "Packets seen by the TC hooks (GSO segments counted one by one), exact.",
+                Counter::Packets,
+            ),
+            (
+                "ayaflow_bytes",
+                "Bytes on the wire seen by the TC hooks, exact.",
+                Counter::Bytes,
+            ),
+            (
+                "ayaflow_parse_errors",
+                "Frames the kernel parser could not fully read (still counted in packets).",
+                Counter::ParseErrors,
+            ),
+            (
+                "ayaflow_ringbuf_drops",
+                "Packet events lost because the ring buffer was full; raise --ring-buffer-size.",
+                Counter::RingbufDrops,
+            ),
+            (
+                "ayaflow_flow_fallbacks",
+                "Flow mode: packets sent as events because the flow table had no free slot for them; raise --flow-map-size.",
+                Counter::FlowFallbacks,
+            ),
+        ];
+        for (name, help, c) in kernel {
+            out.push(Family {
+                name,
+                help,
+                kind: Kind::Counter,
+                samples: per_direction(c),
+            });
+        }
+        let mut samples = Vec::new();
+        for d in Direction::ALL {
+            for (label, c) in [
+                ("tcp", Counter::Tcp),
+                ("udp", Counter::Udp),
+                ("icmp", Counter::Icmp),
+                ("other_ip", Counter::OtherIp),
+                ("non_ip", Counter::NonIp),
+            ] {
+                samples.push((
+                    vec![
+                        ("direction", direction_name(d).to_string()),
+                        ("protocol", label.to_string()),
+                    ],
+                    t.get(d, c),
+                ));
+            }
+        }
+        out.push(Family {
+            name: "ayaflow_protocol_packets",
+            help: "Packets by protocol and direction.",
+            kind: Kind::Counter,
+            samples,
+        });
+    }
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let single = [
+        (
+            "ayaflow_kernel_read_errors",
+            "Scrapes that could not read the kernel counters (their families were left out); see the log.",
+            Kind::Counter,
+            r.kernel_read_errors,
+        ),
+        (
+            "ayaflow_active_connections",
+            "Connections in the live table.",
+            Kind::Gauge,
+            r.active_connections,
+        ),
+        (
+            "ayaflow_connection_table_overflow_packets",
+            "Packets of new connections refused because the table was full; raise --max-connections.",
+            Kind::Counter,
+            r.table.overflow_packets,
+        ),
+        (
+            "ayaflow_connection_table_overflow_connections",
+            "New connections refused because the table was full; raise --max-connections.",
+            Kind::Counter,
+            r.table.overflow_connections,
+        ),
+        (
+            "ayaflow_connections_closed",
+            "Connections closed (timeout, FIN from both sides, or RST).",
+            Kind::Counter,
+            r.table.closed_total,
+        ),
+        (
+            "ayaflow_events",
+            "Packet events read from the ring buffer.",
+            Kind::Counter,
+            load(&r.pipeline.events),
+        ),
+        (
+            "ayaflow_events_malformed",
+            "Ring-buffer records of the wrong size (kernel/agent mismatch).",
+            Kind::Counter,
+            load(&r.pipeline.malformed),
+        ),
+        (
+            "ayaflow_storage_rows_written",
+            "History rows committed to SQLite.",
+            Kind::Counter,
+            r.storage.rows_written,
+        ),
+    ];
+    for (name, help, kind, value) in single {
+        out.push(Family::single(name, help, kind, value));
+    }
+    out.push(Family {
+        name: "ayaflow_storage_rows_dropped",
+        help: "History rows dropped, by reason (never silently).",
+        kind: Kind::Counter,
+        samples: DropReason::ALL
+            .iter()
+            .map(|&reason| {
+                (
+                    vec![("reason", reason.label().to_string())],
+                    r.storage.rows_dropped(reason),
+                )
+            })
+            .collect(),
+    });
+    out.push(Family {
+        name: "ayaflow_storage_errors",
+        help: "SQLite write errors, by kind.",
+        kind: Kind::Counter,
+        samples: ErrorKind::ALL
+            .iter()
+            .map(|&k| {
+                (
+                    vec![("kind", k.label().to_string())],
+                    r.storage.write_errors(k),
+                )
+            })
+            .collect(),
+    });
+    let rest = [
+        (
+            "ayaflow_storage_reopens",
+            "Times the storage writer reopened the database after it was removed, replaced or failed.",
+            Kind::Counter,
+            r.storage.reopens,
+        ),
+        (
+            "ayaflow_storage_queued_rows",
+            "Rows waiting for the storage writer.",
+            Kind::Gauge,
+            r.storage.queued_rows,
+        ),
+        (
+            "ayaflow_retention_deleted_rows",
+            "History rows deleted by retention.",
+            Kind::Counter,
+            r.storage.retention_deleted,
+        ),
+        (
+            "ayaflow_api_denied",
+            "API requests refused by allowed_ips.",
+            Kind::Counter,
+            load(&r.api.denied),
+        ),
+        (
+            "ayaflow_api_internal_errors",
+            "API requests that failed inside the agent (500); see the log.",
+            Kind::Counter,
+            load(&r.api.internal_errors),
+        ),
+        (
+            "ayaflow_api_history_rejected",
+            "History requests refused because too many were running (503).",
+            Kind::Counter,
+            load(&r.api.history_rejected),
+        ),
+        (
+            "ayaflow_stream_clients",
+            "Connected /api/stream clients.",
+            Kind::Gauge,
+            load(&r.api.stream_clients),
+        ),
+        (
+            "ayaflow_stream_rejected",
+            "Stream clients refused at the client cap.",
+            Kind::Counter,
+            load(&r.api.stream_rejected),
+        ),
+        (
+            "ayaflow_stream_frames_skipped",
+            "Stream frames skipped by slow clients.",
+            Kind::Counter,
+            load(&r.api.stream_frames_skipped),
+        ),
+        (
+            "ayaflow_stream_clients_dropped",
+            "Stream clients dropped for not taking a frame in time.",
+            Kind::Counter,
+            load(&r.api.stream_dropped_slow),
+        ),
+    ];
+    for (name, help, kind, value) in rest {
+        out.push(Family::single(name, help, kind, value));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_kernel_counters_leave_their_families_out_and_are_counted() {
+        let (pipeline, api) = (PipelineStats::default(), ApiStats::default());
+        let readings = |kernel| Readings {
+            kernel,
+            kernel_read_errors: 1,
+            active_connections: 0,
+            table: TableStats::default(),
+            pipeline: &pipeline,
+            storage: StorageStatsSnapshot::default(),
+            api: &api,
+        };
+        let names = |fams: Vec<Family>| fams.iter().map(|f| f.name).collect::<Vec<_>>();
+        let with = names(agent_families(&readings(Some(Totals::default()))));
+        let without = names(agent_families(&readings(None)));
+        assert!(with.contains(&"ayaflow_packets") && with.contains(&"ayaflow_bytes"));
+        assert!(!without.contains(&"ayaflow_packets") && !without.contains(&"ayaflow_bytes"));
+        assert!(without.contains(&"ayaflow_kernel_read_errors"));
+        assert!(without.contains(&"ayaflow_active_connections"));
+    }
+}
