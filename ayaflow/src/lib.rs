@@ -27,6 +27,7 @@ pub mod hugepages;
 pub mod ipfix;
 pub mod metrics;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod shutdown;
 pub mod storage;
 pub mod store;

@@ -62,6 +62,7 @@ use crate::{
     aggregate::WindowRow,
     clock::unix_now_ns,
     flow::Packet,
+    ratelimit::RateLimit,
     store::{ErrorKind, Store, StoreError},
 };
 
@@ -286,7 +287,7 @@ struct Shared {
     /// The size cap in bytes, `u64::MAX` for none; the writer applies changes before writing.
     max_db_bytes: AtomicU64,
     /// Rate limit of the drop warning, shared by every sender.
-    drop_log: SharedRateLimit,
+    drop_log: RateLimit,
 }
 
 impl Shared {
@@ -337,7 +338,7 @@ impl Storage {
             wake: Condvar::new(),
             stats,
             max_db_bytes: AtomicU64::new(config.max_db_bytes.unwrap_or(u64::MAX)),
-            drop_log: SharedRateLimit::new(LOG_PERIOD),
+            drop_log: RateLimit::new(LOG_PERIOD),
         });
         let now = Instant::now();
         let writer = Writer {
@@ -469,9 +470,10 @@ impl StorageSender {
         if q.closed {
             drop(q);
             stats.dropped(DropReason::Shutdown, n);
-            if shared.drop_log.ready() {
+            if let Some(suppressed) = shared.drop_log.ready() {
                 tracing::warn!(
                     rows = n,
+                    suppressed,
                     "storage is shut down: dropped a batch sent after shutdown began"
                 );
             }
@@ -489,9 +491,10 @@ impl StorageSender {
         if let Err(used) = reserved {
             drop(q);
             stats.dropped(DropReason::QueueFull, n);
-            if shared.drop_log.ready() {
+            if let Some(suppressed) = shared.drop_log.ready() {
                 tracing::warn!(
                     rows = n,
+                    suppressed,
                     queued = used,
                     dropped_total = stats.rows_dropped[DropReason::QueueFull as usize]
                         .load(Ordering::Relaxed),
@@ -851,69 +854,6 @@ impl Writer {
     }
 }
 
-/// Allows one log line per period on a single thread, counting the ones it suppressed.
-#[derive(Debug)]
-struct RateLimit {
-    period: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimit {
-    fn new(period: Duration) -> RateLimit {
-        RateLimit {
-            period,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// Returns the number of lines suppressed since the last one if a line may be logged now.
-    fn ready(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|l| now.duration_since(l) < self.period)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
-/// [`RateLimit`] for many threads: one winner per period, no lock.
-#[derive(Debug)]
-struct SharedRateLimit {
-    epoch: Instant,
-    period_ms: u64,
-    /// Milliseconds since `epoch` of the last line, plus one (0: never logged).
-    last_ms: AtomicU64,
-}
-
-impl SharedRateLimit {
-    fn new(period: Duration) -> SharedRateLimit {
-        SharedRateLimit {
-            epoch: Instant::now(),
-            period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// Returns true if and only if the caller may log now.
-    fn ready(&self) -> bool {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < self.period_ms {
-            return false;
-        }
-        self.last_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
@@ -969,20 +909,6 @@ mod tests {
         assert_eq!(c.retention_interval(), Some(Duration::from_secs(30)));
         c.retention = Some(Duration::from_secs(86_400));
         assert_eq!(c.retention_interval(), Some(Duration::from_secs(60)));
-    }
-
-    #[test]
-    fn rate_limits_let_one_line_through_per_period() {
-        let mut l = RateLimit::new(Duration::from_secs(3600));
-        assert_eq!(l.ready(), Some(0));
-        assert_eq!(l.ready(), None);
-        assert_eq!(l.ready(), None);
-        l.last = Some(Instant::now() - Duration::from_secs(7200));
-        assert_eq!(l.ready(), Some(2), "reports what it suppressed");
-
-        let s = SharedRateLimit::new(Duration::from_secs(3600));
-        assert!(s.ready());
-        assert!(!s.ready());
     }
 
     #[test]
