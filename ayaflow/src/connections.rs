@@ -184,8 +184,9 @@ fn canonical(tuple: &FiveTuple) -> (FiveTuple, bool) {
     }
 }
 
-/// The live connections, bounded by `max_connections`. Single-threaded: the pipeline owns it,
-/// or shares it behind a `std::sync::Mutex` held only for one call.
+/// The live connections, bounded by `max_connections`. Single-threaded: the agent shares it
+/// behind a `std::sync::Mutex` held for one call, and a call can be long: a batch of packets,
+/// or [`ConnectionTable::top`], which walks every connection.
 #[derive(Debug)]
 pub struct ConnectionTable {
     /// Keyed by [`canonical`] tuple.

@@ -2,8 +2,11 @@
 //! raw (one row per event) or through the window aggregator.
 //!
 //! Backpressure: the capture path never waits on storage. Batches go to the storage queue with
-//! `try`-semantics (DropNewest, counted in `ayaflow_storage_rows_dropped_total`); the table is
-//! behind a `std::sync::Mutex` held only for the in-memory update of one batch.
+//! `try`-semantics (DropNewest, counted in `ayaflow_storage_rows_dropped_total`). The table is
+//! behind a `std::sync::Mutex`: this module holds it for the in-memory update of one batch,
+//! but the API's top-N (`/api/live`, each stream frame) walks the whole table under it, so a
+//! batch can wait for one such walk (milliseconds at 100,000 connections); the kernel never
+//! waits, the ring buffer absorbs it.
 
 use std::sync::{
     Arc, Mutex,
