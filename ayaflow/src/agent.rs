@@ -9,7 +9,7 @@
 //! sweep -> flush the current window -> storage writes everything queued and closes the
 //! database. Detaching first is what makes the history complete: a packet the kernel counts
 //! after the final drain would be counted and never stored. Every step is bounded
-//! ([`STEP_LIMIT`]; storage has its own drain timeout), so a stuck request cannot hold the
+//! (`STEP_LIMIT`; storage has its own drain timeout), so a stuck request cannot hold the
 //! shutdown.
 
 use std::{

@@ -3,9 +3,9 @@
 //! Every value is read when Prometheus scrapes: the kernel counters straight from the per-CPU
 //! map, so `ayaflow_packets_total` and `ayaflow_bytes_total` equal the kernel's counts exactly,
 //! and the agent's own counters (connection table, storage, stream) from their atomics. The
-//! agent supplies a [`MetricsSource`] that gathers [`Readings`] and turns them into families
-//! with [`agent_families`], the one catalogue of names, types and help texts; this module
-//! encodes them.
+//! agent supplies a [`MetricsSource`] that returns the current [`Family`] values (the catalogue
+//! of names, types and help texts is `crate::telemetry`); this module encodes them. It depends
+//! on nothing else in the crate, so every module can report through it.
 //!
 //! Two exposition formats, chosen per request from the `Accept` header ([`Format::negotiate`]):
 //! OpenMetrics 1.0 (encoded by `prometheus-client`), which Prometheus asks for first, and the

@@ -1,0 +1,272 @@
+//! The bounded queue between the pipeline and the writer thread: [`Storage`] (the owner) and
+//! [`StorageSender`] (the pipeline's side, which never blocks).
+
+use super::*;
+
+/// One batch as the pipeline sent it.
+pub(super) enum Batch {
+    Packets(Vec<Packet>),
+    Windows(Vec<WindowRow>),
+}
+
+impl Batch {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Batch::Packets(p) => p.len(),
+            Batch::Windows(w) => w.len(),
+        }
+    }
+}
+
+/// The queue between the senders and the writer.
+#[derive(Default)]
+pub(super) struct Queue {
+    pub(super) batches: VecDeque<Batch>,
+    /// Rows in `batches` (not counting the writer's pending rows).
+    pub(super) rows: usize,
+    /// Set once by shutdown; no batch is accepted afterwards.
+    pub(super) closed: bool,
+}
+
+/// State shared by the senders, the writer thread and [`Storage`].
+pub(super) struct Shared {
+    pub(super) path: PathBuf,
+    pub(super) max_queued_rows: usize,
+    pub(super) early_flush_rows: usize,
+    pub(super) queue: Mutex<Queue>,
+    /// Signalled when the queue passes `early_flush_rows` or closes.
+    pub(super) wake: Condvar,
+    pub(super) stats: Arc<StorageStats>,
+    /// The size cap in bytes, `u64::MAX` for none; the writer applies changes before writing.
+    pub(super) max_db_bytes: AtomicU64,
+    /// Rate limit of the drop warning, shared by every sender.
+    pub(super) drop_log: RateLimit,
+}
+
+impl Shared {
+    /// Locks the queue. A panic while holding the lock cannot leave the queue half-updated
+    /// (every change is a single push, drain or flag store), so a poisoned lock is still usable.
+    pub(super) fn lock(&self) -> MutexGuard<'_, Queue> {
+        crate::sync::lock(&self.queue)
+    }
+
+    pub(super) fn max_db_bytes(&self) -> Option<u64> {
+        match self.max_db_bytes.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            b => Some(b),
+        }
+    }
+}
+
+/// The handle on the storage writer thread; dropping it shuts the writer down like
+/// [`Storage::shutdown`].
+pub struct Storage {
+    pub(super) shared: Arc<Shared>,
+    /// The writer thread; taken by shutdown.
+    pub(super) thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Storage {
+    /// Opens (or creates and migrates) the database, then starts the writer thread. Opening
+    /// first means a bad path fails here, at start-up, before anything is attached.
+    pub fn spawn(config: StorageConfig) -> Result<Storage, StoreError> {
+        let mut store = Store::open(&config.path)?;
+        if config.max_db_bytes.is_some() {
+            store.set_max_bytes(config.max_db_bytes)?;
+        }
+        let stats = Arc::new(StorageStats::default());
+        let shared = Arc::new(Shared {
+            path: config.path.clone(),
+            max_queued_rows: config.max_queued_rows,
+            early_flush_rows: (config.max_queued_rows / 2).clamp(1, EARLY_FLUSH_ROWS),
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            stats,
+            max_db_bytes: AtomicU64::new(config.max_db_bytes.unwrap_or(u64::MAX)),
+            drop_log: RateLimit::new(LOG_PERIOD),
+        });
+        let now = Instant::now();
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            applied_max_bytes: Some(config.max_db_bytes),
+            store: Some(store),
+            retention: config.retention,
+            retention_every: config.retention_interval(),
+            flush_interval: config.flush_interval,
+            drain_timeout: config.drain_timeout,
+            pending_packets: Vec::new(),
+            pending_windows: Vec::new(),
+            failures: 0,
+            other_failures: 0,
+            retry_at: now,
+            next_retention: now,
+            retention_running: false,
+            last_file_check: now,
+            error_log: RateLimit::new(LOG_PERIOD),
+        };
+        let thread = std::thread::Builder::new()
+            .name("ayaflow-storage".into())
+            .spawn(move || writer.run())
+            .map_err(|source| StoreError::WriterThread {
+                path: config.path.clone(),
+                source,
+            })?;
+        Ok(Storage {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for queueing rows; cheap to clone, usable from any thread or task.
+    pub fn sender(&self) -> StorageSender {
+        StorageSender {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The live counters, for the metrics module.
+    pub fn stats(&self) -> Arc<StorageStats> {
+        Arc::clone(&self.shared.stats)
+    }
+
+    /// The database path.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Changes [`StorageConfig::max_db_bytes`] at run time (config reload); the writer applies
+    /// it before its next write.
+    pub fn set_max_db_bytes(&self, max_db_bytes: Option<u64>) {
+        // u64::MAX bytes is no cap at all, so it can stand for `None`.
+        self.shared
+            .max_db_bytes
+            .store(max_db_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.shared.wake.notify_one();
+    }
+
+    /// Closes the queue, writes what is left (within the drain timeout), closes the database,
+    /// joins the writer thread and returns the final counters. See the module docs for the order.
+    pub fn shutdown(mut self) -> StorageStatsSnapshot {
+        self.close_and_join();
+        self.shared.stats.snapshot()
+    }
+
+    pub(super) fn close_and_join(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+        if thread.join().is_err() {
+            // The panic itself was already printed by the panic hook.
+            tracing::error!(
+                path = %self.shared.path.display(),
+                "the storage writer thread panicked; rows it held are lost"
+            );
+        }
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        self.close_and_join();
+    }
+}
+
+/// Queues rows for the writer. Never blocks; see the module docs for the drop policy.
+#[derive(Clone)]
+pub struct StorageSender {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for StorageSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageSender")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StorageSender {
+    /// Queues packet events (raw mode). Returns true if and only if the batch was queued; a
+    /// batch that does not fit is dropped whole and counted.
+    pub fn send_packets(&self, packets: Vec<Packet>) -> bool {
+        self.send(Batch::Packets(packets))
+    }
+
+    /// Queues window rows (aggregated mode). Returns true if and only if the batch was queued.
+    pub fn send_windows(&self, windows: Vec<WindowRow>) -> bool {
+        self.send(Batch::Windows(windows))
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> Arc<StorageStats> {
+        Arc::clone(&self.shared.stats)
+    }
+
+    pub(super) fn send(&self, batch: Batch) -> bool {
+        let n = batch.len();
+        if n == 0 {
+            return true;
+        }
+        let shared = &*self.shared;
+        let stats = &shared.stats;
+        let mut q = shared.lock();
+        if q.closed {
+            drop(q);
+            stats.dropped(DropReason::Shutdown, n);
+            if let Some(suppressed) = shared.drop_log.ready() {
+                tracing::warn!(
+                    rows = n,
+                    suppressed,
+                    "storage is shut down: dropped a batch sent after shutdown began"
+                );
+            }
+            return false;
+        }
+        // The budget also counts rows the writer holds for a retry; it only shrinks outside the
+        // lock, so a reservation made here can only become more conservative.
+        let max = shared.max_queued_rows as u64;
+        let reserved =
+            stats
+                .queued_rows
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    used.checked_add(n as u64).filter(|&total| total <= max)
+                });
+        if let Err(used) = reserved {
+            drop(q);
+            stats.dropped(DropReason::QueueFull, n);
+            if let Some(suppressed) = shared.drop_log.ready() {
+                tracing::warn!(
+                    rows = n,
+                    suppressed,
+                    queued = used,
+                    dropped_total = stats.rows_dropped[DropReason::QueueFull as usize]
+                        .load(Ordering::Relaxed),
+                    path = %shared.path.display(),
+                    "storage queue full (max_queued_rows = {}): dropped a batch; raise \
+                     max_queued_rows, lower the event rate (sampling) or check why the disk \
+                     is slow or failing",
+                    shared.max_queued_rows
+                );
+            }
+            return false;
+        }
+        q.rows += n;
+        q.batches.push_back(batch);
+        let wake = q.rows >= shared.early_flush_rows;
+        drop(q);
+        if wake {
+            shared.wake.notify_one();
+        }
+        true
+    }
+}
