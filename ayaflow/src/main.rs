@@ -12,8 +12,8 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: ayaflow::hugepages::HugePageHint = ayaflow::hugepages::HugePageHint;
 
 fn main() -> ExitCode {
-    let config = match Config::from_cli(Cli::parse()) {
-        Ok(c) => c,
+    let (config, deprecations) = match Config::load(Cli::parse()) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("ayaflow: invalid configuration: {e}");
             return ExitCode::from(2);
@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    for warning in &deprecations {
+        tracing::warn!("{warning}");
+    }
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

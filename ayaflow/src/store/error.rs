@@ -59,7 +59,7 @@ pub enum StoreError {
     /// The filesystem (or the size cap set with `max_page_count`) has no room left.
     #[error(
         "{operation} on {} failed, the disk is full: {source}; free space on the filesystem \
-         holding {} or lower data_retention_seconds",
+         holding {} or lower data_retention",
         path.display(),
         path.display()
     )]
@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(full.kind(), ErrorKind::Full);
         let msg = full.to_string();
         assert!(msg.contains("/var/lib/ayaflow.db"), "{msg}");
-        assert!(msg.contains("lower data_retention_seconds"), "{msg}");
+        assert!(msg.contains("lower data_retention"), "{msg}");
 
         let locked =
             StoreError::sqlite("/x.db", "inserting rows", code(rusqlite::ffi::SQLITE_BUSY));

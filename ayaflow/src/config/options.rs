@@ -1,0 +1,371 @@
+//! Every option of the agent, declared once: its names (flag, environment variable, YAML key),
+//! its help line and documented default, what a valid value looks like, and how its value sets
+//! [`Config`]. The command line (`crate::cli`), the YAML reader, precedence, error messages and
+//! the README's configuration table are all derived from [`OPTIONS`].
+
+use std::{path::PathBuf, time::Duration};
+
+use super::{
+    CaptureMode, Config, ConfigError, DirectionChoice, MAX_FLOW_MAP_SIZE, MAX_MAX_CONNECTIONS,
+    MAX_SECONDS,
+    value::{Given, page_size, parse_net, valid_interface_name},
+};
+
+/// How an option takes its value on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// One value: `--port 3000`.
+    Value,
+    /// A list: comma-separated, or the flag repeated; a sequence in YAML.
+    List,
+    /// A boolean that needs no value: `-q`, `--quiet=false`.
+    Switch,
+    /// The YAML file itself (`--config`): a path, any bytes, not a YAML key.
+    ConfigFile,
+}
+
+/// One option.
+pub struct OptionSpec {
+    /// The clap id and the YAML key.
+    pub name: &'static str,
+    pub short: Option<char>,
+    /// `--` and the name with dashes.
+    pub flag: &'static str,
+    /// `AYAFLOW_` and the name in capitals.
+    pub env: &'static str,
+    /// Older YAML keys, still read with a deprecation warning.
+    pub old_yaml_keys: &'static [&'static str],
+    pub value_name: &'static str,
+    pub shape: Shape,
+    /// One line: `--help` and the README's "Meaning".
+    pub help: &'static str,
+    /// The README's "Default" and `[default: ...]` in `--help`.
+    pub default: &'static str,
+    /// What would be accepted, for error messages.
+    pub expected: &'static str,
+    /// Sets this option's field of `Config` from its winning value; `None` when no source set
+    /// it (the field keeps `Config::default()`'s value unless the default depends on another
+    /// option, which is declared earlier).
+    pub apply: fn(Option<&Given>, &mut Config) -> Result<(), ConfigError>,
+}
+
+impl OptionSpec {
+    /// The YAML key, or `None` for `--config`.
+    pub fn yaml_key(&self) -> Option<&'static str> {
+        (self.shape != Shape::ConfigFile).then_some(self.name)
+    }
+}
+
+/// The options, in the order of `--help` and of the README's table.
+pub static OPTIONS: &[OptionSpec] = &[
+    OptionSpec {
+        name: "interface",
+        short: Some('i'),
+        flag: "--interface",
+        env: "AYAFLOW_INTERFACE",
+        old_yaml_keys: &[],
+        value_name: "IFACE",
+        shape: Shape::Value,
+        help: "interface to attach to (`auto`: detect)",
+        default: "the default route's interface, else the first up non-loopback one",
+        expected: "an interface name of 1 to 15 characters without '/', ':' or spaces (see `ip \
+                   link`), or auto for the interface of the default route",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            let name = g.string()?;
+            c.interface = if name.eq_ignore_ascii_case("auto") {
+                None
+            } else if valid_interface_name(&name) {
+                Some(name)
+            } else {
+                return Err(g.invalid(g.shown()));
+            };
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "port",
+        short: Some('p'),
+        flag: "--port",
+        env: "AYAFLOW_PORT",
+        old_yaml_keys: &[],
+        value_name: "PORT",
+        shape: Shape::Value,
+        help: "HTTP API port",
+        default: "3000",
+        expected: "a TCP port from 1 to 65535",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            // The range check keeps the value within u16.
+            c.port =
+                u16::try_from(g.number(1, u16::MAX.into())?).map_err(|_| g.invalid(g.shown()))?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "bind_address",
+        short: None,
+        flag: "--bind-address",
+        env: "AYAFLOW_BIND_ADDRESS",
+        old_yaml_keys: &[],
+        value_name: "ADDR",
+        shape: Shape::Value,
+        help: "API listen address",
+        default: "`::` (all; falls back to 0.0.0.0 without IPv6)",
+        expected: "an IP address, e.g. :: (every address, IPv4 and IPv6), 0.0.0.0 or 127.0.0.1",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.bind_address = g
+                .string()?
+                .trim()
+                .parse()
+                .map_err(|_| g.invalid(g.shown()))?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "db_path",
+        short: None,
+        flag: "--db-path",
+        env: "AYAFLOW_DB_PATH",
+        old_yaml_keys: &[],
+        value_name: "FILE",
+        shape: Shape::Value,
+        help: "SQLite file",
+        default: "`traffic.db`",
+        expected: "a file path, e.g. /var/lib/ayaflow/traffic.db",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            let path = g.string()?;
+            if path.is_empty() {
+                return Err(g.invalid(g.shown()));
+            }
+            c.db_path = PathBuf::from(path);
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "connection_timeout",
+        short: None,
+        flag: "--connection-timeout",
+        env: "AYAFLOW_CONNECTION_TIMEOUT",
+        old_yaml_keys: &[],
+        value_name: "SECONDS",
+        shape: Shape::Value,
+        help: "seconds of inactivity before a connection is closed",
+        default: "60",
+        expected: "a whole number of seconds from 1 to 3153600000 (100 years)",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.connection_timeout = Duration::from_secs(g.number(1, MAX_SECONDS)?);
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "data_retention",
+        short: None,
+        flag: "--data-retention",
+        env: "AYAFLOW_DATA_RETENTION",
+        old_yaml_keys: &["data_retention_seconds"],
+        value_name: "SECONDS",
+        shape: Shape::Value,
+        help: "delete history older than N seconds (0: keep all)",
+        default: "disabled",
+        expected: "0 (keep everything) or a whole number of seconds, at most 3153600000 (100 \
+                   years)",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.data_retention = g.optional_seconds()?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "aggregation_window",
+        short: None,
+        flag: "--aggregation-window",
+        env: "AYAFLOW_AGGREGATION_WINDOW",
+        old_yaml_keys: &["aggregation_window_seconds"],
+        value_name: "SECONDS",
+        shape: Shape::Value,
+        help: "store N-second windows per connection instead of one row per packet (0: raw)",
+        default: "0",
+        expected: "0 (raw) or a whole number of seconds, at most 3153600000 (100 years)",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.aggregation_window = g.optional_seconds()?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "allowed_ips",
+        short: None,
+        flag: "--allowed-ips",
+        env: "AYAFLOW_ALLOWED_IPS",
+        old_yaml_keys: &[],
+        value_name: "CIDR",
+        shape: Shape::List,
+        help: "CIDRs or addresses allowed to reach the API (empty: all)",
+        default: "all",
+        expected: "a CIDR such as 10.0.0.0/8 or fd00::/8, or a bare address such as 192.168.1.5 \
+                   (in YAML a list, e.g. [10.0.0.0/8, 192.168.1.5]; empty allows everyone)",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.allowed_ips = g
+                .items()?
+                .into_iter()
+                .map(|(item, shown)| parse_net(&item).ok_or_else(|| g.invalid(shown)))
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "quiet",
+        short: Some('q'),
+        flag: "--quiet",
+        env: "AYAFLOW_QUIET",
+        old_yaml_keys: &[],
+        value_name: "BOOL",
+        shape: Shape::Switch,
+        help: "only errors in the log (`RUST_LOG` still wins)",
+        default: "false",
+        expected: "true or false (also yes/no, on/off, 1/0)",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.quiet = g.boolean()?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "config",
+        short: Some('c'),
+        flag: "--config",
+        env: "AYAFLOW_CONFIG",
+        old_yaml_keys: &[],
+        value_name: "FILE",
+        shape: Shape::ConfigFile,
+        help: "YAML config file",
+        default: "none",
+        expected: "a file path",
+        // Read before every other option (see `Config::load`).
+        apply: |_, _| Ok(()),
+    },
+    OptionSpec {
+        name: "direction",
+        short: None,
+        flag: "--direction",
+        env: "AYAFLOW_DIRECTION",
+        old_yaml_keys: &[],
+        value_name: "DIRECTION",
+        shape: Shape::Value,
+        help: "hooks: `ingress`, `egress` or `both`",
+        default: "ingress",
+        expected: "ingress, egress or both",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.direction = g.choice(&[
+                ("ingress", DirectionChoice::Ingress),
+                ("egress", DirectionChoice::Egress),
+                ("both", DirectionChoice::Both),
+            ])?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "capture_mode",
+        short: None,
+        flag: "--capture-mode",
+        env: "AYAFLOW_CAPTURE_MODE",
+        old_yaml_keys: &[],
+        value_name: "MODE",
+        shape: Shape::Value,
+        help: "`raw` (an event per packet) or `flows` (aggregate in the kernel)",
+        default: "raw (flows when a window is set)",
+        expected: "raw (one event per packet) or flows (aggregate in the kernel)",
+        apply: |g, c| {
+            c.capture_mode = match g {
+                // Windows are built from flows anyway, so aggregating in the kernel saves a
+                // ring-buffer event per packet; without a window every packet is stored, which
+                // needs raw events. `aggregation_window` is declared (so applied) before.
+                None if c.aggregation_window.is_some() => CaptureMode::Flows,
+                None => CaptureMode::Raw,
+                Some(g) => g.choice(&[("raw", CaptureMode::Raw), ("flows", CaptureMode::Flows)])?,
+            };
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "max_connections",
+        short: None,
+        flag: "--max-connections",
+        env: "AYAFLOW_MAX_CONNECTIONS",
+        old_yaml_keys: &[],
+        value_name: "N",
+        shape: Shape::Value,
+        help: "bound of the live connection table",
+        default: "65536",
+        expected: "a whole number of connections from 1 to 16777216",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            let n = g.number(1, MAX_MAX_CONNECTIONS as u64)?;
+            c.max_connections = usize::try_from(n).map_err(|_| g.invalid(g.shown()))?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "flow_map_size",
+        short: None,
+        flag: "--flow-map-size",
+        env: "AYAFLOW_FLOW_MAP_SIZE",
+        old_yaml_keys: &[],
+        value_name: "N",
+        shape: Shape::Value,
+        help: "slots of the kernel flow table (flows mode; rounded up to a power of two, 104 B \
+               each; about twice the connections seen at once)",
+        default: "65536",
+        expected: "a whole number of slots from 1 to 16777216",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.flow_map_size = u32::try_from(g.number(1, MAX_FLOW_MAP_SIZE.into())?)
+                .map_err(|_| g.invalid(g.shown()))?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "ring_buffer_size",
+        short: None,
+        flag: "--ring-buffer-size",
+        env: "AYAFLOW_RING_BUFFER_SIZE",
+        old_yaml_keys: &[],
+        value_name: "BYTES",
+        shape: Shape::Value,
+        help: "bytes of the kernel ring buffer (power of two)",
+        default: "8388608",
+        // The page-size bound is added at run time: see `page_size`.
+        expected: "a power of two of bytes, at most 2147483648, e.g. 8388608 (8 MiB)",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            let page = page_size();
+            let expected = format!(
+                "a power of two of bytes from {page} (the page size) to 2147483648, e.g. \
+                 8388608 (8 MiB)"
+            );
+            let n = g
+                .number(0, u64::MAX)
+                .map_err(|_| g.invalid_expecting(g.shown(), expected.clone()))?;
+            if !n.is_power_of_two() || n < page {
+                return Err(g.invalid_expecting(g.shown(), expected));
+            }
+            c.ring_buffer_size =
+                u32::try_from(n).map_err(|_| g.invalid_expecting(g.shown(), expected))?;
+            Ok(())
+        },
+    },
+];
+
+/// The option named `name`. Panics if there is none: names are compile-time constants.
+pub fn option(name: &str) -> &'static OptionSpec {
+    OPTIONS
+        .iter()
+        .find(|o| o.name == name)
+        .unwrap_or_else(|| panic!("no option {name}"))
+}

@@ -1,0 +1,132 @@
+//! How values are read: lists, booleans, choices, dependent defaults, whole YAML files.
+
+use super::*;
+
+#[test]
+fn lists_split_at_commas_and_repeat() {
+    let env = Env::with(&[("AYAFLOW_ALLOWED_IPS", "10.0.0.0/8, 192.168.1.5,fd00::/8,,")]);
+    assert_eq!(
+        show_nets(&env.config(&[]).expect("valid")),
+        "10.0.0.0/8,192.168.1.5/32,fd00::/8"
+    );
+    let args = [
+        "--allowed-ips",
+        "10.0.0.1",
+        "--allowed-ips",
+        "10.1.0.0/16,2001:db8::1",
+    ];
+    assert_eq!(
+        show_nets(&env.config(&args).expect("valid")),
+        "10.0.0.1/32,10.1.0.0/16,2001:db8::1/128",
+        "the flag replaces the variable as a whole"
+    );
+}
+
+#[test]
+fn booleans_and_choices_accept_common_spellings() {
+    let env = Env::with(&[]);
+    for (arg, quiet) in [
+        ("--quiet=true", true),
+        ("--quiet=0", false),
+        ("-q=YES", true),
+    ] {
+        assert_eq!(env.config(&[arg]).expect("valid").quiet, quiet, "{arg}");
+    }
+    let c = env
+        .config(&["--direction", "Egress", "--capture-mode", "FLOWS"])
+        .expect("valid");
+    assert_eq!(
+        (c.direction, c.capture_mode),
+        (DirectionChoice::Egress, CaptureMode::Flows)
+    );
+    // `--quiet` never takes the next word as its value.
+    let c = env.config(&["--quiet", "--port", "81"]).expect("valid");
+    assert_eq!((c.quiet, c.port), (true, 81));
+}
+
+#[test]
+fn capture_mode_follows_the_window_unless_given() {
+    let env = Env::with(&[]);
+    let mode = |args: &[&str]| env.config(args).expect("valid").capture_mode;
+    assert_eq!(mode(&[]), CaptureMode::Raw);
+    assert_eq!(mode(&["--aggregation-window", "10"]), CaptureMode::Flows);
+    assert_eq!(
+        mode(&["--aggregation-window", "10", "--capture-mode", "raw"]),
+        CaptureMode::Raw
+    );
+    assert_eq!(mode(&["--capture-mode", "flows"]), CaptureMode::Flows);
+}
+
+#[test]
+fn directions_to_attach() {
+    assert_eq!(
+        DirectionChoice::Ingress.directions(),
+        vec![Direction::Ingress]
+    );
+    assert_eq!(
+        DirectionChoice::Egress.directions(),
+        vec![Direction::Egress]
+    );
+    assert_eq!(
+        DirectionChoice::Both.directions(),
+        vec![Direction::Ingress, Direction::Egress]
+    );
+    assert_eq!(DirectionChoice::default(), DirectionChoice::Ingress);
+}
+
+#[test]
+fn empty_and_comment_only_yaml_is_all_defaults() {
+    for text in ["", "\n", "# nothing here\n", "---\n"] {
+        assert_eq!(
+            Config::from_yaml_str(text).expect("valid"),
+            Config::default(),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn full_yaml_file() {
+    let text = r#"
+# As in a Kubernetes ConfigMap.
+interface: eth0
+port: "8080"          # quoted numbers are accepted
+bind_address: "::"
+db_path: /var/lib/ayaflow/traffic.db
+connection_timeout: 120
+data_retention_seconds: 86400
+aggregation_window_seconds: 60
+allowed_ips:
+  - 10.0.0.0/8
+  - 192.168.1.5
+quiet: yes
+direction: both
+capture_mode: raw
+max_connections: 100000
+flow_map_size: 131072
+ring_buffer_size: 16777216
+"#;
+    let c = Config::from_yaml_str(text).expect("valid");
+    assert_eq!(
+        c,
+        Config {
+            interface: Some("eth0".to_owned()),
+            port: 8080,
+            bind_address: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            db_path: PathBuf::from("/var/lib/ayaflow/traffic.db"),
+            connection_timeout: Duration::from_secs(120),
+            data_retention: Some(Duration::from_secs(86_400)),
+            aggregation_window: Some(Duration::from_secs(60)),
+            allowed_ips: vec![
+                "10.0.0.0/8".parse().expect("valid CIDR"),
+                "192.168.1.5/32".parse().expect("valid CIDR"),
+            ],
+            quiet: true,
+            direction: DirectionChoice::Both,
+            capture_mode: CaptureMode::Raw,
+            max_connections: 100_000,
+            flow_map_size: 131_072,
+            ring_buffer_size: 16 << 20,
+        }
+    );
+}
