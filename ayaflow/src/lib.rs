@@ -1,17 +1,25 @@
 //! ayaFlow's agent: loads the TC classifier, turns its events and counters into live connection
-//! state, a SQLite history and an HTTP API.
+//! state, a SQLite history, IPFIX records and an HTTP API.
 //!
-//! Layout (data flows top to bottom):
-//! - `ebpf`: loads and attaches the embedded kernel program, drains its ring buffer, reads its
-//!   per-CPU counters (and, in flow mode, sweeps its flow table).
-//! - `decode` + `flow`: length-checked bytes -> `PacketEvent` -> the domain `Packet`.
-//! - `connections`: the bounded live connection table (timeouts, FIN/RST, top-N).
-//! - `pipeline`: fans packets out to the connection table and, through a bounded queue, to the
-//!   storage writer; aggregates windows when configured.
-//! - `store`: SQLite, the only module with SQL (raw rows, windows, retention, history queries).
-//! - `api`, `metrics`: axum routes and the Prometheus registry.
-//! - `cli` + `config`: flags/env/YAML as typed, then validated; `shutdown`: signal handling;
-//!   `hugepages`: the binary's allocator (huge pages for the big tables).
+//! The data path, top to bottom (no import cycle between modules: `tests/module_graph.rs`
+//! checks):
+//!
+//! ```text
+//! kernel (ayaflow-ebpf) --raw: ebpf::ring (drain)--+
+//!                       --flows: ebpf::sweep ------+--> pipeline --> connections (live table)
+//!                                                  |             --> aggregate (windows)
+//!                                                  |             --> ipfix (flow cache -> UDP)
+//!                                                  |             --> storage (queue, writer
+//!                                                  |                 thread) --> store (SQLite)
+//! api (live, stream, history) and telemetry -> metrics read the table, the store and the
+//! kernel counters (ebpf::counters).
+//! ```
+//!
+//! - `agent`: wires it all and runs it (start-up, shutdown order); `config` + `cli`: every
+//!   option, declared once; `shutdown`: signals.
+//! - `decode` + `flow`: length-checked kernel records -> the domain `Packet`, `FiveTuple`.
+//! - Leaves used everywhere: `clock` (time), `sync` (locks), `ratelimit` (log lines),
+//!   `metrics` (the encoder), `hugepages` (the binary's allocator).
 
 pub mod agent;
 pub mod aggregate;
