@@ -6,11 +6,11 @@
 //! Shutdown, on a signal or when capture stops by itself (a failed ring reader or sweeper,
 //! which also makes the exit code non-zero): not ready -> stop the API -> detach the program
 //! and wait for the runs in flight (an RCU grace period) -> final ring-buffer drain and flow
-//! sweep -> flush the current window -> storage writes everything queued and closes the
-//! database. Detaching first is what makes the history complete: a packet the kernel counts
-//! after the final drain would be counted and never stored. Every step is bounded
-//! (`STEP_LIMIT`; storage has its own drain timeout), so a stuck request cannot hold the
-//! shutdown.
+//! sweep -> flush the current window and the IPFIX records of every open flow -> storage
+//! writes everything queued and closes the database. Detaching first is what makes the history
+//! complete: a packet the kernel counts after the final drain would be counted and never
+//! stored. Every step is bounded (`STEP_LIMIT`; storage has its own drain timeout), so a stuck
+//! request cannot hold the shutdown.
 
 use std::{
     net::SocketAddr,
@@ -35,6 +35,7 @@ use crate::{
         counters::CounterReader,
         sweep::{self, FlowSweeper},
     },
+    ipfix::{self, ExportConfig, IpfixExport},
     metrics::{Family, MetricsSource},
     pipeline::{Pipeline, PipelineStats},
     shutdown::{Shutdown, signal_received},
@@ -94,6 +95,20 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let counters = Arc::new(program.take_counters()?);
 
+    let (ipfix, ipfix_task) = match ipfix_export(&config) {
+        Some(export) => {
+            let ifindex = ebpf::interface::index(&interface).unwrap_or(0);
+            tracing::info!(
+                collectors = ?export.collectors,
+                observation_domain = export.observation_domain,
+                "IPFIX export on"
+            );
+            let (x, task) = IpfixExport::start(&export, ifindex);
+            (Some(x), Some(task))
+        }
+        None => (None, None),
+    };
+
     let table = Arc::new(Mutex::new(ConnectionTable::new(
         config.max_connections,
         config.connection_timeout,
@@ -105,6 +120,7 @@ pub async fn run(config: Config) -> Result<()> {
             .map(|w| Arc::new(Mutex::new(Aggregator::new(w)))),
         store_raw: !flows,
         storage: storage.sender(),
+        ipfix: ipfix.clone(),
         stats: Arc::new(PipelineStats::default()),
     };
     let live = Arc::new(Live {
@@ -130,6 +146,7 @@ pub async fn run(config: Config) -> Result<()> {
         pipeline: pipeline.stats.clone(),
         storage: storage.stats(),
         api: state.stats.clone(),
+        ipfix,
         kernel_read_errors: AtomicU64::new(0),
     };
     let state = AppState {
@@ -216,6 +233,9 @@ pub async fn run(config: Config) -> Result<()> {
     bounded("stopping the tick", tick_task).await;
     pipeline.flush();
     drop(pipeline);
+    if let Some(t) = ipfix_task {
+        bounded("sending the final IPFIX records", t).await;
+    }
     let stats = storage.shutdown();
     tracing::info!(
         rows_written = stats.rows_written,
@@ -232,6 +252,24 @@ pub async fn run(config: Config) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The export's settings, if collectors are configured.
+fn ipfix_export(config: &Config) -> Option<ExportConfig> {
+    (!config.ipfix_collectors.is_empty()).then(|| ExportConfig {
+        collectors: config.ipfix_collectors.clone(),
+        active_timeout: config.ipfix_active_timeout,
+        idle_timeout: config
+            .ipfix_idle_timeout
+            .unwrap_or(config.connection_timeout),
+        template_refresh: config.ipfix_template_refresh,
+        observation_domain: config
+            .ipfix_observation_domain
+            .unwrap_or_else(ipfix::default_observation_domain),
+        mtu: config.ipfix_mtu,
+        // An entry per connection and direction.
+        max_flows: config.max_connections.saturating_mul(2),
+    })
 }
 
 /// Awaits `task` for at most [`STEP_LIMIT`]; past that it is aborted and the shutdown goes on.
@@ -343,6 +381,7 @@ struct AgentMetrics {
     pipeline: Arc<PipelineStats>,
     storage: Arc<StorageStats>,
     api: Arc<api::ApiStats>,
+    ipfix: Option<Arc<IpfixExport>>,
     /// Scrapes whose read of the kernel counters failed.
     kernel_read_errors: AtomicU64,
 }
@@ -369,6 +408,7 @@ impl MetricsSource for AgentMetrics {
             pipeline: &self.pipeline,
             storage: self.storage.snapshot(),
             api: &self.api,
+            ipfix: self.ipfix.as_ref().map_or(&[], |x| x.collectors()),
         })
     }
 }

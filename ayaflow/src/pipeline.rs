@@ -1,5 +1,6 @@
-//! Fans captured packets out: to the live connection table (always), and to storage, either
-//! raw (one row per event) or through the window aggregator.
+//! Fans captured packets out: to the live connection table (always), to the IPFIX export (when
+//! configured), and to storage, either raw (one row per event) or through the window
+//! aggregator.
 //!
 //! Backpressure: the capture path never waits on storage. Batches go to the storage queue with
 //! `try`-semantics (DropNewest, counted in `ayaflow_storage_rows_dropped_total`). The table is
@@ -18,6 +19,7 @@ use crate::{
     connections::ConnectionTable,
     ebpf::{ring::PacketSink, sweep::FlowDelta},
     flow::Packet,
+    ipfix::IpfixExport,
     storage::StorageSender,
     sync::lock,
 };
@@ -40,6 +42,8 @@ pub struct Pipeline {
     /// False in flow mode without a window: there is no per-packet row to store.
     pub store_raw: bool,
     pub storage: StorageSender,
+    /// Set when IPFIX collectors are configured: fed what the table is fed.
+    pub ipfix: Option<Arc<IpfixExport>>,
     pub stats: Arc<PipelineStats>,
 }
 
@@ -53,6 +57,9 @@ impl PacketSink for Pipeline {
             for p in batch {
                 table.record(p);
             }
+        }
+        if let Some(ipfix) = &self.ipfix {
+            ipfix.packets(batch);
         }
         match &self.aggregator {
             Some(agg) => {
@@ -86,6 +93,9 @@ impl Pipeline {
     /// Periodic work: closes idle connections and hands finished windows to storage.
     pub fn tick(&self, now_unix_ns: u64) {
         lock(&self.table).expire(now_unix_ns);
+        if let Some(ipfix) = &self.ipfix {
+            ipfix.tick(now_unix_ns);
+        }
         if let Some(agg) = &self.aggregator {
             let rows = lock(agg).take_closed(now_unix_ns);
             if !rows.is_empty() {
@@ -113,6 +123,9 @@ impl Pipeline {
                 );
             }
         }
+        if let Some(ipfix) = &self.ipfix {
+            ipfix.deltas(deltas.clone());
+        }
         if let Some(agg) = &self.aggregator {
             let mut agg = lock(agg);
             for d in deltas {
@@ -127,8 +140,12 @@ impl Pipeline {
         }
     }
 
-    /// At shutdown: hands the current, partial window to storage.
+    /// At shutdown, after the last packets are in: hands the current, partial window to
+    /// storage, and every open flow's final record to the IPFIX exporter.
     pub fn flush(&self) {
+        if let Some(ipfix) = &self.ipfix {
+            ipfix.finish();
+        }
         if let Some(agg) = &self.aggregator {
             let rows = lock(agg).take_all();
             if !rows.is_empty() {

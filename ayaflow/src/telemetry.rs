@@ -6,7 +6,7 @@
 //! [`crate::metrics`] families to encode, so the encoder depends on no producer and no producer
 //! on the encoder's users.
 
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, atomic::Ordering};
 
 use ayaflow_common::{counters::Counter, flow::Direction};
 
@@ -15,6 +15,7 @@ use crate::{
     connections::TableStats,
     ebpf::counters::Totals,
     flow::direction_name,
+    ipfix::{CollectorStats, DropReason as ExportDropReason},
     metrics::{Family, Kind},
     pipeline::PipelineStats,
     storage::{DropReason, StorageStatsSnapshot},
@@ -39,6 +40,8 @@ pub struct Readings<'a> {
     pub storage: StorageStatsSnapshot,
     /// The API's counters.
     pub api: &'a ApiStats,
+    /// Each IPFIX collector's counters (none when the export is off).
+    pub ipfix: &'a [Arc<CollectorStats>],
 }
 
 /// Every metric family of the agent, from `r`. Counters are named without `_total` (the
@@ -264,7 +267,51 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
     for (name, help, kind, value) in rest {
         out.push(Family::single(name, help, kind, value));
     }
+    if !r.ipfix.is_empty() {
+        ipfix_families(r.ipfix, &mut out);
+    }
     out
+}
+
+/// The IPFIX export's families, one sample per collector (and reason).
+fn ipfix_families(collectors: &[Arc<CollectorStats>], out: &mut Vec<Family>) {
+    let per_collector = |f: fn(&CollectorStats) -> u64| -> Vec<(Vec<(&'static str, String)>, u64)> {
+        collectors
+            .iter()
+            .map(|c| (vec![("collector", c.collector.clone())], f(c)))
+            .collect()
+    };
+    out.push(Family {
+        name: "ayaflow_ipfix_records_sent",
+        help: "IPFIX data records sent, by collector.",
+        kind: Kind::Counter,
+        samples: per_collector(|c| c.records_sent.load(Ordering::Relaxed)),
+    });
+    out.push(Family {
+        name: "ayaflow_ipfix_messages_sent",
+        help: "IPFIX messages (UDP datagrams) sent, by collector.",
+        kind: Kind::Counter,
+        samples: per_collector(|c| c.messages_sent.load(Ordering::Relaxed)),
+    });
+    let mut dropped = Vec::new();
+    for c in collectors {
+        for reason in ExportDropReason::ALL {
+            dropped.push((
+                vec![
+                    ("collector", c.collector.clone()),
+                    ("reason", reason.label().to_string()),
+                ],
+                c.dropped(reason),
+            ));
+        }
+    }
+    out.push(Family {
+        name: "ayaflow_ipfix_records_dropped",
+        help: "IPFIX records a collector did not get: queue_full (the exporter fell behind), \
+               unresolved (its name did not resolve), unreachable (sending failed).",
+        kind: Kind::Counter,
+        samples: dropped,
+    });
 }
 
 #[cfg(test)]
@@ -282,6 +329,7 @@ mod tests {
             pipeline: &pipeline,
             storage: StorageStatsSnapshot::default(),
             api: &api,
+            ipfix: &[],
         };
         let names = |fams: Vec<Family>| fams.iter().map(|f| f.name).collect::<Vec<_>>();
         let with = names(agent_families(&readings(Some(Totals::default()))));

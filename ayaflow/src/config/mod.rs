@@ -83,6 +83,9 @@ pub const MAX_FLOW_MAP_SIZE: u32 = 1 << 24;
 /// Default size of the kernel ring buffer: 8 MiB holds tens of thousands of events, a few
 /// hundred milliseconds at high packet rates, which covers a scheduling hiccup of the reader.
 pub const DEFAULT_RING_BUFFER_SIZE: u32 = 8 << 20;
+/// Default largest IPFIX message: fits a 1,500-byte MTU with IP, UDP and a tunnel's headers.
+pub const DEFAULT_IPFIX_MTU: usize = 1400;
+
 /// Longest accepted duration, in seconds (100 years). Durations are turned into nanoseconds
 /// next to Unix timestamps, and this keeps that arithmetic far from `u64` overflow.
 pub const MAX_SECONDS: u64 = 100 * 365 * 86_400;
@@ -154,6 +157,19 @@ pub struct Config {
     pub flow_map_size: u32,
     /// Bytes of the kernel ring buffer: a power of two, at least the page size.
     pub ring_buffer_size: u32,
+    /// IPFIX collectors (`host:port`); empty: no export.
+    pub ipfix_collectors: Vec<String>,
+    /// A long-lived flow is reported after this long, at least once per this interval.
+    pub ipfix_active_timeout: Duration,
+    /// A flow without packets for this long gets its last record; `None`: the connection
+    /// timeout.
+    pub ipfix_idle_timeout: Option<Duration>,
+    /// Templates are sent again this often (UDP has no session that would keep them).
+    pub ipfix_template_refresh: Duration,
+    /// The observation domain id; `None`: derived from the host name (stable per node).
+    pub ipfix_observation_domain: Option<u32>,
+    /// Largest IPFIX message, in bytes.
+    pub ipfix_mtu: usize,
 }
 
 impl Default for Config {
@@ -173,6 +189,12 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             flow_map_size: DEFAULT_FLOW_MAP_SIZE,
             ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
+            ipfix_collectors: Vec::new(),
+            ipfix_active_timeout: Duration::from_secs(60),
+            ipfix_idle_timeout: None,
+            ipfix_template_refresh: Duration::from_secs(60),
+            ipfix_observation_domain: None,
+            ipfix_mtu: DEFAULT_IPFIX_MTU,
         }
     }
 }

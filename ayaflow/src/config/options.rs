@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use super::{
     CaptureMode, Config, ConfigError, DirectionChoice, MAX_FLOW_MAP_SIZE, MAX_MAX_CONNECTIONS,
     MAX_SECONDS,
-    value::{Given, page_size, parse_net, valid_interface_name},
+    value::{Given, page_size, parse_net, valid_host_port, valid_interface_name},
 };
 
 /// How an option takes its value on the command line.
@@ -357,6 +357,120 @@ pub static OPTIONS: &[OptionSpec] = &[
             }
             c.ring_buffer_size =
                 u32::try_from(n).map_err(|_| g.invalid_expecting(g.shown(), expected))?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "ipfix_collectors",
+        short: None,
+        flag: "--ipfix-collectors",
+        env: "AYAFLOW_IPFIX_COLLECTORS",
+        old_yaml_keys: &[],
+        value_name: "HOST:PORT",
+        shape: Shape::List,
+        help: "IPFIX collectors to export flow records to over UDP (names resolved, again after a failure)",
+        default: "none (no export)",
+        expected: "host:port, e.g. nfcapd.monitoring.svc:4739, 10.0.0.1:2055 or [fd00::5]:4739 \
+                   (in YAML a list)",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.ipfix_collectors = g
+                .items()?
+                .into_iter()
+                .map(|(item, shown)| {
+                    valid_host_port(&item)
+                        .then_some(item)
+                        .ok_or_else(|| g.invalid(shown))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "ipfix_active_timeout",
+        short: None,
+        flag: "--ipfix-active-timeout",
+        env: "AYAFLOW_IPFIX_ACTIVE_TIMEOUT",
+        old_yaml_keys: &[],
+        value_name: "SECONDS",
+        shape: Shape::Value,
+        help: "seconds after which a long-lived flow is reported (and again every N seconds)",
+        default: "60",
+        expected: "a whole number of seconds from 1 to 3153600000 (100 years)",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.ipfix_active_timeout = Duration::from_secs(g.number(1, MAX_SECONDS)?);
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "ipfix_idle_timeout",
+        short: None,
+        flag: "--ipfix-idle-timeout",
+        env: "AYAFLOW_IPFIX_IDLE_TIMEOUT",
+        old_yaml_keys: &[],
+        value_name: "SECONDS",
+        shape: Shape::Value,
+        help: "seconds without a packet after which a flow gets its last record",
+        default: "the connection timeout",
+        expected: "a whole number of seconds from 1 to 3153600000 (100 years)",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.ipfix_idle_timeout = Some(Duration::from_secs(g.number(1, MAX_SECONDS)?));
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "ipfix_template_refresh",
+        short: None,
+        flag: "--ipfix-template-refresh",
+        env: "AYAFLOW_IPFIX_TEMPLATE_REFRESH",
+        old_yaml_keys: &[],
+        value_name: "SECONDS",
+        shape: Shape::Value,
+        help: "seconds between two sendings of the IPFIX templates",
+        default: "60",
+        expected: "a whole number of seconds from 1 to 86400",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.ipfix_template_refresh = Duration::from_secs(g.number(1, 86_400)?);
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "ipfix_observation_domain",
+        short: None,
+        flag: "--ipfix-observation-domain",
+        env: "AYAFLOW_IPFIX_OBSERVATION_DOMAIN",
+        old_yaml_keys: &[],
+        value_name: "ID",
+        shape: Shape::Value,
+        help: "IPFIX observation domain id of this node",
+        default: "derived from the host name (stable per node)",
+        expected: "a whole number from 0 to 4294967295",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.ipfix_observation_domain = Some(
+                u32::try_from(g.number(0, u32::MAX.into())?).map_err(|_| g.invalid(g.shown()))?,
+            );
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "ipfix_mtu",
+        short: None,
+        flag: "--ipfix-mtu",
+        env: "AYAFLOW_IPFIX_MTU",
+        old_yaml_keys: &[],
+        value_name: "BYTES",
+        shape: Shape::Value,
+        help: "largest IPFIX message in bytes (many records per message)",
+        default: "1400",
+        expected: "a whole number of bytes from 512 to 65507",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.ipfix_mtu = usize::try_from(g.number(crate::ipfix::MIN_MTU as u64, 65_507)?)
+                .map_err(|_| g.invalid(g.shown()))?;
             Ok(())
         },
     },

@@ -219,3 +219,22 @@ pub fn parse_net(s: &str) -> Option<IpNet> {
         .ok()
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
+
+/// `host:port` with a port from 1 to 65535 and a host that is a name or an address (IPv6 in
+/// brackets); the name is resolved when exporting, not here.
+pub fn valid_host_port(s: &str) -> bool {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+        }
+    };
+    port_ok && host_ok
+}

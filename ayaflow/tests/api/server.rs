@@ -63,6 +63,7 @@ impl MetricsSource for FixedMetrics {
             pipeline: &self.pipeline,
             storage: StorageStatsSnapshot::default(),
             api: &self.api,
+            ipfix: &[],
         })
     }
 }

@@ -55,6 +55,9 @@ fn the_readme_table_is_the_declarations() {
 fn documented_defaults_are_the_defaults() {
     // Options whose documented default is a description rather than a value.
     let described = [
+        "ipfix_collectors",
+        "ipfix_idle_timeout",
+        "ipfix_observation_domain",
         "interface",
         "bind_address",
         "data_retention",
@@ -82,6 +85,11 @@ fn documented_defaults_are_the_defaults() {
     assert_eq!(d.bind_address, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
     assert_eq!((d.data_retention, d.allowed_ips.len()), (None, 0));
     assert_eq!(d.capture_mode, CaptureMode::Raw);
+    assert!(d.ipfix_collectors.is_empty(), "no export by default");
+    assert_eq!(
+        (d.ipfix_idle_timeout, d.ipfix_observation_domain),
+        (None, None)
+    );
 }
 
 #[test]

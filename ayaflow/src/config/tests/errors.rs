@@ -358,6 +358,24 @@ const ERROR_CASES: &[ErrorCase] = &[
         message: "cannot read config file / (from AYAFLOW_CONFIG): ",
         exact: false,
     },
+    ErrorCase {
+        name: "ipfix_collector_without_port",
+        args: &["--ipfix-collectors", "10.0.0.1:4739,collector"],
+        env: &[],
+        yaml: None,
+        message: "--ipfix-collectors = collector (from the command line): expected host:port, \
+                  e.g. nfcapd.monitoring.svc:4739, 10.0.0.1:2055 or [fd00::5]:4739 (in YAML a list)",
+        exact: true,
+    },
+    ErrorCase {
+        name: "ipfix_mtu_too_small",
+        args: &[],
+        env: &[("AYAFLOW_IPFIX_MTU", "100")],
+        yaml: None,
+        message: "AYAFLOW_IPFIX_MTU = 100 (from the environment): expected a whole number of \
+                  bytes from 512 to 65507",
+        exact: true,
+    },
 ];
 
 #[test]

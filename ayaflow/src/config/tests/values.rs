@@ -105,6 +105,12 @@ capture_mode: raw
 max_connections: 100000
 flow_map_size: 131072
 ring_buffer_size: 16777216
+ipfix_collectors: [nfcapd.monitoring.svc:4739, "[fd00::5]:2055"]
+ipfix_active_timeout: 30
+ipfix_idle_timeout: 15
+ipfix_template_refresh: 120
+ipfix_observation_domain: 7
+ipfix_mtu: 9000
 "#;
     let c = Config::from_yaml_str(text).expect("valid");
     assert_eq!(
@@ -127,6 +133,15 @@ ring_buffer_size: 16777216
             max_connections: 100_000,
             flow_map_size: 131_072,
             ring_buffer_size: 16 << 20,
+            ipfix_collectors: vec![
+                "nfcapd.monitoring.svc:4739".to_owned(),
+                "[fd00::5]:2055".to_owned()
+            ],
+            ipfix_active_timeout: Duration::from_secs(30),
+            ipfix_idle_timeout: Some(Duration::from_secs(15)),
+            ipfix_template_refresh: Duration::from_secs(120),
+            ipfix_observation_domain: Some(7),
+            ipfix_mtu: 9000,
         }
     );
 }
