@@ -24,9 +24,10 @@
 pub mod agent;
 pub mod aggregate;
 pub mod api;
-pub mod cli;
 pub mod clock;
 pub mod config;
+/// The command line (declared with the options, in `config`).
+pub use config::cli;
 pub mod connections;
 pub mod decode;
 pub mod ebpf;

@@ -1,6 +1,6 @@
 //! The validated configuration: the "high" half of ripgrep's `lowargs` -> `hiargs` split.
 //!
-//! [`crate::cli`] collects flags and `AYAFLOW_*` environment variables as strings; this module
+//! [`cli`] collects flags and `AYAFLOW_*` environment variables as strings; this module
 //! reads the YAML file named by `--config`, merges the three sources with the defaults and checks
 //! every value, producing the typed [`Config`] the rest of the agent uses.
 //!
@@ -14,9 +14,10 @@
 //! bad value, where it came from and what would be accepted.
 //!
 //! # Layout
-//! - `options`: every option declared once ([`options::OPTIONS`]); the CLI (`crate::cli`), the
+//! - `options`: every option declared once ([`options::OPTIONS`]); the CLI (`cli`), the
 //!   environment, the YAML keys, the error messages and the README table come from it;
-//! - `value`: one option's winning value and the parsers the declarations use;
+//! - `value`: what a declaration holds, one option's winning value, and the parsers the
+//!   declarations use; `cli`: the flags and variables, built from the declarations;
 //! - `yaml`: the YAML file, its keys, and the deprecated spellings still read;
 //! - `readme`: the README's configuration table, rendered from the declarations;
 //! - `error`: [`ConfigError`].
@@ -41,11 +42,9 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::{
-    cli::{Cli, Origin},
-    flow::Direction,
-};
+use crate::flow::Direction;
 
+pub mod cli;
 mod error;
 pub mod options;
 mod readme;
@@ -56,6 +55,7 @@ pub use error::ConfigError;
 pub use readme::configuration_table;
 
 use self::{
+    cli::{Cli, Origin},
     options::{OPTIONS, OptionSpec, Shape},
     value::{Given, Raw, Source},
     yaml::YamlFile,

@@ -1,60 +1,15 @@
 //! Every option of the agent, declared once: its names (flag, environment variable, YAML key),
 //! its help line and documented default, what a valid value looks like, and how its value sets
-//! [`Config`]. The command line (`crate::cli`), the YAML reader, precedence, error messages and
+//! [`Config`]. The command line (`cli`), the YAML reader, precedence, error messages and
 //! the README's configuration table are all derived from [`OPTIONS`].
 
 use std::{path::PathBuf, time::Duration};
 
+pub use super::value::{OptionSpec, Shape};
 use super::{
-    CaptureMode, Config, ConfigError, DirectionChoice, MAX_FLOW_MAP_SIZE, MAX_MAX_CONNECTIONS,
-    MAX_SECONDS,
-    value::{Given, page_size, parse_net, valid_host_port, valid_interface_name},
+    CaptureMode, DirectionChoice, MAX_FLOW_MAP_SIZE, MAX_MAX_CONNECTIONS, MAX_SECONDS,
+    value::{page_size, parse_net, valid_host_port, valid_interface_name},
 };
-
-/// How an option takes its value on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shape {
-    /// One value: `--port 3000`.
-    Value,
-    /// A list: comma-separated, or the flag repeated; a sequence in YAML.
-    List,
-    /// A boolean that needs no value: `-q`, `--quiet=false`.
-    Switch,
-    /// The YAML file itself (`--config`): a path, any bytes, not a YAML key.
-    ConfigFile,
-}
-
-/// One option.
-pub struct OptionSpec {
-    /// The clap id and the YAML key.
-    pub name: &'static str,
-    pub short: Option<char>,
-    /// `--` and the name with dashes.
-    pub flag: &'static str,
-    /// `AYAFLOW_` and the name in capitals.
-    pub env: &'static str,
-    /// Older YAML keys, still read with a deprecation warning.
-    pub old_yaml_keys: &'static [&'static str],
-    pub value_name: &'static str,
-    pub shape: Shape,
-    /// One line: `--help` and the README's "Meaning".
-    pub help: &'static str,
-    /// The README's "Default" and `[default: ...]` in `--help`.
-    pub default: &'static str,
-    /// What would be accepted, for error messages.
-    pub expected: &'static str,
-    /// Sets this option's field of `Config` from its winning value; `None` when no source set
-    /// it (the field keeps `Config::default()`'s value unless the default depends on another
-    /// option, which is declared earlier).
-    pub apply: fn(Option<&Given>, &mut Config) -> Result<(), ConfigError>,
-}
-
-impl OptionSpec {
-    /// The YAML key, or `None` for `--config`.
-    pub fn yaml_key(&self) -> Option<&'static str> {
-        (self.shape != Shape::ConfigFile).then_some(self.name)
-    }
-}
 
 /// The options, in the order of `--help` and of the README's table.
 pub static OPTIONS: &[OptionSpec] = &[

@@ -1,6 +1,7 @@
-//! One option's winning value, as it arrived (text from a flag or variable, or a YAML value),
-//! with where it came from; and the parsers every option's `apply` uses, which turn a bad value
-//! into a [`ConfigError`] naming the option as spelled in its source.
+//! What declaring an option takes ([`OptionSpec`]); one option's winning value as it arrived
+//! (text from a flag or variable, or a YAML value) with where it came from; and the parsers
+//! every option's `apply` uses, which turn a bad value into a [`ConfigError`] naming the option
+//! as spelled in its source.
 
 use std::net::IpAddr;
 
@@ -9,7 +10,52 @@ use serde_yaml_ng::Value;
 
 use std::time::Duration;
 
-use super::{ConfigError, MAX_SECONDS, options::OptionSpec};
+use super::{Config, ConfigError, MAX_SECONDS};
+
+/// How an option takes its value on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// One value: `--port 3000`.
+    Value,
+    /// A list: comma-separated, or the flag repeated; a sequence in YAML.
+    List,
+    /// A boolean that needs no value: `-q`, `--quiet=false`.
+    Switch,
+    /// The YAML file itself (`--config`): a path, any bytes, not a YAML key.
+    ConfigFile,
+}
+
+/// One option.
+pub struct OptionSpec {
+    /// The clap id and the YAML key.
+    pub name: &'static str,
+    pub short: Option<char>,
+    /// `--` and the name with dashes.
+    pub flag: &'static str,
+    /// `AYAFLOW_` and the name in capitals.
+    pub env: &'static str,
+    /// Older YAML keys, still read with a deprecation warning.
+    pub old_yaml_keys: &'static [&'static str],
+    pub value_name: &'static str,
+    pub shape: Shape,
+    /// One line: `--help` and the README's "Meaning".
+    pub help: &'static str,
+    /// The README's "Default" and `[default: ...]` in `--help`.
+    pub default: &'static str,
+    /// What would be accepted, for error messages.
+    pub expected: &'static str,
+    /// Sets this option's field of `Config` from its winning value; `None` when no source set
+    /// it (the field keeps `Config::default()`'s value unless the default depends on another
+    /// option, which is declared earlier).
+    pub apply: fn(Option<&Given>, &mut Config) -> Result<(), ConfigError>,
+}
+
+impl OptionSpec {
+    /// The YAML key, or `None` for `--config`.
+    pub fn yaml_key(&self) -> Option<&'static str> {
+        (self.shape != Shape::ConfigFile).then_some(self.name)
+    }
+}
 
 /// A value as it arrived.
 #[derive(Clone, Copy)]

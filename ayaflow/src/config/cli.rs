@@ -18,7 +18,7 @@ use clap::{
     parser::ValueSource,
 };
 
-use crate::config::options::{OPTIONS, Shape};
+use super::options::{OPTIONS, Shape};
 
 const ABOUT: &str =
     "eBPF network traffic analyzer: per-connection packets and bytes, live and historical.";
