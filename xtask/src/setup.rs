@@ -29,6 +29,7 @@ pub const BUILD_PACKAGES: &[&str] = &[
 
 /// Debian packages of the tests: ip and tc (iproute2), ping, ethtool, bpftool; Prometheus and
 /// promtool for the dashboard and metrics tests; libfaketime to step the agent's clock (alone);
+/// nfdump (nfcapd, a real IPFIX collector), tshark and tcpdump for the export tests;
 /// python3-venv for the venv below.
 pub const TEST_PACKAGES: &[&str] = &[
     "bpftool",
@@ -37,6 +38,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "ethtool",
     "prometheus",
     "libfaketime",
+    "nfdump",
+    "tshark",
+    "tcpdump",
     "python3-venv",
 ];
 

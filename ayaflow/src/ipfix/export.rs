@@ -92,6 +92,10 @@ struct Session {
     encoder: Encoder,
     templates_sent: Option<Instant>,
     down: bool,
+    /// Batches sent without an error in a row. A collector that is down still takes one
+    /// datagram in two (the kernel reports the refusal on the next send), so it counts as back
+    /// only after two clean batches.
+    clean_batches: u32,
 }
 
 impl Session {
@@ -177,6 +181,7 @@ impl Session {
             Some((_, why)) => {
                 // Resolved again next time: a Service may have moved.
                 self.socket = None;
+                self.clean_batches = 0;
                 if !self.down {
                     tracing::warn!(
                         collector = %self.target,
@@ -186,11 +191,13 @@ impl Session {
                     self.down = true;
                 }
             }
-            None if self.down => {
-                tracing::info!(collector = %self.target, "IPFIX collector reachable again");
-                self.down = false;
+            None => {
+                self.clean_batches = self.clean_batches.saturating_add(1);
+                if self.down && self.clean_batches >= 2 {
+                    tracing::info!(collector = %self.target, "IPFIX collector reachable again");
+                    self.down = false;
+                }
             }
-            None => {}
         }
     }
 }
@@ -213,6 +220,7 @@ pub async fn run(
             encoder: Encoder::new(mtu, domain),
             templates_sent: None,
             down: false,
+            clean_batches: 0,
         })
         .collect();
     // Templates at start, then at least every refresh (also with no traffic).
