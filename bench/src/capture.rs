@@ -70,6 +70,10 @@ pub struct RunResult {
     pub entries: Option<u64>,
     /// In-situ BPF run time of tc_ingress per packet (warm-up round only).
     pub bpf_ns_per_pkt: Option<f64>,
+    /// IPFIX records the agent exported (sent, or refused by the closed port), by the time
+    /// everything was counted.
+    #[serde(default)]
+    pub ipfix_records: Option<u64>,
     /// Bytes the observer wrote to disk (pcap file or database).
     pub disk_bytes: Option<u64>,
     pub load: f64,
@@ -173,7 +177,19 @@ pub fn run_one(
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
                 .sum()
         });
-        if obs == Observer::AyaFlows {
+        r.ipfix_records = text.as_deref().and_then(|t| {
+            let sum = |prefix: &str| -> u64 {
+                t.lines()
+                    .filter(|l| l.starts_with(prefix))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                    .sum()
+            };
+            (obs == Observer::AyaFlowsIpfix).then(|| {
+                sum("ayaflow_ipfix_records_sent_total{")
+                    + sum("ayaflow_ipfix_records_dropped_total{")
+            })
+        });
+        if obs.is_flow_mode() {
             // Counted is not done: the sweeps that hand the last deltas over and remove the
             // idle entries (IDLE_AFTER, 2 s) belong to observing this traffic too.
             wait_idle(&running);
@@ -260,7 +276,7 @@ pub fn run_one(
                     .push_str("; its log: Missing data detected (core to plugin pipe)");
             }
         }
-        Observer::AyaRaw | Observer::AyaAgg | Observer::AyaFlows => {
+        o if o.is_ayaflow() => {
             let db = dir.join("ayaflow.db");
             let (rows, windows) = stored_rows(&db, obs != Observer::AyaRaw)
                 .with_context(|| format!("reading {}", db.display()))?;
@@ -298,7 +314,7 @@ fn wait_agent(
         let q = metric(&t, "ayaflow_storage_queued_rows").unwrap_or(0);
         let w = metric(&t, ROWS).unwrap_or(0);
         let now = (p, ev, w);
-        let events_done = obs == Observer::AyaFlows || ev + dr >= p;
+        let events_done = obs.is_flow_mode() || ev + dr >= p;
         let done = p - p_before >= delivered() && events_done && q == 0 && last == Some(now);
         last = Some(now);
         text = Some(t);

@@ -37,6 +37,10 @@ pub enum Observer {
     /// ayaFlow, flows aggregated in the kernel (`--capture-mode flows`), windows stored.
     AyaFlows,
     /// `tcpdump -w /dev/null`.
+    /// `ayaflow-flows` exporting IPFIX as well, every flow every second (`--ipfix-active-timeout
+    /// 1`), to a loopback port nobody listens on: the export's whole cost (cache, encoding, a
+    /// `send` per message), the collector's none.
+    AyaFlowsIpfix,
     TcpdumpNull,
     /// `tcpdump -w <file>`.
     TcpdumpFile,
@@ -50,11 +54,12 @@ pub enum Observer {
 }
 
 impl Observer {
-    pub const ALL: [Observer; 9] = [
+    pub const ALL: [Observer; 10] = [
         Observer::None,
         Observer::AyaRaw,
         Observer::AyaAgg,
         Observer::AyaFlows,
+        Observer::AyaFlowsIpfix,
         Observer::TcpdumpNull,
         Observer::TcpdumpFile,
         Observer::Softflowd,
@@ -68,6 +73,7 @@ impl Observer {
             Observer::AyaRaw => "ayaflow-raw",
             Observer::AyaAgg => "ayaflow-agg",
             Observer::AyaFlows => "ayaflow-flows",
+            Observer::AyaFlowsIpfix => "ayaflow-flows-ipfix",
             Observer::TcpdumpNull => "tcpdump-null",
             Observer::TcpdumpFile => "tcpdump-file",
             Observer::Softflowd => "softflowd",
@@ -83,8 +89,13 @@ impl Observer {
     pub fn is_ayaflow(&self) -> bool {
         matches!(
             self,
-            Observer::AyaRaw | Observer::AyaAgg | Observer::AyaFlows
+            Observer::AyaRaw | Observer::AyaAgg | Observer::AyaFlows | Observer::AyaFlowsIpfix
         )
+    }
+
+    /// The agent in flow mode (events only for flows the kernel table had no slot for).
+    pub fn is_flow_mode(&self) -> bool {
+        matches!(self, Observer::AyaFlows | Observer::AyaFlowsIpfix)
     }
 
     pub fn is_peer(&self) -> bool {
@@ -150,6 +161,16 @@ impl Observer {
             Observer::AyaFlows => {
                 agent(&["--capture-mode", "flows", "--aggregation-window", &window])
             }
+            Observer::AyaFlowsIpfix => agent(&[
+                "--capture-mode",
+                "flows",
+                "--aggregation-window",
+                &window,
+                "--ipfix-collectors",
+                "127.0.0.1:4739",
+                "--ipfix-active-timeout",
+                "1",
+            ]),
             // -Z root: Debian's tcpdump drops to user tcpdump, which may not write <dir>.
             Observer::TcpdumpNull => s(&[
                 "tcpdump",
@@ -315,7 +336,7 @@ impl Running {
     fn ready(&self) -> bool {
         match self.observer {
             Observer::None => true,
-            Observer::AyaRaw | Observer::AyaAgg | Observer::AyaFlows => {
+            Observer::AyaRaw | Observer::AyaAgg | Observer::AyaFlows | Observer::AyaFlowsIpfix => {
                 http::get(&self.ns, AGENT_PORT, "/readyz").is_some_and(|(c, _)| c == 200)
             }
             Observer::TcpdumpNull | Observer::TcpdumpFile => self.log().contains("listening on"),

@@ -143,7 +143,9 @@ fn exported_flows_match_the_tap(mode: &str) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("tcpdump");
-    wait_for(30, "tcpdump to start capturing", || capture.exists().then_some(()));
+    wait_for(30, "tcpdump to start capturing", || {
+        capture.exists().then_some(())
+    });
     let tap = Tap::start(&pair.ns_b, &pair.if_b);
     let collector_addr = format!("127.0.0.1:{COLLECTOR_PORT}");
     let agent = Agent::start_on_b(

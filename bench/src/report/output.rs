@@ -72,7 +72,7 @@ pub fn check_quick(plan: &Plan, res: &Results) -> Result<()> {
                     r.counted, r.delivered
                 ));
             }
-            if obs != Observer::AyaFlows
+            if !obs.is_flow_mode()
                 && r.events.unwrap_or(0) + r.obs_drops.unwrap_or(0) != r.counted.unwrap_or(0)
             {
                 errs.push(format!(
