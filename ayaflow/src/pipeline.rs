@@ -10,7 +10,7 @@
 //! waits, the ring buffer absorbs it.
 
 use std::sync::{
-    Arc, Mutex,
+    Arc, LazyLock, Mutex,
     atomic::{AtomicU64, Ordering},
 };
 
@@ -20,7 +20,8 @@ use crate::{
     ebpf::{ring::PacketSink, sweep::FlowDelta},
     flow::Packet,
     ipfix::IpfixExport,
-    storage::StorageSender,
+    ratelimit::RateLimit,
+    storage::{LOG_PERIOD, StorageSender},
     sync::lock,
 };
 
@@ -83,9 +84,15 @@ impl PacketSink for Pipeline {
 
     fn malformed(&mut self, count: u64) {
         self.stats.malformed.fetch_add(count, Ordering::Relaxed);
-        tracing::error!(
-            "{count} ring-buffer records had the wrong size: the kernel object does not match this agent"
-        );
+        // A mismatched kernel object makes every drain find some: one line per period says it.
+        static LOG: LazyLock<RateLimit> = LazyLock::new(|| RateLimit::new(LOG_PERIOD));
+        if let Some(suppressed) = LOG.ready() {
+            tracing::error!(
+                suppressed,
+                "{count} ring-buffer records had the wrong size: the kernel object does not match \
+                 this agent (counted in ayaflow_events_malformed_total)"
+            );
+        }
     }
 }
 

@@ -197,6 +197,24 @@ fn strip_ansi(log: &str) -> String {
     out
 }
 
+/// A new database is created at the current schema and said so once; nothing claims a
+/// migration (it used to log "migrating ... a minute per ten million rows" twice).
+#[test]
+fn a_new_database_is_created_not_migrated() {
+    require_bpf();
+    let pair = NetPair::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start_on_b(&pair, &dir.path().join("new.db"), &[]);
+    let log = strip_ansi(&agent.log());
+    assert!(agent.terminate().success());
+    assert_eq!(
+        log.matches("created the history database").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("migrating"), "{log}");
+}
+
 /// Raw rows seen by `direction`, every page, read through the store.
 fn rows(db: &std::path::Path, direction: Direction) -> usize {
     let store = Store::open(db).expect("the history opens");
