@@ -252,6 +252,12 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
             load(&r.api.stream_rejected),
         ),
         (
+            "ayaflow_stream_refused_origin",
+            "Stream upgrades refused because a web page of another origin asked (cross-site WebSocket).",
+            Kind::Counter,
+            load(&r.api.stream_refused_origin),
+        ),
+        (
             "ayaflow_stream_frames_skipped",
             "Stream frames skipped by slow clients.",
             Kind::Counter,

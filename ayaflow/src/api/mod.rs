@@ -72,6 +72,8 @@ pub struct ApiStats {
     pub stream_clients: AtomicU64,
     /// Stream upgrades refused at the client cap (503).
     pub stream_rejected: AtomicU64,
+    /// Stream upgrades refused because a web page of another origin asked (403).
+    pub stream_refused_origin: AtomicU64,
     /// Frames that slow stream clients skipped (broadcast lag).
     pub stream_frames_skipped: AtomicU64,
     /// Stream clients disconnected for not taking a frame within the send timeout.

@@ -8,6 +8,13 @@
 //! counted. Each client has its own task, so neither ever slows capture or other clients.
 //! Clients are capped by a semaphore ([`MAX_CLIENTS`] by default); one over the cap gets 503.
 //! On shutdown every client gets a close frame (1001, going away).
+//!
+//! A browser lets any web page open a WebSocket to any host and sends the page's `Origin`: an
+//! upgrade whose `Origin` is present and names another host than the one the client asked
+//! for (`Host`) is refused with 403 and counted, so a page open in a browser inside the
+//! allowlist cannot read the stream (cross-site WebSocket hijacking). Tools (curl, websocat,
+//! the tests) send no `Origin` and are served. Clients send nothing: a message over
+//! [`MAX_CLIENT_MESSAGE`] bytes ends the connection instead of being buffered.
 
 use std::{
     collections::HashMap,
@@ -23,6 +30,7 @@ use axum::{
             rejection::WebSocketUpgradeRejection,
         },
     },
+    http::{HeaderMap, StatusCode, header},
     response::Response,
 };
 use tokio::sync::broadcast;
@@ -34,6 +42,9 @@ use crate::{connections::SortKey, shutdown::Shutdown};
 pub const MAX_CLIENTS: usize = 64;
 /// How long one frame may take to be written to a client before it is dropped, by default.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest message or frame a client may send (clients send nothing; the library's default
+/// would buffer 64 MiB).
+pub const MAX_CLIENT_MESSAGE: usize = 4096;
 /// Frames kept for slow clients before they start skipping.
 pub const CHANNEL_FRAMES: usize = 4;
 
@@ -67,6 +78,7 @@ pub async fn publish(state: AppState, period: Duration, shutdown: Shutdown) {
 pub async fn upgrade(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     Params::new(q).finish(&format!(
@@ -80,6 +92,22 @@ pub async fn upgrade(
             "connect with a WebSocket client (ws://<host>:<port>/api/stream), or poll GET /api/live"
                 .into(),
     })?;
+    if let Some(origin) = foreign_origin(&headers) {
+        state
+            .stats
+            .stream_refused_origin
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            error: format!("a WebSocket from the web page at {origin} to another host"),
+            hint: "open the stream from a page served by this agent, or from a client that \
+                   sends no Origin (websocat, a script)"
+                .into(),
+        });
+    }
+    let ws = ws
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE);
     let Ok(permit) = state.stream_slots.clone().try_acquire_owned() else {
         state.stats.stream_rejected.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::unavailable(
@@ -94,6 +122,26 @@ pub async fn upgrade(
         state.stats.stream_clients.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
     }))
+}
+
+/// The request's `Origin` if it is present and its host and port differ from `Host`'s.
+fn foreign_origin(headers: &HeaderMap) -> Option<String> {
+    let origin = headers
+        .get(header::ORIGIN)?
+        .to_str()
+        .unwrap_or("(not text)");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    // `scheme://host[:port]`; `null` (a sandboxed page, a file) never matches.
+    let authority = origin
+        .split_once("://")
+        .map(|(_, a)| a.trim_end_matches('/'));
+    match authority {
+        Some(a) if !host.is_empty() && a.eq_ignore_ascii_case(host) => None,
+        _ => Some(origin.to_string()),
+    }
 }
 
 /// Resolves when `shutdown` fires; never without one.

@@ -51,6 +51,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_api_internal_errors",
         "ayaflow_api_history_rejected",
         "ayaflow_stream_rejected",
+        "ayaflow_stream_refused_origin",
         "ayaflow_stream_frames_skipped",
         "ayaflow_stream_clients_dropped",
     ];

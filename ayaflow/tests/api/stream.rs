@@ -197,3 +197,51 @@ async fn shutdown_closes_stream_clients_and_stops_the_server() {
         "nothing listens after shutdown"
     );
 }
+
+/// A web page of another origin cannot open the stream (403, counted); the agent's own origin
+/// and clients without `Origin` can. Clients send nothing, and one that sends a large message
+/// is cut off rather than buffered.
+#[tokio::test]
+async fn stream_refuses_foreign_origins_and_large_client_messages() {
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let s = start(Setup {
+        publish: Some(Duration::from_millis(200)),
+        ..Setup::default()
+    })
+    .await;
+    let with_origin = |origin: &str| {
+        let mut req = s.ws_url("/api/stream").into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        req
+    };
+    match tokio_tungstenite::connect_async(with_origin("http://evil.example")).await {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    let own = format!("http://{}", s.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(with_origin(&own))
+        .await
+        .expect("the agent's own origin is served");
+    let frame = next_text(&mut ws).await;
+    assert!(frame.contains("connections"), "{frame}");
+    let metrics = s.get("/metrics").await.body;
+    assert!(
+        metrics.contains("ayaflow_stream_refused_origin_total 1"),
+        "{metrics}"
+    );
+    // A 1 MiB message from the client ends its connection.
+    ws.send(Message::Text("x".repeat(1 << 20).into()))
+        .await
+        .ok();
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection ends");
+}
