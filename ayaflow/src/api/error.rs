@@ -1,5 +1,7 @@
 //! `ApiError`: a status code and a JSON body `{"error": ..., "hint": ...}` that says what to do.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use axum::{
     Json,
     http::StatusCode,
@@ -46,13 +48,16 @@ impl ApiError {
         }
     }
 
-    /// 500 with the cause logged.
+    /// A 500. The cause (which may name files and paths of the node) goes to the log only; the
+    /// client gets a request id to find it there.
     pub fn internal(error: impl std::fmt::Display) -> ApiError {
-        tracing::warn!("API request failed: {error}");
+        static REQUESTS: AtomicU64 = AtomicU64::new(0);
+        let id = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(request = id, "API request failed: {error}");
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
-            error: error.to_string(),
-            hint: "see the agent's log".into(),
+            error: format!("internal error (request {id})"),
+            hint: format!("the agent's log says what failed: look for request={id}"),
         }
     }
 }

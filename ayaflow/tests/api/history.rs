@@ -353,8 +353,19 @@ async fn history_failure_is_a_json_500_and_counted() {
     })
     .await;
     let reply = s.get("/api/history").await;
-    let v = assert_error(&reply, 500, "missing.db");
-    assert_eq!(v["hint"], "see the agent's log");
+    // The cause names a file of the node: it goes to the log, the client gets a request id.
+    let v = assert_error(&reply, 500, "internal error (request ");
+    assert!(!reply.body.contains("missing.db"), "{}", reply.body);
+    let id = v["error"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("internal error (request ")
+        .trim_end_matches(')');
+    assert!(id.parse::<u64>().is_ok(), "{v}");
+    assert_eq!(
+        v["hint"],
+        format!("the agent's log says what failed: look for request={id}")
+    );
     assert_eq!(s.state.stats.internal_errors.load(Ordering::Relaxed), 1);
     let text = s.get("/metrics").await.body;
     assert!(
