@@ -159,6 +159,13 @@ pub async fn run(config: Config) -> Result<()> {
         format!("binding the API to {addr}: is the port in use? choose another with --port")
     })?;
     tracing::info!(address = %listener.local_addr()?, "API listening");
+    if !config.bind_address.is_loopback() && config.allowed_ips.is_empty() {
+        tracing::warn!(
+            address = %addr,
+            "the API answers anyone who reaches this port (live connections, history): set \
+             --allowed-ips to the networks that may read it, or bind to 127.0.0.1"
+        );
+    }
     state.ready.store(true, Ordering::Relaxed);
 
     let (stop_tx, shutdown) = Shutdown::new();

@@ -215,6 +215,50 @@ fn a_new_database_is_created_not_migrated() {
     assert!(!log.contains("migrating"), "{log}");
 }
 
+/// An API open beyond loopback with no allowlist is said once at start; with an allowlist, or
+/// on loopback (every other test), it is not.
+#[test]
+fn an_api_open_to_everyone_is_warned_about_once() {
+    require_bpf();
+    let pair = NetPair::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, warned) in [(None, 1), (Some("10.0.0.0/8"), 0)] {
+        let log_path = dir.path().join(format!("open-{warned}.log"));
+        let mut cmd = NetPair::command(&pair.ns_b, binary().to_str().unwrap());
+        cmd.args([
+            "--interface",
+            &pair.if_b,
+            "--bind-address",
+            "0.0.0.0",
+            "--port",
+            "3001",
+        ])
+        .arg("--db-path")
+        .arg(dir.path().join(format!("open-{warned}.db")))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap());
+        if let Some(nets) = extra {
+            cmd.args(["--allowed-ips", nets, "--allowed-ips", "127.0.0.1"]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        integration_test::wait_for(60, "the agent's /readyz", || {
+            integration_test::agent::http_get(&pair.ns_b, 3001, "/readyz")
+                .filter(|(code, _)| *code == 200)
+        });
+        // SAFETY: kill on the pid of a child we started and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        let log = strip_ansi(&std::fs::read_to_string(&log_path).unwrap());
+        assert!(status.success(), "{log}");
+        assert_eq!(
+            log.matches("the API answers anyone who reaches this port")
+                .count(),
+            warned,
+            "{log}"
+        );
+    }
+}
+
 /// Raw rows seen by `direction`, every page, read through the store.
 fn rows(db: &std::path::Path, direction: Direction) -> usize {
     let store = Store::open(db).expect("the history opens");
