@@ -48,3 +48,13 @@ pub fn netns_ifindex(ifname: &str) -> u32 {
     assert_ne!(idx, 0, "interface {ifname} not found in this namespace");
     idx
 }
+
+/// A child process killed (and reaped) on drop, so a failed assertion leaves nothing running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -8,6 +8,7 @@ use ayaflow::{
     store::{HistoryQuery, MAX_HISTORY_LIMIT, Store},
 };
 use integration_test::{
+    KillOnDrop,
     agent::{Agent, binary, metric, run},
     netns::{ADDR_A4, ADDR_B4, NetPair},
     require_bpf,
@@ -61,8 +62,8 @@ fn sigterm_detaches_and_keeps_every_row() {
     // Every ICMP packet is in the history after the graceful stop: 3 requests in, 3 replies out.
     assert_eq!(
         (
-            icmp_rows(&db, Direction::Egress),
-            icmp_rows(&db, Direction::Ingress)
+            rows(&db, Direction::Egress, Some(Protocol::Icmp)),
+            rows(&db, Direction::Ingress, Some(Protocol::Icmp))
         ),
         (3, 3),
         "ICMP rows in {}",
@@ -177,7 +178,7 @@ fn sigterm_under_traffic_stores_every_packet_counted_until_detach() {
     };
     assert_eq!(field("ring_drops"), 0, "the ring kept up: {log}");
     assert_eq!(
-        rows(&db, Direction::Ingress),
+        rows(&db, Direction::Ingress, None),
         field("ingress_packets") as usize,
         "every packet counted until the detach is stored; log: {log}"
     );
@@ -240,14 +241,14 @@ fn an_api_open_to_everyone_is_warned_about_once() {
         if let Some(nets) = extra {
             cmd.args(["--allowed-ips", nets, "--allowed-ips", "127.0.0.1"]);
         }
-        let mut child = cmd.spawn().unwrap();
+        let mut child = KillOnDrop(cmd.spawn().unwrap());
         integration_test::wait_for(60, "the agent's /readyz", || {
             integration_test::agent::http_get(&pair.ns_b, 3001, "/readyz")
                 .filter(|(code, _)| *code == 200)
         });
         // SAFETY: kill on the pid of a child we started and have not reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = child.wait().unwrap();
+        unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+        let status = child.0.wait().unwrap();
         let log = strip_ansi(&std::fs::read_to_string(&log_path).unwrap());
         assert!(status.success(), "{log}");
         assert_eq!(
@@ -259,8 +260,9 @@ fn an_api_open_to_everyone_is_warned_about_once() {
     }
 }
 
-/// Raw rows seen by `direction`, every page, read through the store.
-fn rows(db: &std::path::Path, direction: Direction) -> usize {
+/// Raw rows seen by `direction` (of protocol `proto`, if given), every page, read through the
+/// store as the API reads them (`sqlite3` cannot read raw rows packed in blocks).
+fn rows(db: &std::path::Path, direction: Direction, proto: Option<Protocol>) -> usize {
     let store = Store::open(db).expect("the history opens");
     let (mut n, mut before_id) = (0, None);
     loop {
@@ -268,6 +270,7 @@ fn rows(db: &std::path::Path, direction: Direction) -> usize {
             .query_history(&HistoryQuery {
                 limit: MAX_HISTORY_LIMIT,
                 direction: Some(direction),
+                proto,
                 before_id,
                 ..HistoryQuery::default()
             })
@@ -293,22 +296,6 @@ fn ping(pair: &NetPair, count: usize) {
 }
 
 /// `sqlite3 db query`, trimmed.
-/// Raw ICMP rows seen by `direction`, read through the store as the API reads them (`sqlite3`
-/// cannot read raw rows packed in blocks).
-fn icmp_rows(db: &std::path::Path, direction: Direction) -> usize {
-    let store = Store::open(db).expect("the history opens");
-    let page = store
-        .query_history(&HistoryQuery {
-            limit: MAX_HISTORY_LIMIT,
-            proto: Some(Protocol::Icmp),
-            direction: Some(direction),
-            ..HistoryQuery::default()
-        })
-        .expect("the history is readable");
-    assert_eq!(page.next_cursor, None, "fewer rows than a page");
-    page.rows.len()
-}
-
 fn sql(db: &std::path::Path, query: &str) -> String {
     run(std::process::Command::new("sqlite3").arg(db).arg(query))
         .trim()
@@ -385,7 +372,7 @@ fn kill_9_keeps_every_committed_row() {
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
     assert_eq!(sql(&db, "PRAGMA integrity_check"), "ok");
-    assert_eq!(icmp_rows(&db, Direction::Ingress), 20);
+    assert_eq!(rows(&db, Direction::Ingress, Some(Protocol::Icmp)), 20);
     drop(agent);
 }
 

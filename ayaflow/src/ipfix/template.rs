@@ -27,66 +27,46 @@ const fn f(id: u16, name: &'static str, len: u16) -> Field {
     Field { id, name, len }
 }
 
-/// The fields both templates start with, in order.
-const COMMON_HEAD: [Field; 4] = [
-    f(1, "octetDeltaCount", 8),
-    f(2, "packetDeltaCount", 8),
-    f(4, "protocolIdentifier", 1),
-    f(6, "tcpControlBits", 2),
-];
-
-/// The fields both templates end with, in order.
-const COMMON_TAIL: [Field; 7] = [
-    f(10, "ingressInterface", 4),
-    f(14, "egressInterface", 4),
-    f(61, "flowDirection", 1),
-    f(152, "flowStartMilliseconds", 8),
-    f(153, "flowEndMilliseconds", 8),
-    f(136, "flowEndReason", 1),
-    f(58, "vlanId", 2),
-];
+/// A template's fields in record order: what both have, with the address family's own four
+/// (source address, destination address, ICMP type, ICMP code) in their places.
+const fn fields(family: [Field; 4]) -> [Field; 17] {
+    let [src, dst, icmp_type, icmp_code] = family;
+    [
+        f(1, "octetDeltaCount", 8),
+        f(2, "packetDeltaCount", 8),
+        f(4, "protocolIdentifier", 1),
+        f(6, "tcpControlBits", 2),
+        f(7, "sourceTransportPort", 2),
+        src,
+        f(11, "destinationTransportPort", 2),
+        dst,
+        icmp_type,
+        icmp_code,
+        f(10, "ingressInterface", 4),
+        f(14, "egressInterface", 4),
+        f(61, "flowDirection", 1),
+        f(152, "flowStartMilliseconds", 8),
+        f(153, "flowEndMilliseconds", 8),
+        f(136, "flowEndReason", 1),
+        f(58, "vlanId", 2),
+    ]
+}
 
 /// The IPv4 template's fields, in record order.
-pub const FIELDS_V4: [Field; 17] = [
-    COMMON_HEAD[0],
-    COMMON_HEAD[1],
-    COMMON_HEAD[2],
-    COMMON_HEAD[3],
-    f(7, "sourceTransportPort", 2),
+pub const FIELDS_V4: [Field; 17] = fields([
     f(8, "sourceIPv4Address", 4),
-    f(11, "destinationTransportPort", 2),
     f(12, "destinationIPv4Address", 4),
     f(176, "icmpTypeIPv4", 1),
     f(177, "icmpCodeIPv4", 1),
-    COMMON_TAIL[0],
-    COMMON_TAIL[1],
-    COMMON_TAIL[2],
-    COMMON_TAIL[3],
-    COMMON_TAIL[4],
-    COMMON_TAIL[5],
-    COMMON_TAIL[6],
-];
+]);
 
 /// The IPv6 template's fields, in record order.
-pub const FIELDS_V6: [Field; 17] = [
-    COMMON_HEAD[0],
-    COMMON_HEAD[1],
-    COMMON_HEAD[2],
-    COMMON_HEAD[3],
-    f(7, "sourceTransportPort", 2),
+pub const FIELDS_V6: [Field; 17] = fields([
     f(27, "sourceIPv6Address", 16),
-    f(11, "destinationTransportPort", 2),
     f(28, "destinationIPv6Address", 16),
     f(178, "icmpTypeIPv6", 1),
     f(179, "icmpCodeIPv6", 1),
-    COMMON_TAIL[0],
-    COMMON_TAIL[1],
-    COMMON_TAIL[2],
-    COMMON_TAIL[3],
-    COMMON_TAIL[4],
-    COMMON_TAIL[5],
-    COMMON_TAIL[6],
-];
+]);
 
 const fn record_len(fields: &[Field]) -> usize {
     let mut n = 0;

@@ -31,6 +31,7 @@ use std::{
 
 use ayaflow::config::{Config, DEFAULT_PORT};
 use integration_test::{
+    KillOnDrop,
     agent::{Agent, binary, http_get, http_get_with},
     netns::{ADDR_A4, ADDR_B4, NetPair},
     require_bpf, wait_for,
