@@ -52,6 +52,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// drain and sweep) before it is abandoned with a warning.
 const STEP_LIMIT: Duration = Duration::from_secs(10);
 
+/// How long the last windows, sent at shutdown, may wait for room in the storage queue.
+const FINAL_WINDOWS_WAIT: Duration = Duration::from_secs(5);
+
 /// Runs the agent until a signal arrives; returns once everything is flushed and detached.
 pub async fn run(config: Config) -> Result<()> {
     let interface = match &config.interface {
@@ -115,9 +118,12 @@ pub async fn run(config: Config) -> Result<()> {
     )));
     let pipeline = Pipeline {
         table: table.clone(),
-        aggregator: config
-            .aggregation_window
-            .map(|w| Arc::new(Mutex::new(Aggregator::new(w)))),
+        aggregator: config.aggregation_window.map(|w| {
+            Arc::new(Mutex::new(Aggregator::new(
+                w,
+                config.window_entries_bound(),
+            )))
+        }),
         store_raw: !flows,
         storage: storage.sender(),
         ipfix: ipfix.clone(),
@@ -178,6 +184,7 @@ pub async fn run(config: Config) -> Result<()> {
         shutdown.clone(),
     ));
     let tick_task = tokio::spawn(tick(pipeline.clone(), shutdown.clone()));
+    let windows_task = tokio::spawn(store_windows(pipeline.clone(), shutdown.clone()));
     let mut sink = pipeline.clone();
     let ring_shutdown = capture_shutdown.clone();
     let drain_interval = if flows {
@@ -238,7 +245,17 @@ pub async fn run(config: Config) -> Result<()> {
         bounded("the final flow sweep", t).await;
     }
     bounded("stopping the tick", tick_task).await;
-    pipeline.flush();
+    bounded("storing the closed windows", windows_task).await;
+    let last_windows = pipeline.flush();
+    if !last_windows.is_empty() {
+        let sender = pipeline.storage.clone();
+        let send = async move {
+            sender
+                .send_windows_within(last_windows, FINAL_WINDOWS_WAIT)
+                .await
+        };
+        bounded("storing the last windows", tokio::spawn(send)).await;
+    }
     drop(pipeline);
     if let Some(t) = ipfix_task {
         bounded("sending the final IPFIX records", t).await;
@@ -320,6 +337,37 @@ async fn tick(pipeline: Pipeline, shutdown: Shutdown) {
             () = &mut stop => return,
         }
     }
+}
+
+/// Aggregated mode: every tick, hands the windows that have ended to storage, waiting (at most
+/// [`windows_wait`]) for the writer to make room when a window has more rows than the queue
+/// holds. Its own task, so that wait never delays the table's expiry.
+async fn store_windows(pipeline: Pipeline, shutdown: Shutdown) {
+    let Some(window) = pipeline.aggregator.as_ref().map(|a| lock(a).window_secs()) else {
+        return;
+    };
+    let wait = windows_wait(window);
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                let rows = pipeline.closed_windows(unix_now_ns());
+                if !rows.is_empty() {
+                    pipeline.storage.send_windows_within(rows, wait).await;
+                }
+            }
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// How long a closed window may wait for room in the storage queue: its own length (the next
+/// one is due then), from 5 s (a short window's rows are few) to 60 s.
+fn windows_wait(window_secs: i64) -> Duration {
+    Duration::from_secs(window_secs.clamp(5, 60) as u64)
 }
 
 /// Flow mode: sweeps the kernel map every `SWEEP_INTERVAL` on the blocking pool (a sweep walks

@@ -11,10 +11,35 @@
 //! event, a slow eviction) opens a fresh entry for that same window, which the next
 //! `take_closed` returns as an additional row. Readers of the `windows` table must therefore sum
 //! rows that share a window and key rather than expect one row each.
+//!
+//! Memory is bounded: at most `max_entries` (tuple, direction) entries over all open windows.
+//! A packet of a key that does not fit is added to the window's overflow row for its direction
+//! (key [`OVERFLOW_TUPLE`]), so a spoofed-source flood cannot grow the agent, and every window's
+//! totals stay exact; [`Aggregator::add`] says when it did that, for the pipeline to count.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
-use crate::flow::{Direction, FiveTuple, WireHashMap};
+use crate::flow::{Direction, FiveTuple, Protocol, WireHashMap};
+
+/// The key of a window's overflow rows: IP protocol 255 (reserved by IANA, so no real traffic
+/// carries it) between 0.0.0.0:0 and 0.0.0.0:0. Its packets and bytes are those of every key
+/// that found the aggregator full.
+pub const OVERFLOW_TUPLE: FiveTuple = FiveTuple {
+    proto: Protocol::Ip(255),
+    src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    src_port: 0,
+    dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    dst_port: 0,
+};
+
+/// Entries of the open windows per live connection the table may hold (the default bound,
+/// `--aggregation-max-rows`): two (one per direction's tuple), four times over, because a
+/// window sees connections come and go, not only those open at once.
+pub const ENTRIES_PER_CONNECTION: usize = 8;
 
 /// The open entries of one window.
 type WindowSums = WireHashMap<(FiveTuple, Direction), Sums>;
@@ -54,15 +79,22 @@ pub struct Aggregator {
     /// every ended window at once; it holds at most a few windows (the current one, plus late
     /// arrivals for old ones until the next tick).
     windows: BTreeMap<i64, WindowSums>,
+    /// Entries in `windows` (kept, so `add` need not count them).
+    entries: usize,
+    /// The bound of `entries`, overflow rows aside (two per window at most).
+    max_entries: usize,
 }
 
 impl Aggregator {
     /// An aggregator with windows of `window`, rounded down to whole seconds and at least 1 s
-    /// (the `windows` table stores seconds; `config.rs` rejects shorter windows).
-    pub fn new(window: Duration) -> Aggregator {
+    /// (the `windows` table stores seconds; `config.rs` rejects shorter windows), holding at
+    /// most `max_entries` keys (at least 1) before it folds new ones into overflow rows.
+    pub fn new(window: Duration, max_entries: usize) -> Aggregator {
         Aggregator {
             window_s: i64::try_from(window.as_secs()).unwrap_or(i64::MAX).max(1),
             windows: BTreeMap::new(),
+            entries: 0,
+            max_entries: max_entries.max(1),
         }
     }
 
@@ -72,7 +104,8 @@ impl Aggregator {
     }
 
     /// Adds `packets` and `bytes` seen at `ts_unix_ns` on `tuple` in `direction`: one packet, or
-    /// the delta of a kernel flow-map entry since the last sweep.
+    /// the delta of a kernel flow-map entry since the last sweep. Returns true if and only if
+    /// they went into the window's overflow row because the aggregator was full.
     pub fn add(
         &mut self,
         tuple: FiveTuple,
@@ -80,17 +113,22 @@ impl Aggregator {
         ts_unix_ns: u64,
         packets: u64,
         bytes: u64,
-    ) {
+    ) -> bool {
         let start = self.window_start(ts_unix_ns);
-        let sums = self
-            .windows
-            .entry(start)
-            .or_default()
-            .entry((tuple, direction))
-            .or_default();
+        let window = self.windows.entry(start).or_default();
+        let mut key = (tuple, direction);
+        let overflow = self.entries >= self.max_entries && !window.contains_key(&key);
+        if overflow {
+            key.0 = OVERFLOW_TUPLE;
+        }
+        let sums = window.entry(key).or_insert_with(|| {
+            self.entries += 1;
+            Sums::default()
+        });
         // Saturating: 2^64 packets will not happen, but a bogus delta must not panic the agent.
         sums.packets = sums.packets.saturating_add(packets);
         sums.bytes = sums.bytes.saturating_add(bytes);
+        overflow
     }
 
     /// Removes and returns the rows of every window that ended at or before `now_unix_ns`
@@ -104,6 +142,11 @@ impl Aggregator {
         self.rows(closed)
     }
 
+    /// The bound on entries, overflow rows aside.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
     /// Removes and returns every row, including the current, unfinished window (shutdown). Its
     /// `window_end_unix` is still the aligned end, so a partial window looks like the others.
     pub fn take_all(&mut self) -> Vec<WindowRow> {
@@ -113,12 +156,12 @@ impl Aggregator {
 
     /// Number of (window, tuple, direction) entries held, for a memory gauge.
     pub fn len(&self) -> usize {
-        self.windows.values().map(WindowSums::len).sum()
+        self.entries
     }
 
     /// Returns true if and only if no entry is held.
     pub fn is_empty(&self) -> bool {
-        self.windows.is_empty()
+        self.entries == 0
     }
 
     /// Start (Unix seconds) of the window holding `ts_unix_ns`.
@@ -128,8 +171,10 @@ impl Aggregator {
         secs - secs % self.window_s
     }
 
-    fn rows(&self, windows: BTreeMap<i64, WindowSums>) -> Vec<WindowRow> {
-        let mut out = Vec::with_capacity(windows.values().map(WindowSums::len).sum());
+    fn rows(&mut self, windows: BTreeMap<i64, WindowSums>) -> Vec<WindowRow> {
+        let n = windows.values().map(WindowSums::len).sum();
+        self.entries -= n;
+        let mut out = Vec::with_capacity(n);
         for (start, entries) in windows {
             let first = out.len();
             out.extend(
@@ -183,7 +228,7 @@ mod tests {
 
     #[test]
     fn windows_are_aligned_to_the_epoch() {
-        let mut a = Aggregator::new(Duration::from_secs(60));
+        let mut a = Aggregator::new(Duration::from_secs(60), 100);
         a.add(tuple(1), Direction::Ingress, 1_000_000_030 * S + 5, 1, 100);
         let rows = a.take_all();
         assert_eq!(rows.len(), 1);
@@ -193,7 +238,7 @@ mod tests {
 
     #[test]
     fn sums_per_tuple_and_direction() {
-        let mut a = Aggregator::new(Duration::from_secs(10));
+        let mut a = Aggregator::new(Duration::from_secs(10), 100);
         for _ in 0..3 {
             a.add(tuple(1), Direction::Ingress, 100 * S, 1, 10);
         }
@@ -214,7 +259,7 @@ mod tests {
 
     #[test]
     fn take_closed_returns_only_ended_windows() {
-        let mut a = Aggregator::new(Duration::from_secs(10));
+        let mut a = Aggregator::new(Duration::from_secs(10), 100);
         a.add(tuple(1), Direction::Ingress, 100 * S, 1, 10); // [100, 110)
         a.add(tuple(1), Direction::Ingress, 110 * S, 1, 10); // [110, 120)
         assert!(
@@ -229,7 +274,7 @@ mod tests {
 
     #[test]
     fn late_arrivals_become_a_new_row_for_their_window() {
-        let mut a = Aggregator::new(Duration::from_secs(10));
+        let mut a = Aggregator::new(Duration::from_secs(10), 100);
         a.add(tuple(1), Direction::Ingress, 105 * S, 1, 10);
         let first = a.take_closed(130 * S);
         assert_eq!(first.len(), 1);
@@ -242,8 +287,41 @@ mod tests {
     }
 
     #[test]
+    fn keys_beyond_the_bound_go_into_one_overflow_row_per_window_and_direction() {
+        let mut a = Aggregator::new(Duration::from_secs(10), 2);
+        assert!(!a.add(tuple(1), Direction::Ingress, 100 * S, 1, 10));
+        assert!(!a.add(tuple(2), Direction::Ingress, 100 * S, 1, 10));
+        // Full: new keys overflow, known keys still add up on their own row.
+        assert!(a.add(tuple(3), Direction::Ingress, 101 * S, 2, 20));
+        assert!(a.add(tuple(4), Direction::Ingress, 102 * S, 3, 30));
+        assert!(a.add(tuple(3), Direction::Egress, 103 * S, 4, 40));
+        assert!(!a.add(tuple(1), Direction::Ingress, 104 * S, 1, 10));
+        // Another window: its own overflow rows.
+        assert!(a.add(tuple(5), Direction::Ingress, 111 * S, 5, 50));
+        let rows = a.take_all();
+        assert!(a.is_empty());
+        assert_eq!(a.len(), 0, "the count of entries follows what was taken");
+        let get = |start, t, d| {
+            rows.iter()
+                .find(|r| r.window_start_unix == start && r.tuple == t && r.direction == d)
+                .map(|r| (r.packets, r.bytes))
+        };
+        assert_eq!(get(100, tuple(1), Direction::Ingress), Some((2, 20)));
+        assert_eq!(get(100, tuple(2), Direction::Ingress), Some((1, 10)));
+        assert_eq!(get(100, OVERFLOW_TUPLE, Direction::Ingress), Some((5, 50)));
+        assert_eq!(get(100, OVERFLOW_TUPLE, Direction::Egress), Some((4, 40)));
+        assert_eq!(get(110, OVERFLOW_TUPLE, Direction::Ingress), Some((5, 50)));
+        assert_eq!(rows.len(), 5, "{rows:?}");
+        assert_eq!(
+            totals(&rows),
+            (17, 170),
+            "every packet and byte is in a row"
+        );
+    }
+
+    #[test]
     fn sub_second_windows_round_up_to_one_second() {
-        let a = Aggregator::new(Duration::from_millis(300));
+        let a = Aggregator::new(Duration::from_millis(300), 100);
         assert_eq!(a.window_secs(), 1);
     }
 
@@ -258,8 +336,10 @@ mod tests {
             ),
             ticks in prop::collection::vec(0u64..700, 0..10),
             window in 1u64..120,
+            // Small bounds make overflow rows common.
+            max_entries in 1usize..12,
         ) {
-            let mut a = Aggregator::new(Duration::from_secs(window));
+            let mut a = Aggregator::new(Duration::from_secs(window), max_entries);
             let mut out = Vec::new();
             let mut ticks = ticks.into_iter();
             let (mut p_in, mut b_in) = (0u64, 0u64);
@@ -276,6 +356,7 @@ mod tests {
             }
             out.extend(a.take_all());
             prop_assert!(a.is_empty());
+            prop_assert_eq!(a.len(), 0);
             prop_assert_eq!(totals(&out), (p_in, b_in));
             for r in &out {
                 prop_assert_eq!(r.window_start_unix % window as i64, 0);

@@ -15,7 +15,7 @@ use std::sync::{
 };
 
 use crate::{
-    aggregate::Aggregator,
+    aggregate::{Aggregator, WindowRow},
     connections::ConnectionTable,
     ebpf::{ring::PacketSink, sweep::FlowDelta},
     flow::Packet,
@@ -32,6 +32,10 @@ pub struct PipelineStats {
     pub events: AtomicU64,
     /// Ring-buffer records of the wrong size (a kernel/agent mismatch).
     pub malformed: AtomicU64,
+    /// Packets added to a window's overflow row because the aggregator was full.
+    pub window_overflow_packets: AtomicU64,
+    /// Entries of the open windows, after the last batch (a gauge).
+    pub window_entries: AtomicU64,
 }
 
 /// Where packets go after capture.
@@ -65,15 +69,19 @@ impl PacketSink for Pipeline {
         match &self.aggregator {
             Some(agg) => {
                 let mut agg = lock(agg);
+                let mut overflow = 0;
                 for p in batch {
-                    agg.add(
+                    if agg.add(
                         p.tuple,
                         p.direction,
                         p.ts_unix_ns,
                         p.packets as u64,
                         p.bytes as u64,
-                    );
+                    ) {
+                        overflow += p.packets as u64;
+                    }
                 }
+                self.windows_added(&agg, overflow);
             }
             None if self.store_raw => {
                 self.storage.send_packets(batch.to_vec());
@@ -97,18 +105,26 @@ impl PacketSink for Pipeline {
 }
 
 impl Pipeline {
-    /// Periodic work: closes idle connections and hands finished windows to storage.
+    /// Periodic work: closes idle connections and ages the IPFIX cache.
     pub fn tick(&self, now_unix_ns: u64) {
         lock(&self.table).expire(now_unix_ns);
         if let Some(ipfix) = &self.ipfix {
             ipfix.tick(now_unix_ns);
         }
-        if let Some(agg) = &self.aggregator {
-            let rows = lock(agg).take_closed(now_unix_ns);
-            if !rows.is_empty() {
-                self.storage.send_windows(rows);
-            }
-        }
+    }
+
+    /// Takes the rows of every window that has ended, for [`StorageSender::send_windows_within`]
+    /// (empty without an aggregator).
+    pub fn closed_windows(&self, now_unix_ns: u64) -> Vec<WindowRow> {
+        let Some(agg) = &self.aggregator else {
+            return Vec::new();
+        };
+        let mut agg = lock(agg);
+        let rows = agg.take_closed(now_unix_ns);
+        self.stats
+            .window_entries
+            .store(agg.len() as u64, Ordering::Relaxed);
+        rows
     }
 
     /// Flow mode: applies one sweep's deltas to the table and the current windows.
@@ -135,29 +151,55 @@ impl Pipeline {
         }
         if let Some(agg) = &self.aggregator {
             let mut agg = lock(agg);
+            let mut overflow = 0;
             for d in deltas {
-                agg.add(
+                if agg.add(
                     d.tuple,
                     d.direction,
                     d.last_seen_unix_ns,
                     d.packets,
                     d.bytes,
-                );
+                ) {
+                    overflow += d.packets;
+                }
             }
+            self.windows_added(&agg, overflow);
         }
     }
 
-    /// At shutdown, after the last packets are in: hands the current, partial window to
-    /// storage, and every open flow's final record to the IPFIX exporter.
-    pub fn flush(&self) {
+    /// After a batch went into the windows: the gauge, and `overflow` packets counted (and
+    /// said, at most once per period) if the aggregator was full.
+    fn windows_added(&self, agg: &Aggregator, overflow: u64) {
+        let s = &self.stats;
+        s.window_entries.store(agg.len() as u64, Ordering::Relaxed);
+        if overflow == 0 {
+            return;
+        }
+        s.window_overflow_packets
+            .fetch_add(overflow, Ordering::Relaxed);
+        static LOG: LazyLock<RateLimit> = LazyLock::new(|| RateLimit::new(LOG_PERIOD));
+        if let Some(suppressed) = LOG.ready() {
+            tracing::warn!(
+                suppressed,
+                max_entries = agg.max_entries(),
+                overflow_packets_total = s.window_overflow_packets.load(Ordering::Relaxed),
+                "the open windows hold as many keys as aggregation_max_rows allows: packets of \
+                 new keys go into each window's overflow row (protocol IP-255, 0.0.0.0:0 -> \
+                 0.0.0.0:0), totals stay exact; raise --aggregation-max-rows to keep them apart"
+            );
+        }
+    }
+
+    /// At shutdown, after the last packets are in: hands every open flow's final record to the
+    /// IPFIX exporter, and returns every window's rows, the current, partial one included, for
+    /// [`StorageSender::send_windows_within`].
+    pub fn flush(&self) -> Vec<WindowRow> {
         if let Some(ipfix) = &self.ipfix {
             ipfix.finish();
         }
-        if let Some(agg) = &self.aggregator {
-            let rows = lock(agg).take_all();
-            if !rows.is_empty() {
-                self.storage.send_windows(rows);
-            }
+        match &self.aggregator {
+            Some(agg) => lock(agg).take_all(),
+            None => Vec::new(),
         }
     }
 }

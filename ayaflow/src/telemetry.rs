@@ -165,6 +165,18 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
             load(&r.pipeline.malformed),
         ),
         (
+            "ayaflow_window_overflow_packets",
+            "Packets added to a window's overflow row (protocol IP-255, 0.0.0.0:0 -> 0.0.0.0:0) because the open windows held --aggregation-max-rows keys; totals stay exact.",
+            Kind::Counter,
+            load(&r.pipeline.window_overflow_packets),
+        ),
+        (
+            "ayaflow_window_rows",
+            "Rows (tuple and direction) held by the open aggregation windows; at most --aggregation-max-rows plus two overflow rows per window.",
+            Kind::Gauge,
+            load(&r.pipeline.window_entries),
+        ),
+        (
             "ayaflow_storage_rows_written",
             "History rows committed to SQLite.",
             Kind::Counter,

@@ -142,6 +142,8 @@ pub struct Config {
     pub data_retention: Option<Duration>,
     /// Length of the storage windows; `None` stores one raw row per packet.
     pub aggregation_window: Option<Duration>,
+    /// Bound of the open windows' entries; `None`: [`Config::window_entries_bound`]'s default.
+    pub aggregation_max_rows: Option<usize>,
     /// Networks allowed to reach the API (bare addresses become /32 or /128); empty allows all.
     pub allowed_ips: Vec<IpNet>,
     /// Log only errors.
@@ -182,6 +184,7 @@ impl Default for Config {
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
             data_retention: None,
             aggregation_window: None,
+            aggregation_max_rows: None,
             allowed_ips: Vec::new(),
             quiet: false,
             direction: DirectionChoice::Ingress,
@@ -200,6 +203,15 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The bound of the aggregator's entries: `aggregation_max_rows`, or by default
+    /// [`crate::aggregate::ENTRIES_PER_CONNECTION`] per live connection the table may hold.
+    pub fn window_entries_bound(&self) -> usize {
+        self.aggregation_max_rows.unwrap_or_else(|| {
+            self.max_connections
+                .saturating_mul(crate::aggregate::ENTRIES_PER_CONNECTION)
+        })
+    }
+
     /// Validates the command line and environment in `cli`, reading the YAML file it names (if
     /// any) for options given neither way.
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {

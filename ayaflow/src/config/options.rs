@@ -152,6 +152,25 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        name: "aggregation_max_rows",
+        short: None,
+        flag: "--aggregation-max-rows",
+        env: "AYAFLOW_AGGREGATION_MAX_ROWS",
+        old_yaml_keys: &[],
+        value_name: "N",
+        shape: Shape::Value,
+        help: "bound of the open windows' rows (tuple and direction each); the traffic of keys \
+               beyond it goes into one overflow row per window and direction",
+        default: "8 x max_connections",
+        expected: "a whole number of rows from 1 to 134217728",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            let n = g.number(1, 1 << 27)?;
+            c.aggregation_max_rows = Some(usize::try_from(n).map_err(|_| g.invalid(g.shown()))?);
+            Ok(())
+        },
+    },
+    OptionSpec {
         name: "allowed_ips",
         short: None,
         flag: "--allowed-ips",

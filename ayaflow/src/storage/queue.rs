@@ -3,6 +3,12 @@
 
 use super::*;
 
+/// Rows per chunk of [`StorageSender::send_windows_within`]: one insert transaction's worth.
+pub const WINDOW_CHUNK_ROWS: usize = MAX_ROWS_PER_TRANSACTION;
+
+/// How often a chunk waiting for room tries again.
+const WINDOW_ROOM_POLL: Duration = Duration::from_millis(20);
+
 /// One batch as the pipeline sent it.
 pub(super) enum Batch {
     Packets(Vec<Packet>),
@@ -214,51 +220,85 @@ impl StorageSender {
 
     pub(super) fn send(&self, batch: Batch) -> bool {
         let n = batch.len();
+        match self.try_queue(batch) {
+            Ok(()) => true,
+            Err(Refused::Closed) => {
+                self.dropped_at_shutdown(n);
+                false
+            }
+            Err(Refused::Full(_, used)) => {
+                self.dropped_queue_full(n, used, "dropped a batch");
+                false
+            }
+        }
+    }
+
+    /// Queues the rows of closed windows in chunks of [`WINDOW_CHUNK_ROWS`], which the writer
+    /// drains as they come, so a window larger than the whole budget is still stored. A chunk
+    /// that finds the budget full waits for room, until `wait` has passed since the call; what
+    /// is left then is dropped, counted (`queue_full`) and logged with its window. Returns the
+    /// rows dropped. If the future is dropped before it finishes (a shutdown step abandoned),
+    /// the rows not yet queued are counted as dropped (`shutdown`).
+    pub async fn send_windows_within(&self, rows: Vec<WindowRow>, wait: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut unsent = Unsent {
+            sender: self,
+            rows: rows.len(),
+        };
+        for chunk in rows.chunks(WINDOW_CHUNK_ROWS) {
+            let mut batch = Batch::Windows(chunk.to_vec());
+            loop {
+                match self.try_queue(batch) {
+                    Ok(()) => break,
+                    // `unsent` counts the rest as dropped at shutdown.
+                    Err(Refused::Closed) => return unsent.rows,
+                    Err(Refused::Full(back, used)) => {
+                        let now = tokio::time::Instant::now();
+                        if now >= deadline {
+                            let left = std::mem::take(&mut unsent.rows);
+                            let what = format!(
+                                "dropped {left} of the {} rows of the windows from {} (Unix \
+                                 seconds) after waiting {wait:?} for room",
+                                rows.len(),
+                                chunk[0].window_start_unix
+                            );
+                            self.dropped_queue_full(left, used, &what);
+                            return left;
+                        }
+                        batch = back;
+                        // The writer frees room a transaction (up to 50,000 rows) at a time.
+                        tokio::time::sleep(WINDOW_ROOM_POLL.min(deadline - now)).await;
+                    }
+                }
+            }
+            unsent.rows -= chunk.len();
+        }
+        0
+    }
+
+    /// Queues `batch` if the queue is open and the budget has room; otherwise hands it back.
+    fn try_queue(&self, batch: Batch) -> Result<(), Refused> {
+        let n = batch.len();
         if n == 0 {
-            return true;
+            return Ok(());
         }
         let shared = &*self.shared;
-        let stats = &shared.stats;
         let mut q = shared.lock();
         if q.closed {
-            drop(q);
-            stats.dropped(DropReason::Shutdown, n);
-            if let Some(suppressed) = shared.drop_log.ready() {
-                tracing::warn!(
-                    rows = n,
-                    suppressed,
-                    "storage is shut down: dropped a batch sent after shutdown began"
-                );
-            }
-            return false;
+            return Err(Refused::Closed);
         }
         // The budget also counts rows the writer holds for a retry; it only shrinks outside the
         // lock, so a reservation made here can only become more conservative.
         let max = shared.max_queued_rows as u64;
         let reserved =
-            stats
+            shared
+                .stats
                 .queued_rows
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                     used.checked_add(n as u64).filter(|&total| total <= max)
                 });
         if let Err(used) = reserved {
-            drop(q);
-            stats.dropped(DropReason::QueueFull, n);
-            if let Some(suppressed) = shared.drop_log.ready() {
-                tracing::warn!(
-                    rows = n,
-                    suppressed,
-                    queued = used,
-                    dropped_total = stats.rows_dropped[DropReason::QueueFull as usize]
-                        .load(Ordering::Relaxed),
-                    path = %shared.path.display(),
-                    "storage queue full (max_queued_rows = {}): dropped a batch; raise \
-                     max_queued_rows, lower the event rate (sampling) or check why the disk \
-                     is slow or failing",
-                    shared.max_queued_rows
-                );
-            }
-            return false;
+            return Err(Refused::Full(batch, used));
         }
         q.rows += n;
         q.batches.push_back(batch);
@@ -267,6 +307,60 @@ impl StorageSender {
         if wake {
             shared.wake.notify_one();
         }
-        true
+        Ok(())
     }
+
+    fn dropped_at_shutdown(&self, n: usize) {
+        let shared = &*self.shared;
+        shared.stats.dropped(DropReason::Shutdown, n);
+        if let Some(suppressed) = shared.drop_log.ready() {
+            tracing::warn!(
+                rows = n,
+                suppressed,
+                "storage is shut down: dropped rows sent after shutdown began"
+            );
+        }
+    }
+
+    fn dropped_queue_full(&self, n: usize, queued: u64, what: &str) {
+        let shared = &*self.shared;
+        let stats = &shared.stats;
+        stats.dropped(DropReason::QueueFull, n);
+        if let Some(suppressed) = shared.drop_log.ready() {
+            tracing::warn!(
+                rows = n,
+                suppressed,
+                queued,
+                dropped_total =
+                    stats.rows_dropped[DropReason::QueueFull as usize].load(Ordering::Relaxed),
+                path = %shared.path.display(),
+                "storage queue full (max_queued_rows = {}): {what}; raise max_queued_rows, lower \
+                 the event rate (sampling) or check why the disk is slow or failing",
+                shared.max_queued_rows
+            );
+        }
+    }
+}
+
+/// Rows [`StorageSender::send_windows_within`] has not queued yet: counted as dropped at
+/// shutdown if it stops before they are.
+struct Unsent<'a> {
+    sender: &'a StorageSender,
+    rows: usize,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if self.rows > 0 {
+            self.sender.dropped_at_shutdown(self.rows);
+        }
+    }
+}
+
+/// Why [`StorageSender::try_queue`] handed a batch back.
+enum Refused {
+    /// Shutdown began: the batch is dropped (counted by the caller).
+    Closed,
+    /// The budget had no room; the rows it already held.
+    Full(Batch, u64),
 }

@@ -103,3 +103,65 @@ fn a_bad_path_fails_at_spawn() {
         "{err}"
     );
 }
+
+/// `n` rows of one window, each its own tuple (a DNS server answering random ports).
+fn window_rows(n: usize) -> Vec<WindowRow> {
+    (0..n)
+        .map(|i| WindowRow {
+            window_start_unix: 1_700_000_040,
+            window_end_unix: 1_700_000_100,
+            tuple: FiveTuple {
+                proto: Protocol::Udp,
+                src: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i / 50_000) as u32)),
+                src_port: 1024 + (i % 50_000) as u16,
+                dst: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+                dst_port: 53,
+            },
+            direction: Direction::Ingress,
+            packets: 1,
+            bytes: 80,
+        })
+        .collect()
+}
+
+/// A window with more rows than the whole queue budget is stored whole: it goes in chunks the
+/// writer drains as they come (it used to be dropped whole, counted as `queue_full`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_window_larger_than_the_queue_is_stored_whole() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("h.db");
+    let storage = Storage::spawn(StorageConfig::new(&path)).expect("spawn");
+    let n = DEFAULT_MAX_QUEUED_ROWS + 75_000;
+    let dropped = storage
+        .sender()
+        .send_windows_within(window_rows(n), Duration::from_secs(120))
+        .await;
+    assert_eq!(dropped, 0);
+    let end = storage.shutdown();
+    assert_eq!((end.rows_written, end.rows_dropped_total()), (n as u64, 0));
+    let stored: i64 = rusqlite::Connection::open(&path)
+        .expect("open")
+        .query_row("SELECT count(*) FROM windows", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(stored, n as i64, "every row in the file");
+}
+
+/// Rows that find no room within the wait are dropped, counted and reported, never lost
+/// silently; what fitted is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn rows_without_room_after_the_wait_are_counted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = StorageConfig::new(dir.path().join("h.db"));
+    config.max_queued_rows = 10;
+    // The writer is slower than the wait: only the first chunk fits.
+    config.flush_interval = Duration::from_secs(3600);
+    let storage = Storage::spawn(config).expect("spawn");
+    let dropped = storage
+        .sender()
+        .send_windows_within(window_rows(25), Duration::from_millis(50))
+        .await;
+    let end = storage.shutdown();
+    assert_eq!(dropped, 25, "a 25-row chunk never fits a 10-row budget");
+    assert_eq!(end.rows_dropped(DropReason::QueueFull), 25);
+    assert_eq!(end.rows_written, 0);
+}

@@ -42,6 +42,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_connections_closed",
         "ayaflow_events",
         "ayaflow_events_malformed",
+        "ayaflow_window_overflow_packets",
         "ayaflow_storage_rows_written",
         "ayaflow_storage_rows_dropped",
         "ayaflow_storage_errors",
@@ -57,6 +58,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
     ];
     let gauges = [
         "ayaflow_active_connections",
+        "ayaflow_window_rows",
         "ayaflow_storage_queued_rows",
         "ayaflow_stream_clients",
     ];

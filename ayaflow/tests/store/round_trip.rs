@@ -86,7 +86,7 @@ fn aggregated_rows_have_the_documented_json_shape() {
 fn aggregated_sums_match_what_went_in_including_late_packets() {
     let (_dir, path) = temp_db();
     let mut store = Store::open(&path).expect("open");
-    let mut agg = Aggregator::new(Duration::from_secs(60));
+    let mut agg = Aggregator::new(Duration::from_secs(60), 1_000_000);
     let tuples = [
         tuple(Protocol::Tcp, "10.0.0.1", 40_000, "10.0.0.2", 443),
         tuple(Protocol::Udp, "fd00::1", 546, "ff02::1:2", 547),

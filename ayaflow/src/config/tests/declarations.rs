@@ -64,6 +64,7 @@ fn documented_defaults_are_the_defaults() {
         "allowed_ips",
         "config",
         "capture_mode",
+        "aggregation_max_rows",
     ];
     for o in OPTIONS {
         if described.contains(&o.name) {
@@ -85,6 +86,7 @@ fn documented_defaults_are_the_defaults() {
     assert_eq!(d.bind_address, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
     assert_eq!((d.data_retention, d.allowed_ips.len()), (None, 0));
     assert_eq!(d.capture_mode, CaptureMode::Raw);
+    assert_eq!(d.window_entries_bound(), 8 * d.max_connections);
     assert!(d.ipfix_collectors.is_empty(), "no export by default");
     assert_eq!(
         (d.ipfix_idle_timeout, d.ipfix_observation_domain),

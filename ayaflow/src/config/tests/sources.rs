@@ -95,6 +95,17 @@ const OPTION_CASES: &[OptionCase] = &[
         default: "None",
     },
     OptionCase {
+        name: "aggregation_max_rows",
+        flag: &["--aggregation-max-rows", "1000"],
+        env: ("AYAFLOW_AGGREGATION_MAX_ROWS", "2000"),
+        yaml: "aggregation_max_rows: 3000",
+        get: |c| c.window_entries_bound().to_string(),
+        from_flag: "1000",
+        from_env: "2000",
+        from_yaml: "3000",
+        default: "524288",
+    },
+    OptionCase {
         name: "allowed_ips",
         flag: &["--allowed-ips", "10.0.0.0/8"],
         env: ("AYAFLOW_ALLOWED_IPS", "192.168.1.5,fd00::/8"),

@@ -111,6 +111,7 @@ ipfix_idle_timeout: 15
 ipfix_template_refresh: 120
 ipfix_observation_domain: 7
 ipfix_mtu: 9000
+aggregation_max_rows: 100000
 "#;
     let c = Config::from_yaml_str(text).expect("valid");
     assert_eq!(
@@ -123,6 +124,7 @@ ipfix_mtu: 9000
             connection_timeout: Duration::from_secs(120),
             data_retention: Some(Duration::from_secs(86_400)),
             aggregation_window: Some(Duration::from_secs(60)),
+            aggregation_max_rows: Some(100_000),
             allowed_ips: vec![
                 "10.0.0.0/8".parse().expect("valid CIDR"),
                 "192.168.1.5/32".parse().expect("valid CIDR"),
