@@ -180,6 +180,9 @@ pub struct Store {
     default_max_pages: i64,
     /// The writer's key ids (empty in readers); only ids of committed `tuples` rows go in.
     tuples: TupleIds,
+    /// Newest blocks this writer found undecodable and closed; see
+    /// [`Store::undecodable_blocks`].
+    undecodable_blocks: u64,
 }
 
 impl std::fmt::Debug for Store {

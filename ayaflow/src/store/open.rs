@@ -119,6 +119,7 @@ impl Store {
             path,
             default_max_pages,
             tuples,
+            undecodable_blocks: 0,
         })
     }
 

@@ -267,6 +267,13 @@ pub(super) fn clamp_i64(v: u64) -> i64 {
 }
 
 impl Store {
+    /// How many blocks of raw rows this store found undecodable when it went to append to
+    /// them (the newest block), since it was opened. The writer closes such a block and starts
+    /// a new one, so inserts go on; the rows in the damaged block stay unreadable.
+    pub fn undecodable_blocks(&self) -> u64 {
+        self.undecodable_blocks
+    }
+
     /// Inserts packet events (raw mode) in one transaction.
     pub fn insert_packets(&mut self, packets: &[Packet]) -> Result<(), StoreError> {
         self.insert_batch(packets, &[])
@@ -340,7 +347,8 @@ impl Store {
             created.insert(key, id);
             Ok(id)
         };
-        blocks::insert_blocks(&tx, path, packets, |p| tuple_id(&p.tuple, p.direction))?;
+        let closed =
+            blocks::insert_blocks(&tx, path, packets, |p| tuple_id(&p.tuple, p.direction))?;
         insert_rows(
             &tx,
             "windows",
@@ -352,6 +360,15 @@ impl Store {
         .map_err(err)?;
         insert_tuples(&tx, &new_keys).map_err(err)?;
         tx.commit().map_err(err)?;
+        // Counted and logged after the commit: a rolled-back batch finds the same block again.
+        // Once committed, a newer block follows it, so each damaged block is reported once.
+        if let Some(e) = closed {
+            self.undecodable_blocks += 1;
+            tracing::warn!(
+                "{e}; the writer closed that block and writes new rows into a new one, the rows \
+                 in the damaged block cannot be read"
+            );
+        }
         let t = &mut self.tuples;
         t.created_since_sweep += created.len() as u64;
         if t.ids.len() + created.len() > MAX_CACHED_TUPLES {

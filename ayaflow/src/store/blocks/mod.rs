@@ -74,9 +74,12 @@ fn block_len(rows: &[Row]) -> usize {
 
 /// The id the next raw row gets: after the last block and after every row of the version 2
 /// `packets` table, so ids keep increasing across the migration. Read under the write lock.
+/// `max(id, last_id)`: a damaged `last_id` below the block's id must not make the next block
+/// replace (`OR REPLACE`) the damaged one.
 fn next_raw_id(conn: &Connection) -> rusqlite::Result<i64> {
     conn.prepare_cached(
-        "SELECT max(coalesce((SELECT last_id FROM packet_blocks ORDER BY id DESC LIMIT 1), 0), \
+        "SELECT max(coalesce((SELECT max(id, last_id) FROM packet_blocks \
+         ORDER BY id DESC LIMIT 1), 0), \
          coalesce((SELECT max(id) FROM packets), 0)) + 1",
     )?
     .query_row([], |r| r.get(0))
@@ -86,19 +89,32 @@ fn next_raw_id(conn: &Connection) -> rusqlite::Result<i64> {
 /// gives each row's `tuples` id. The first rows go into the newest block if it has room and
 /// they are in its span of time: the block is decoded and written again, longer, under the
 /// same id.
+///
+/// If the newest block does not decode, it is left as it is (closed) and the rows start a new
+/// block: otherwise every later insert would fail on it. Returns that block's error then, for
+/// the caller to count and log once the rows are committed.
 pub(super) fn insert_blocks(
     conn: &Connection,
     path: &std::path::Path,
     packets: &[Packet],
     mut tuple_id: impl FnMut(&Packet) -> rusqlite::Result<i64>,
-) -> Result<(), StoreError> {
+) -> Result<Option<StoreError>, StoreError> {
     let err = |e| StoreError::sqlite(path, "inserting history rows", e);
     let Some(first) = packets.first() else {
-        return Ok(());
+        return Ok(None);
     };
     let mut next = next_raw_id(conn).map_err(err)?;
     let mut rows = Vec::with_capacity(packets.len());
-    if let Some((id, tail)) = open_tail(conn, path, next)?
+    let mut closed = None;
+    let tail = match open_tail(conn, path, next) {
+        Ok(tail) => tail,
+        Err(e @ StoreError::BadBlock { .. }) => {
+            closed = Some(e);
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some((id, tail)) = tail
         && tail.len() < BLOCK_ROWS
         && in_span(tail[0].ts_unix_ns, clamp_i64(first.ts_unix_ns))
     {
@@ -138,7 +154,7 @@ pub(super) fn insert_blocks(
         next = last + 1;
         rest = tail;
     }
-    Ok(())
+    Ok(closed)
 }
 
 /// The newest block's id and rows, if its rows are the newest (`next` follows its last id).

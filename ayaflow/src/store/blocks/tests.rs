@@ -318,6 +318,50 @@ fn a_corrupt_block_is_an_error_naming_it() {
 }
 
 #[test]
+fn an_undecodable_tail_block_is_closed_and_counted_not_a_dead_end_for_inserts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("h.db");
+    let mut store = Store::open(&path).expect("store opens in a temp dir");
+    store
+        .insert_packets(&[packet(0), packet(1)])
+        .expect("insert");
+    assert_eq!(store.undecodable_blocks(), 0);
+    // Damage the open (newest) block on disk through a connection of its own, as a disk
+    // error or another program would.
+    Connection::open(&path)
+        .expect("second connection")
+        .execute(
+            "UPDATE packet_block_data SET data = ?1 WHERE id = 1",
+            [vec![0xffu8, 0xff, 0xff]],
+        )
+        .expect("damage");
+    // Rows of the same minute would go into that block: they start a new one instead.
+    let later: Vec<Packet> = (0..3)
+        .map(|i| Packet {
+            ts_unix_ns: T + 2 * SEC + i,
+            ..packet(i)
+        })
+        .collect();
+    store.insert_packets(&later).expect("insert after damage");
+    store
+        .insert_packets(&[packet(9)])
+        .expect("and the next one");
+    assert_eq!(store.undecodable_blocks(), 1, "counted once");
+    assert_eq!(blocks(&store), [(1, 2, 2), (3, 6, 4)]);
+    // The new rows read back; a query that reaches the damaged block still names it.
+    let q = HistoryQuery {
+        from_unix_s: Some((T / SEC) as i64 + 1),
+        ..HistoryQuery::default()
+    };
+    let got: Vec<i64> = all_rows(&store, q).iter().map(|r| r.id).collect();
+    assert_eq!(got, [5, 4, 3]);
+    let err = store
+        .query_history(&HistoryQuery::default())
+        .expect_err("the damaged block is unreadable");
+    assert!(matches!(err, StoreError::BadBlock { id: 1, .. }), "{err:?}");
+}
+
+#[test]
 fn a_version_2_file_keeps_its_rows_and_new_ids_continue_after_them() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("h.db");
