@@ -222,6 +222,12 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
             r.storage.reopens,
         ),
         (
+            "ayaflow_storage_undecodable_blocks",
+            "Newest blocks of raw rows found undecodable (a damaged file): closed, new rows went to a new block; the rows in them cannot be read.",
+            Kind::Counter,
+            r.storage.undecodable_blocks,
+        ),
+        (
             "ayaflow_storage_queued_rows",
             "Rows waiting for the storage writer.",
             Kind::Gauge,

@@ -117,6 +117,7 @@ impl Storage {
             retention_running: false,
             last_file_check: now,
             error_log: RateLimit::new(LOG_PERIOD),
+            undecodable_counted: 0,
         };
         let thread = std::thread::Builder::new()
             .name("ayaflow-storage".into())

@@ -42,6 +42,7 @@ pub struct StorageStats {
     /// Rows accepted and not yet written or dropped. Also the queue's budget.
     pub(super) queued_rows: AtomicU64,
     pub(super) reopens: AtomicU64,
+    pub(super) undecodable_blocks: AtomicU64,
 }
 
 impl StorageStats {
@@ -55,6 +56,7 @@ impl StorageStats {
             retention_deleted: load(&self.retention_deleted),
             queued_rows: load(&self.queued_rows),
             reopens: load(&self.reopens),
+            undecodable_blocks: load(&self.undecodable_blocks),
         }
     }
 
@@ -81,6 +83,8 @@ pub struct StorageStatsSnapshot {
     pub queued_rows: u64,
     /// Times the writer reopened the database after it was removed, replaced or failed.
     pub reopens: u64,
+    /// Newest blocks of raw rows found undecodable, closed, and followed by a new block.
+    pub undecodable_blocks: u64,
 }
 
 impl StorageStatsSnapshot {

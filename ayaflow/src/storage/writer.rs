@@ -28,6 +28,8 @@ pub(super) struct Writer {
     pub(super) retention_running: bool,
     pub(super) last_file_check: Instant,
     pub(super) error_log: RateLimit,
+    /// `store.undecodable_blocks()` already added to the stats (per connection: reset on close).
+    pub(super) undecodable_counted: u64,
 }
 
 impl Writer {
@@ -173,6 +175,7 @@ impl Writer {
 
     pub(super) fn close_store(&mut self) {
         self.store = None;
+        self.undecodable_counted = 0;
         self.applied_max_bytes = None;
     }
 
@@ -195,6 +198,12 @@ impl Writer {
             };
             match store.insert_batch(&self.pending_packets[..np], &self.pending_windows[..nw]) {
                 Ok(()) => {
+                    let undecodable = store.undecodable_blocks();
+                    self.shared
+                        .stats
+                        .undecodable_blocks
+                        .fetch_add(undecodable - self.undecodable_counted, Ordering::Relaxed);
+                    self.undecodable_counted = undecodable;
                     self.pending_packets.drain(..np);
                     self.pending_windows.drain(..nw);
                     let stats = &self.shared.stats;

@@ -47,6 +47,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_storage_rows_dropped",
         "ayaflow_storage_errors",
         "ayaflow_storage_reopens",
+        "ayaflow_storage_undecodable_blocks",
         "ayaflow_retention_deleted_rows",
         "ayaflow_api_denied",
         "ayaflow_api_internal_errors",
