@@ -57,6 +57,12 @@ const FINAL_WINDOWS_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs the agent until a signal arrives; returns once everything is flushed and detached.
 pub async fn run(config: Config) -> Result<()> {
+    // First: a bad token file stops the agent before it attaches anything.
+    let api_token = config
+        .api_token_file
+        .as_deref()
+        .map(read_api_token)
+        .transpose()?;
     let interface = match &config.interface {
         Some(i) => i.clone(),
         None => {
@@ -159,17 +165,24 @@ pub async fn run(config: Config) -> Result<()> {
         metrics: Arc::new(source),
         ..state
     };
+    let state = match api_token {
+        Some(token) => state.with_api_token(token),
+        None => state,
+    };
 
     let addr = SocketAddr::new(config.bind_address, config.port);
     let listener = api::bind(addr).await.with_context(|| {
         format!("binding the API to {addr}: is the port in use? choose another with --port")
     })?;
     tracing::info!(address = %listener.local_addr()?, "API listening");
-    if !config.bind_address.is_loopback() && config.allowed_ips.is_empty() {
+    if !config.bind_address.is_loopback()
+        && config.allowed_ips.is_empty()
+        && config.api_token_file.is_none()
+    {
         tracing::warn!(
             address = %addr,
             "the API answers anyone who reaches this port (live connections, history): set \
-             --allowed-ips to the networks that may read it, or bind to 127.0.0.1"
+             --allowed-ips to the networks that may read it, set --api-token-file, or bind to 127.0.0.1"
         );
     }
     state.ready.store(true, Ordering::Relaxed);
@@ -276,6 +289,28 @@ pub async fn run(config: Config) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The API token in `path` (surrounding whitespace, such as the newline of `echo`, is not
+/// part of it).
+fn read_api_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading the API token file {} (--api-token-file): create it with the token on one \
+             line, readable by the agent",
+            path.display()
+        )
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!(
+            "the API token file {} (--api-token-file) is empty: write the token to it, e.g. \
+             `head -c 32 /dev/urandom | base64 > {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(token.to_owned())
 }
 
 /// The export's settings, if collectors are configured.

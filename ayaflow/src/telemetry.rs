@@ -246,6 +246,12 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
             load(&r.api.denied),
         ),
         (
+            "ayaflow_api_unauthorized",
+            "API requests refused for a missing or wrong bearer token (401).",
+            Kind::Counter,
+            load(&r.api.unauthorized),
+        ),
+        (
             "ayaflow_api_internal_errors",
             "API requests that failed inside the agent (500); see the log.",
             Kind::Counter,

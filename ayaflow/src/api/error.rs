@@ -39,6 +39,17 @@ impl ApiError {
         }
     }
 
+    /// 401 for a request without the API token (or with another one).
+    pub fn unauthorized() -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            error: "missing or wrong API token".into(),
+            hint:
+                "send the token of the agent's --api-token-file as `Authorization: Bearer <token>`"
+                    .into(),
+        }
+    }
+
     /// 503 when a bounded resource is exhausted or not ready.
     pub fn unavailable(error: impl Into<String>, hint: impl Into<String>) -> ApiError {
         ApiError {
@@ -64,10 +75,18 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({"error": self.error, "hint": self.hint})),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: a 401 names the scheme it wants.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }

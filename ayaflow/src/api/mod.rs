@@ -68,6 +68,8 @@ pub trait LiveSource: Send + Sync + 'static {
 pub struct ApiStats {
     /// Requests refused because the peer is outside `allowed_ips` (403).
     pub denied: AtomicU64,
+    /// Requests refused for a missing or wrong bearer token (401).
+    pub unauthorized: AtomicU64,
     /// Stream clients connected now (a gauge).
     pub stream_clients: AtomicU64,
     /// Stream upgrades refused at the client cap (503).
@@ -117,6 +119,8 @@ pub struct AppState {
     pub history_kind: HistoryKind,
     /// Networks allowed to use the API. Empty: everyone allowed.
     pub allowed_ips: Arc<Vec<IpNet>>,
+    /// The bearer token every route but the probes asks for; `None`: none asked.
+    pub api_token: Option<Arc<str>>,
     /// True once the program is attached and the store is open; false again on shutdown.
     pub ready: Arc<AtomicBool>,
     /// Frames from [`stream::publish`] to every stream client (DropNewest for slow ones).
@@ -150,6 +154,7 @@ impl AppState {
             db_path,
             history_kind,
             allowed_ips: Arc::new(allowed_ips),
+            api_token: None,
             ready: Arc::new(AtomicBool::new(false)),
             stream: broadcast::channel(stream::CHANNEL_FRAMES).0,
             stream_limits,
@@ -157,6 +162,15 @@ impl AppState {
             history_slots: Arc::new(Semaphore::new(history::MAX_CONCURRENT_QUERIES)),
             shutdown: None,
             stats: Arc::new(ApiStats::default()),
+        }
+    }
+
+    /// The same state asking every request but `/healthz` and `/readyz` for `token`
+    /// (`Authorization: Bearer <token>`).
+    pub fn with_api_token(self, token: impl Into<Arc<str>>) -> AppState {
+        AppState {
+            api_token: Some(token.into()),
+            ..self
         }
     }
 
@@ -215,7 +229,21 @@ pub fn is_allowed(allowed: &[IpNet], peer: IpAddr) -> bool {
             .any(|net| net.contains(&peer) || as_v4.is_some_and(|v4| net.contains(&v4)))
 }
 
-/// In front of every route: refuses peers outside `allowed_ips` and counts internal errors.
+/// Routes a token does not guard: the orchestrator's probes carry no credentials.
+const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in constant time (the
+/// length of the token aside), so response times do not tell how much of a guess was right.
+pub fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|given| bool::from(given.ct_eq(token.as_bytes())))
+}
+
+/// In front of every route: refuses peers outside `allowed_ips`, then requests without the
+/// token (when one is set; the probes stay open), and counts internal errors.
 async fn allowlist(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -225,6 +253,13 @@ async fn allowlist(
     if !is_allowed(&state.allowed_ips, peer.ip()) {
         state.stats.denied.fetch_add(1, Ordering::Relaxed);
         return ApiError::forbidden(peer.ip()).into_response();
+    }
+    if let Some(token) = &state.api_token
+        && !PROBES.contains(&req.uri().path())
+        && !has_token(req.headers(), token)
+    {
+        state.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+        return ApiError::unauthorized().into_response();
     }
     let response = next.run(req).await;
     if response.status() == StatusCode::INTERNAL_SERVER_ERROR {

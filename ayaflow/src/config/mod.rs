@@ -146,6 +146,8 @@ pub struct Config {
     pub aggregation_max_rows: Option<usize>,
     /// Networks allowed to reach the API (bare addresses become /32 or /128); empty allows all.
     pub allowed_ips: Vec<IpNet>,
+    /// A file holding the API's bearer token; `None`: no token asked.
+    pub api_token_file: Option<PathBuf>,
     /// Log only errors.
     pub quiet: bool,
     /// Hooks to attach.
@@ -186,6 +188,7 @@ impl Default for Config {
             aggregation_window: None,
             aggregation_max_rows: None,
             allowed_ips: Vec::new(),
+            api_token_file: None,
             quiet: false,
             direction: DirectionChoice::Ingress,
             capture_mode: CaptureMode::Raw,

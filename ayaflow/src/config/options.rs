@@ -193,6 +193,28 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        name: "api_token_file",
+        short: None,
+        flag: "--api-token-file",
+        env: "AYAFLOW_API_TOKEN_FILE",
+        old_yaml_keys: &[],
+        value_name: "FILE",
+        shape: Shape::Value,
+        help: "file holding a bearer token every API request but /healthz and /readyz must \
+               send (`Authorization: Bearer <token>`)",
+        default: "none (no token asked)",
+        expected: "a file path, e.g. /etc/ayaflow/api-token",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            let path = g.string()?;
+            if path.is_empty() {
+                return Err(g.invalid(g.shown()));
+            }
+            c.api_token_file = Some(PathBuf::from(path));
+            Ok(())
+        },
+    },
+    OptionSpec {
         name: "quiet",
         short: Some('q'),
         flag: "--quiet",

@@ -114,6 +114,81 @@ async fn peers_outside_allowed_ips_get_403_json_everywhere() {
     assert_eq!(s.state.stats.denied.load(Ordering::Relaxed), denied);
 }
 
+/// With a token: 401 (JSON, `WWW-Authenticate: Bearer`, counted) without it or with another
+/// one, the answer with it; the probes stay open; a stream needs it too.
+#[tokio::test]
+async fn a_token_guards_every_route_but_the_probes() {
+    const TOKEN: &str = "s3cret-token-for-the-test";
+    let s = start(Setup {
+        api_token: Some(TOKEN),
+        raw: raw_rows(3),
+        ..Setup::default()
+    })
+    .await;
+    s.state.ready.store(true, Ordering::Relaxed);
+    let get = |path: &'static str, auth: Option<String>| {
+        let mut req = s.client.get(s.url(path));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    let guarded = ["/metrics", "/api/live", "/api/history", "/no/such/route"];
+    let wrong = [
+        None,
+        Some(format!("Bearer {TOKEN}x")),
+        Some(format!("Bearer {}", &TOKEN[1..])),
+        Some(format!("bearer {TOKEN}")),
+        Some(TOKEN.to_string()),
+        Some("Bearer ".to_string()),
+    ];
+    for path in guarded {
+        for auth in &wrong {
+            let r = get(path, auth.clone()).await.expect("the server answers");
+            assert_eq!(r.status().as_u16(), 401, "{path} with {auth:?}");
+            assert_eq!(
+                r.headers()
+                    .get("www-authenticate")
+                    .map(|v| v.to_str().unwrap()),
+                Some("Bearer"),
+                "{path}"
+            );
+            let body: serde_json::Value = r.json().await.expect("a JSON error");
+            assert!(
+                body["hint"]
+                    .as_str()
+                    .is_some_and(|h| h.contains("--api-token-file")),
+                "{body}"
+            );
+        }
+        let r = get(path, Some(format!("Bearer {TOKEN}"))).await.unwrap();
+        let want = if path == "/no/such/route" { 404 } else { 200 };
+        assert_eq!(r.status().as_u16(), want, "{path} with the token");
+    }
+    for probe in ["/healthz", "/readyz"] {
+        let r = get(probe, None).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{probe} is open to probes");
+    }
+    // The stream: refused without the token, served with it.
+    match s.connect().await {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
+        Err(e) => panic!("expected a 401 response, got {e}"),
+        Ok(_) => panic!("a stream without the token"),
+    }
+    let mut req =
+        tungstenite::client::IntoClientRequest::into_client_request(s.ws_url("/api/stream"))
+            .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("a stream with the token");
+    drop(ws);
+    let refused = (guarded.len() * wrong.len()) as u64 + 1;
+    assert_eq!(s.state.stats.unauthorized.load(Ordering::Relaxed), refused);
+    assert_eq!(s.state.stats.denied.load(Ordering::Relaxed), 0);
+}
+
 #[tokio::test]
 async fn dual_stack_listener_matches_mapped_ipv4_peers_as_ipv4() {
     let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));

@@ -50,6 +50,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_storage_undecodable_blocks",
         "ayaflow_retention_deleted_rows",
         "ayaflow_api_denied",
+        "ayaflow_api_unauthorized",
         "ayaflow_api_internal_errors",
         "ayaflow_api_history_rejected",
         "ayaflow_stream_rejected",

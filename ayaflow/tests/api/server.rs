@@ -75,6 +75,8 @@ pub(crate) struct Setup {
     pub(crate) windows: Vec<WindowRow>,
     pub(crate) history_kind: HistoryKind,
     pub(crate) allowed_ips: Vec<&'static str>,
+    /// Ask every route but the probes for this bearer token.
+    pub(crate) api_token: Option<&'static str>,
     pub(crate) limits: StreamLimits,
     /// Run `stream::publish` with this period.
     pub(crate) publish: Option<Duration>,
@@ -93,6 +95,7 @@ impl Default for Setup {
             windows: Vec::new(),
             history_kind: HistoryKind::Raw,
             allowed_ips: Vec::new(),
+            api_token: None,
             limits: StreamLimits::default(),
             publish: None,
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -163,6 +166,10 @@ pub(crate) async fn try_start(setup: Setup) -> Option<Server> {
         allowed,
     )
     .with_stream_limits(setup.limits);
+    let state = match setup.api_token {
+        Some(token) => state.with_api_token(token),
+        None => state,
+    };
     let pipeline = PipelineStats::default();
     pipeline.events.store(42, Ordering::Relaxed);
     let source = FixedMetrics {

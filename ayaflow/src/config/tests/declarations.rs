@@ -65,6 +65,7 @@ fn documented_defaults_are_the_defaults() {
         "config",
         "capture_mode",
         "aggregation_max_rows",
+        "api_token_file",
     ];
     for o in OPTIONS {
         if described.contains(&o.name) {
@@ -87,6 +88,7 @@ fn documented_defaults_are_the_defaults() {
     assert_eq!((d.data_retention, d.allowed_ips.len()), (None, 0));
     assert_eq!(d.capture_mode, CaptureMode::Raw);
     assert_eq!(d.window_entries_bound(), 8 * d.max_connections);
+    assert_eq!(d.api_token_file, None);
     assert!(d.ipfix_collectors.is_empty(), "no export by default");
     assert_eq!(
         (d.ipfix_idle_timeout, d.ipfix_observation_domain),

@@ -119,6 +119,17 @@ const OPTION_CASES: &[OptionCase] = &[
     // Two values only: the flag and the YAML say true, the environment false, so "all three"
     // shows flag > env and "env + YAML" shows env > YAML.
     OptionCase {
+        name: "api_token_file",
+        flag: &["--api-token-file", "/run/a"],
+        env: ("AYAFLOW_API_TOKEN_FILE", "/run/b"),
+        yaml: "api_token_file: /run/c",
+        get: |c| format!("{:?}", c.api_token_file),
+        from_flag: r#"Some("/run/a")"#,
+        from_env: r#"Some("/run/b")"#,
+        from_yaml: r#"Some("/run/c")"#,
+        default: "None",
+    },
+    OptionCase {
         name: "quiet",
         flag: &["--quiet"],
         env: ("AYAFLOW_QUIET", "false"),
