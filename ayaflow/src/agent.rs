@@ -259,16 +259,12 @@ pub async fn run(config: Config) -> Result<()> {
     }
     bounded("stopping the tick", tick_task).await;
     bounded("storing the closed windows", windows_task).await;
+    // Bounded by its own wait: no `bounded` step needed.
     let last_windows = pipeline.flush();
-    if !last_windows.is_empty() {
-        let sender = pipeline.storage.clone();
-        let send = async move {
-            sender
-                .send_windows_within(last_windows, FINAL_WINDOWS_WAIT)
-                .await
-        };
-        bounded("storing the last windows", tokio::spawn(send)).await;
-    }
+    pipeline
+        .storage
+        .send_windows_within(last_windows, FINAL_WINDOWS_WAIT)
+        .await;
     drop(pipeline);
     if let Some(t) = ipfix_task {
         bounded("sending the final IPFIX records", t).await;

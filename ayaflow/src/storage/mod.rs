@@ -2,18 +2,21 @@
 //! from the pipeline into SQLite transactions, off the async runtime.
 //!
 //! ```text
-//! pipeline --send_packets/send_windows--> queue (bounded by max_queued_rows, DropNewest)
+//! pipeline --send_packets/send_windows_within--> queue (bounded by max_queued_rows, DropNewest)
 //!          --every flush_interval--> pending --one transaction--> SQLite file
 //!                                          \--every clamp(retention/10, 1 s, 60 s)--> retention
 //! ```
 //!
 //! # Backpressure
 //!
-//! [`StorageSender`] never blocks: the queue is bounded by a budget of rows
+//! [`StorageSender`] never blocks the capture path: the queue is bounded by a budget of rows
 //! ([`StorageConfig::max_queued_rows`]) that counts both rows waiting in the queue and rows the
-//! writer holds for a retry. A batch that does not fit is dropped whole (policy `DropNewest`),
-//! counted in `rows_dropped{reason="queue_full"}` and logged at most every
-//! [`LOG_PERIOD`] with the knob to turn. Live statistics never wait for the disk.
+//! writer holds for a retry. A batch of raw packets that does not fit is dropped whole (policy
+//! `DropNewest`), counted in `rows_dropped{reason="queue_full"}` and logged at most every
+//! [`LOG_PERIOD`] with the knob to turn. Closed windows, which arrive all at once and may
+//! outnumber the budget, go in chunks that wait (asynchronously, for a bounded time) for the
+//! writer to make room ([`StorageSender::send_windows_within`]). Live statistics never wait for
+//! the disk.
 //!
 //! # Writing
 //!

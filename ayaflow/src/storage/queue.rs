@@ -209,11 +209,6 @@ impl StorageSender {
         self.send(Batch::Packets(packets))
     }
 
-    /// Queues window rows (aggregated mode). Returns true if and only if the batch was queued.
-    pub fn send_windows(&self, windows: Vec<WindowRow>) -> bool {
-        self.send(Batch::Windows(windows))
-    }
-
     /// The live counters.
     pub fn stats(&self) -> Arc<StorageStats> {
         Arc::clone(&self.shared.stats)

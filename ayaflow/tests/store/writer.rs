@@ -17,7 +17,12 @@ fn the_writer_stores_packets_and_windows_and_counts_them() {
         packets: 5,
         bytes: 500,
     };
-    assert!(tx.send_windows(vec![window; 3]));
+    let dropped = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime")
+        .block_on(tx.send_windows_within(vec![window; 3], Duration::from_secs(5)));
+    assert_eq!(dropped, 0);
     wait_for("103 rows written", || written(&stats) == 103);
     assert_eq!(
         counts(&path),
