@@ -194,4 +194,6 @@ impl std::fmt::Debug for Store {
 }
 
 #[cfg(test)]
+mod consistency_tests;
+#[cfg(test)]
 mod tests;

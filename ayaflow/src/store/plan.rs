@@ -101,8 +101,30 @@ impl Store {
     ///
     /// The SQL is assembled from fixed fragments only; every value is a bound parameter. The
     /// plan (see the module docs) only changes how fast the page comes, never which rows.
+    ///
+    /// Its statements (blocks, then ids, then the rows and their keys) run in one read
+    /// transaction, so they all see the file as it was at the first: retention deleting rows
+    /// or keys in between cannot drop rows from the page or pair a row with another key.
     pub fn query_history(&self, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        self.query_history_between(q, || {})
+    }
+
+    /// [`Store::query_history`], calling `between` after the ids of the rows are found and
+    /// before the rows are read: tests write there, as another connection could.
+    pub(super) fn query_history_between(
+        &self,
+        q: &HistoryQuery,
+        between: impl FnOnce(),
+    ) -> Result<HistoryPage, StoreError> {
         let err = |e| StoreError::sqlite(&self.path, "querying history", e);
+        // DEFERRED: the snapshot is taken at the first read and held until the end (WAL mode:
+        // the writer goes on meanwhile). Dropped without commit on error: a rollback, which for
+        // a read transaction only ends it. Inside a caller's transaction, that one is the
+        // snapshot.
+        let tx = match self.conn.is_autocommit() {
+            true => Some(self.conn.unchecked_transaction().map_err(err)?),
+            false => None,
+        };
         let table = match q.kind {
             HistoryKind::Raw => PACKETS,
             HistoryKind::Aggregated => WINDOWS,
@@ -123,7 +145,13 @@ impl Store {
             let ids = self
                 .matching_ids(table, q, want - rows.len(), None)
                 .map_err(err)?;
+            between();
             rows.extend(self.read_rows(q.kind, &ids)?);
+        } else {
+            between();
+        }
+        if let Some(tx) = tx {
+            tx.commit().map_err(err)?;
         }
         let next_cursor = if rows.len() > limit {
             rows.truncate(limit);

@@ -36,6 +36,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
+        record_id_floors(&tx).map_err(err)?;
         // Version 2 rows are older than every block: they go first.
         let mut packets = tx
             .prepare_cached(
@@ -88,6 +89,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
         let started = std::time::Instant::now();
+        record_id_floors(&tx).map_err(err)?;
         // Keys no row of the version 2 tables points at, less those a block points at.
         let unused: Vec<i64> = tx
             .prepare_cached(

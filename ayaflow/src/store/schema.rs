@@ -15,7 +15,20 @@ use super::StoreError;
 
 /// Every migration, oldest first. Index `i` takes a file from version `i` to `i + 1`.
 ///
-/// # Version 3 (current)
+/// # Version 4 (current)
+///
+/// ```text
+/// id_floors  name | next_id       (the next id never to go below, per kind of row)
+/// ```
+///
+/// The writer gives a row the id after the largest one in its table. Retention deleting every
+/// row of a table would then hand out the deleted ids again, and a client paging with an old
+/// `next_cursor` (or a reader holding ids between statements) would meet other rows under
+/// them. Before deleting, retention records here the id the next row would get (`raw` for
+/// `packet_blocks` and `packets`, `windows`, `tuples`); the writer starts at
+/// `max(table, floor)`. Migration 4 records the current ids of an existing file.
+///
+/// # Version 3
 ///
 /// ```text
 /// packet_blocks      id | last_id row_count min_ts max_ts | tuple_ids     (raw rows, packed)
@@ -206,6 +219,16 @@ const MIGRATIONS: &[&str] = &[
         id    INTEGER PRIMARY KEY,
         data  BLOB    NOT NULL
     );",
+    // 4: ids never handed out twice, even after retention empties a table.
+    "CREATE TABLE id_floors (
+        name     TEXT    PRIMARY KEY,
+        next_id  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO id_floors (name, next_id) VALUES
+        ('raw', max(coalesce((SELECT max(max(id, last_id)) FROM packet_blocks), 0),
+                    coalesce((SELECT max(id) FROM packets), 0)) + 1),
+        ('windows', coalesce((SELECT max(id) FROM windows), 0) + 1),
+        ('tuples', coalesce((SELECT max(id) FROM tuples), 0) + 1);",
 ];
 
 /// `bucket = id >> BUCKET_SHIFT` in `packets` and `windows` (see [`MIGRATIONS`], version 2).
@@ -312,6 +335,7 @@ mod tests {
         assert_eq!(
             tables,
             [
+                "id_floors",
                 "packet_block_data",
                 "packet_blocks",
                 "packets",

@@ -2,7 +2,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::*;
 
-fn packet(i: u32) -> Packet {
+pub(super) fn packet(i: u32) -> Packet {
     Packet {
         tuple: FiveTuple {
             proto: Protocol::Tcp,
@@ -23,7 +23,7 @@ fn packet(i: u32) -> Packet {
     }
 }
 
-fn temp_store() -> (tempfile::TempDir, Store) {
+pub(super) fn temp_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path().join("h.db")).expect("store opens in a temp dir");
     (dir, store)
@@ -32,6 +32,19 @@ fn temp_store() -> (tempfile::TempDir, Store) {
 /// Appends `packets` to the version 2 `packets` table, one SQLite row each, as agents
 /// before schema version 3 wrote them.
 pub(super) fn insert_v2_packets(conn: &mut Connection, packets: &[Packet]) {
+    // A file before version 4 has no `id_floors`, which the id allocation reads: an empty one
+    // for this connection stands in (a TEMP table, so the file stays as old agents left it).
+    let no_floors: bool = conn
+        .query_row(
+            "SELECT count(*) = 0 FROM sqlite_master WHERE name = 'id_floors'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("sqlite_master");
+    if no_floors {
+        conn.execute_batch("CREATE TEMP TABLE id_floors (name TEXT PRIMARY KEY, next_id INTEGER)")
+            .expect("temp id_floors");
+    }
     let tx = conn.transaction().expect("transaction");
     insert_rows(
         &tx,
@@ -43,6 +56,10 @@ pub(super) fn insert_v2_packets(conn: &mut Connection, packets: &[Packet]) {
     )
     .expect("version 2 rows");
     tx.commit().expect("commit");
+    if no_floors {
+        conn.execute_batch("DROP TABLE temp.id_floors")
+            .expect("drop temp id_floors");
+    }
 }
 
 #[test]

@@ -112,9 +112,29 @@ pub(super) fn insert_many<T>(
     Ok(())
 }
 
+/// The id the next row of `table` (`windows` or `tuples`) gets: after its largest id and never
+/// below the floor retention recorded before deleting (`schema.rs`, version 4), so an id is
+/// never handed out twice. Read under the write lock.
 pub(super) fn next_id(conn: &Connection, table: &str) -> rusqlite::Result<i64> {
-    conn.prepare_cached(&format!("SELECT coalesce(max(id), 0) + 1 FROM {table}"))?
-        .query_row([], |r| r.get(0))
+    conn.prepare_cached(&format!(
+        "SELECT max(coalesce((SELECT max(id) FROM {table}), 0) + 1, \
+         coalesce((SELECT next_id FROM id_floors WHERE name = '{table}'), 1))"
+    ))?
+    .query_row([], |r| r.get(0))
+}
+
+/// Records, before rows are deleted, the ids the next rows will get, so that deleting every
+/// row of a table does not make the writer hand its ids out again ([`next_id`]).
+pub(super) fn record_id_floors(conn: &Connection) -> rusqlite::Result<()> {
+    let raw = blocks::next_raw_id(conn)?;
+    let windows = next_id(conn, "windows")?;
+    let tuples = next_id(conn, "tuples")?;
+    conn.prepare_cached(
+        "INSERT INTO id_floors (name, next_id) VALUES ('raw', ?1), ('windows', ?2), \
+         ('tuples', ?3) ON CONFLICT (name) DO UPDATE SET next_id = max(next_id, excluded.next_id)",
+    )?
+    .execute(params![raw, windows, tuples])?;
+    Ok(())
 }
 
 /// The `tuples` id of `key`, inserting the row if it is new.
@@ -134,12 +154,13 @@ pub(super) fn tuple_row_id(conn: &Connection, key: &TupleKey) -> rusqlite::Resul
     if let Some(id) = found {
         return Ok(id);
     }
+    let id = next_id(conn, "tuples")?;
     conn.prepare_cached(
-        "INSERT INTO tuples (src, dst, src_port, dst_port, proto, direction) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO tuples (id, src, dst, src_port, dst_port, proto, direction) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![src, dst, t.src_port, t.dst_port, proto, dir])?;
-    Ok(conn.last_insert_rowid())
+    .execute(params![id, src, dst, t.src_port, t.dst_port, proto, dir])?;
+    Ok(id)
 }
 
 /// Inserts new `tuples` rows with the ids given, in key order (which keeps the unique index's

@@ -75,12 +75,14 @@ fn block_len(rows: &[Row]) -> usize {
 /// The id the next raw row gets: after the last block and after every row of the version 2
 /// `packets` table, so ids keep increasing across the migration. Read under the write lock.
 /// `max(id, last_id)`: a damaged `last_id` below the block's id must not make the next block
-/// replace (`OR REPLACE`) the damaged one.
-fn next_raw_id(conn: &Connection) -> rusqlite::Result<i64> {
+/// replace (`OR REPLACE`) the damaged one. Never below the floor retention recorded
+/// (`id_floors`, see `write::next_id`).
+pub(in crate::store) fn next_raw_id(conn: &Connection) -> rusqlite::Result<i64> {
     conn.prepare_cached(
-        "SELECT max(coalesce((SELECT max(id, last_id) FROM packet_blocks \
+        "SELECT max(max(coalesce((SELECT max(id, last_id) FROM packet_blocks \
          ORDER BY id DESC LIMIT 1), 0), \
-         coalesce((SELECT max(id) FROM packets), 0)) + 1",
+         coalesce((SELECT max(id) FROM packets), 0)) + 1, \
+         coalesce((SELECT next_id FROM id_floors WHERE name = 'raw'), 1))",
     )?
     .query_row([], |r| r.get(0))
 }
