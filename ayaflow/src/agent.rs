@@ -76,6 +76,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     let mut storage_config = StorageConfig::new(&config.db_path);
     storage_config.retention = config.data_retention;
+    storage_config.max_db_bytes = config.max_db_bytes;
     let storage = Storage::spawn(storage_config)
         .with_context(|| format!("opening the history database {}", config.db_path.display()))?;
 

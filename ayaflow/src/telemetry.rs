@@ -214,6 +214,15 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
             })
             .collect(),
     });
+    out.push(Family {
+        name: "ayaflow_retention_deleted_rows",
+        help: "History rows deleted, by reason: age (older than data_retention) or size (the oldest, to keep the file within max_db_bytes).",
+        kind: Kind::Counter,
+        samples: vec![
+            (vec![("reason", "age".to_string())], r.storage.retention_deleted),
+            (vec![("reason", "size".to_string())], r.storage.size_deleted),
+        ],
+    });
     let rest = [
         (
             "ayaflow_storage_reopens",
@@ -232,12 +241,6 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
             "Rows waiting for the storage writer.",
             Kind::Gauge,
             r.storage.queued_rows,
-        ),
-        (
-            "ayaflow_retention_deleted_rows",
-            "History rows deleted by retention.",
-            Kind::Counter,
-            r.storage.retention_deleted,
         ),
         (
             "ayaflow_api_denied",

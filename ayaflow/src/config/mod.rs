@@ -140,6 +140,9 @@ pub struct Config {
     pub connection_timeout: Duration,
     /// Age after which history is deleted; `None` keeps everything.
     pub data_retention: Option<Duration>,
+    /// The history file's disk budget in bytes (file and WAL), oldest history deleted first;
+    /// `None`: unlimited.
+    pub max_db_bytes: Option<u64>,
     /// Length of the storage windows; `None` stores one raw row per packet.
     pub aggregation_window: Option<Duration>,
     /// Bound of the open windows' entries; `None`: [`Config::window_entries_bound`]'s default.
@@ -185,6 +188,7 @@ impl Default for Config {
             db_path: PathBuf::from(DEFAULT_DB_PATH),
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
             data_retention: None,
+            max_db_bytes: None,
             aggregation_window: None,
             aggregation_max_rows: None,
             allowed_ips: Vec::new(),

@@ -10,6 +10,7 @@ use super::{
     CaptureMode, DirectionChoice, MAX_FLOW_MAP_SIZE, MAX_MAX_CONNECTIONS, MAX_SECONDS,
     value::{page_size, parse_net, valid_host_port, valid_interface_name},
 };
+use crate::storage::MIN_MAX_DB_BYTES;
 
 /// The options, in the order of `--help` and of the README's table.
 pub static OPTIONS: &[OptionSpec] = &[
@@ -131,6 +132,24 @@ pub static OPTIONS: &[OptionSpec] = &[
         apply: |g, c| {
             let Some(g) = g else { return Ok(()) };
             c.data_retention = g.optional_seconds()?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "max_db_bytes",
+        short: None,
+        flag: "--max-db-bytes",
+        env: "AYAFLOW_MAX_DB_BYTES",
+        old_yaml_keys: &[],
+        value_name: "BYTES",
+        shape: Shape::Value,
+        help: "disk budget of the history file and its WAL: past it the oldest history is \
+               deleted first (0: unlimited)",
+        default: "unlimited",
+        expected: "0 (unlimited) or a size of at least 16MiB, e.g. 512MiB, 2GB or 1073741824",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.max_db_bytes = g.optional_bytes(MIN_MAX_DB_BYTES)?;
             Ok(())
         },
     },

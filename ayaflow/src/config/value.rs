@@ -151,6 +151,21 @@ impl Given<'_> {
             .ok_or_else(|| self.invalid(self.shown()))
     }
 
+    /// A size in bytes (`536870912`, `512MiB`, `2GB`, `1.5 GiB`) of at least `min`, where `0`
+    /// and `unlimited` mean none.
+    pub fn optional_bytes(&self, min: u64) -> Result<Option<u64>, ConfigError> {
+        let text = self.text(Kind::Int)?;
+        let text = text.trim();
+        if text == "0" || text.eq_ignore_ascii_case("unlimited") {
+            return Ok(None);
+        }
+        parse_size::parse_size(text)
+            .ok()
+            .filter(|&n| n >= min)
+            .map(Some)
+            .ok_or_else(|| self.invalid(self.shown()))
+    }
+
     /// Seconds where 0 means "off".
     pub fn optional_seconds(&self) -> Result<Option<Duration>, ConfigError> {
         let secs = self.number(0, MAX_SECONDS)?;

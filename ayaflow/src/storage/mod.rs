@@ -54,6 +54,7 @@
 //! - this file: the configuration ([`StorageConfig`]) and the limits above;
 //! - `queue`: [`Storage`] and [`StorageSender`], the bounded queue between them;
 //! - `writer`: the writer thread (transactions, retention, faults, the final drain);
+//! - `budget`: keeping the file within `max_db_bytes`, oldest history first;
 //! - `stats`: what storage counts ([`StorageStats`], [`DropReason`]).
 
 use std::{
@@ -75,10 +76,13 @@ use crate::{
     store::{ErrorKind, Store, StoreError},
 };
 
+mod budget;
 mod queue;
 mod stats;
 mod writer;
 
+pub use budget::MIN_MAX_DB_BYTES;
+use budget::*;
 pub use queue::*;
 pub use stats::*;
 use writer::*;
@@ -136,9 +140,9 @@ pub struct StorageConfig {
     /// Budget of rows accepted but not yet written (queued or pending a retry); batches that do
     /// not fit are dropped. Default [`DEFAULT_MAX_QUEUED_ROWS`].
     pub max_queued_rows: usize,
-    /// Caps the database file at about this many bytes (see [`Store::set_max_bytes`]); writes
-    /// beyond fail as `full` until retention frees pages. `None` (the default): only the disk
-    /// limits it.
+    /// The disk budget: the file and its WAL stay within this many bytes plus one transaction,
+    /// the oldest history deleted first to make room (`budget.rs`). At least
+    /// [`MIN_MAX_DB_BYTES`]. `None` (the default): only the disk limits it.
     pub max_db_bytes: Option<u64>,
     /// How long shutdown keeps trying to write what is left. Default [`DEFAULT_DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,

@@ -43,8 +43,10 @@ pub(super) struct Shared {
     /// Signalled when the queue passes `early_flush_rows` or closes.
     pub(super) wake: Condvar,
     pub(super) stats: Arc<StorageStats>,
-    /// The size cap in bytes, `u64::MAX` for none; the writer applies changes before writing.
+    /// The disk budget in bytes, `u64::MAX` for none; the writer applies changes before writing.
     pub(super) max_db_bytes: AtomicU64,
+    /// A simulated disk size in bytes (tests), `u64::MAX` for none.
+    pub(super) disk_limit: AtomicU64,
     /// Rate limit of the drop warning, shared by every sender.
     pub(super) drop_log: RateLimit,
 }
@@ -58,6 +60,13 @@ impl Shared {
 
     pub(super) fn max_db_bytes(&self) -> Option<u64> {
         match self.max_db_bytes.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            b => Some(b),
+        }
+    }
+
+    pub(super) fn disk_limit(&self) -> Option<u64> {
+        match self.disk_limit.load(Ordering::Relaxed) {
             u64::MAX => None,
             b => Some(b),
         }
@@ -85,9 +94,11 @@ impl Storage {
     /// first means a bad path fails here, at start-up, before anything is attached.
     pub fn spawn(config: StorageConfig) -> Result<Storage, StoreError> {
         let mut store = Store::open(&config.path)?;
-        if config.max_db_bytes.is_some() {
-            store.set_max_bytes(config.max_db_bytes)?;
-        }
+        let limits = Limits {
+            budget: config.max_db_bytes,
+            disk: None,
+        };
+        Writer::apply_limits(&mut store, limits)?;
         let stats = Arc::new(StorageStats::default());
         let shared = Arc::new(Shared {
             path: config.path.clone(),
@@ -97,12 +108,15 @@ impl Storage {
             wake: Condvar::new(),
             stats,
             max_db_bytes: AtomicU64::new(config.max_db_bytes.unwrap_or(u64::MAX)),
+            disk_limit: AtomicU64::new(u64::MAX),
             drop_log: RateLimit::new(LOG_PERIOD),
         });
         let now = Instant::now();
         let writer = Writer {
             shared: Arc::clone(&shared),
-            applied_max_bytes: Some(config.max_db_bytes),
+            applied_limits: Some(limits),
+            row_bytes: FIRST_ROW_BYTES,
+            budget_log: RateLimit::new(LOG_PERIOD),
             store: Some(store),
             retention: config.retention,
             retention_every: config.retention_interval(),
@@ -156,6 +170,17 @@ impl Storage {
         self.shared
             .max_db_bytes
             .store(max_db_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.shared.wake.notify_one();
+    }
+
+    /// Makes the file behave as on a disk with this many bytes (`None`: the real disk): writes
+    /// that would grow it past them fail as `full`, and nothing is deleted to make room. For
+    /// tests of a full disk, which needs no root and no real filesystem.
+    #[doc(hidden)]
+    pub fn simulate_disk_size(&self, bytes: Option<u64>) {
+        self.shared
+            .disk_limit
+            .store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
         self.shared.wake.notify_one();
     }
 

@@ -39,6 +39,8 @@ pub struct StorageStats {
     pub(super) rows_dropped: [AtomicU64; 3],
     pub(super) write_errors: [AtomicU64; 4],
     pub(super) retention_deleted: AtomicU64,
+    /// Rows deleted to keep the file within `max_db_bytes`.
+    pub(super) size_deleted: AtomicU64,
     /// Rows accepted and not yet written or dropped. Also the queue's budget.
     pub(super) queued_rows: AtomicU64,
     pub(super) reopens: AtomicU64,
@@ -54,6 +56,7 @@ impl StorageStats {
             rows_dropped: self.rows_dropped.each_ref().map(load),
             write_errors: self.write_errors.each_ref().map(load),
             retention_deleted: load(&self.retention_deleted),
+            size_deleted: load(&self.size_deleted),
             queued_rows: load(&self.queued_rows),
             reopens: load(&self.reopens),
             undecodable_blocks: load(&self.undecodable_blocks),
@@ -77,8 +80,10 @@ pub struct StorageStatsSnapshot {
     pub rows_written: u64,
     pub(super) rows_dropped: [u64; 3],
     pub(super) write_errors: [u64; 4],
-    /// Rows deleted by retention.
+    /// Rows deleted by retention for their age (`data_retention`).
     pub retention_deleted: u64,
+    /// Rows deleted, oldest first, to keep the file within `max_db_bytes`.
+    pub size_deleted: u64,
     /// Rows accepted and not yet written or dropped (a gauge).
     pub queued_rows: u64,
     /// Times the writer reopened the database after it was removed, replaced or failed.

@@ -8,8 +8,12 @@ pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
     /// The open database; `None` after an I/O error or a failed reopen, until the next attempt.
     pub(super) store: Option<Store>,
-    /// The cap applied to `store`: `None` when not yet applied to this connection.
-    pub(super) applied_max_bytes: Option<Option<u64>>,
+    /// The limits applied to `store`: `None` when not yet applied to this connection.
+    pub(super) applied_limits: Option<Limits>,
+    /// Bytes a row is expected to take in the file (see `budget.rs`).
+    pub(super) row_bytes: u64,
+    /// Rate limit of the line saying the budget deleted rows.
+    pub(super) budget_log: RateLimit,
     pub(super) retention: Option<Duration>,
     pub(super) retention_every: Option<Duration>,
     pub(super) flush_interval: Duration,
@@ -151,7 +155,7 @@ impl Writer {
                         "reopened the history database"
                     );
                     self.store = Some(store);
-                    self.applied_max_bytes = None;
+                    self.applied_limits = None;
                 }
                 Err(e) => {
                     self.failed(&e);
@@ -159,16 +163,16 @@ impl Writer {
                 }
             }
         }
-        let want = self.shared.max_db_bytes();
-        if self.applied_max_bytes != Some(want) {
+        let want = self.wanted_limits();
+        if self.applied_limits != Some(want) {
             let Some(store) = self.store.as_mut() else {
                 return false;
             };
-            if let Err(e) = store.set_max_bytes(want) {
+            if let Err(e) = Writer::apply_limits(store, want) {
                 self.failed(&e);
                 return false;
             }
-            self.applied_max_bytes = Some(want);
+            self.applied_limits = Some(want);
         }
         true
     }
@@ -176,7 +180,7 @@ impl Writer {
     pub(super) fn close_store(&mut self) {
         self.store = None;
         self.undecodable_counted = 0;
-        self.applied_max_bytes = None;
+        self.applied_limits = None;
     }
 
     /// Writes pending rows in transactions of at most `MAX_ROWS_PER_TRANSACTION`, stopping at
@@ -187,17 +191,26 @@ impl Writer {
             self.give_up_on_other_errors();
             return;
         }
+        let mut budget_tries = 0;
         while self.has_pending() {
             let np = self.pending_packets.len().min(MAX_ROWS_PER_TRANSACTION);
             let nw = self
                 .pending_windows
                 .len()
                 .min(MAX_ROWS_PER_TRANSACTION - np);
+            let Some(used_before) = self.make_room(np + nw) else {
+                return;
+            };
             let Some(store) = self.store.as_mut() else {
                 return;
             };
             match store.insert_batch(&self.pending_packets[..np], &self.pending_windows[..nw]) {
                 Ok(()) => {
+                    budget_tries = 0;
+                    self.learn_row_bytes(used_before, np + nw);
+                    let Some(store) = self.store.as_mut() else {
+                        return;
+                    };
                     let undecodable = store.undecodable_blocks();
                     self.shared
                         .stats
@@ -212,6 +225,12 @@ impl Writer {
                         .fetch_add((np + nw) as u64, Ordering::Relaxed);
                     stats.release(np + nw);
                     self.succeeded();
+                }
+                Err(e)
+                    if e.kind() == ErrorKind::Full && self.full_because_of_budget(budget_tries) =>
+                {
+                    // Not the disk: the estimate of a row's bytes was low. Make more room now.
+                    budget_tries += 1;
                 }
                 Err(e) => {
                     self.failed(&e);

@@ -87,12 +87,14 @@
 //! - `open`: opening (writer, reader), connection settings, replacement check;
 //! - `write`: the write path and the writer's key-id cache;
 //! - `retention`: deleting old history, sweeping unused keys;
+//! - `budget`: the file's used size, the WAL's limit, deleting the oldest history;
 //! - `plan`: the query planner and reading the rows it picks;
 //! - `decode`: stored rows checked and decoded;
 //! - `blocks`: raw rows packed into compressed blocks;
 //! - `schema`: creating and migrating the schema; `error`: [`StoreError`] and its kinds.
 
 mod blocks;
+mod budget;
 mod decode;
 mod error;
 mod open;

@@ -27,8 +27,19 @@ impl Store {
         if max_rows == 0 {
             return Ok(0);
         }
+        self.delete_before(cutoff_unix_ns, max_rows, "deleting expired history rows")
+    }
+
+    /// The deletion of [`Store::delete_older_than`], also used by the size budget
+    /// (`budget.rs`), which picks the cutoff just past the oldest row.
+    pub(super) fn delete_before(
+        &mut self,
+        cutoff_unix_ns: u64,
+        max_rows: usize,
+        operation: &'static str,
+    ) -> Result<usize, StoreError> {
         let path = &self.path;
-        let err = |e| StoreError::sqlite(path, "deleting expired history rows", e);
+        let err = |e| StoreError::sqlite(path, operation, e);
         let cutoff_ns = clamp_i64(cutoff_unix_ns);
         // A window [start, end) is expired iff end * 1e9 <= cutoff, i.e. end <= floor(cutoff/1e9).
         let cutoff_s = (cutoff_unix_ns / NANOS_PER_SEC) as i64;

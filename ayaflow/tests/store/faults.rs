@@ -12,7 +12,7 @@ fn a_full_disk_is_counted_and_writing_resumes_when_space_returns() {
     wait_for("10 rows written", || written(&stats) == 10);
 
     // A cap below the current size means "no growth": like a disk with no free block.
-    storage.set_max_db_bytes(Some(1));
+    storage.simulate_disk_size(Some(1));
     assert!(tx.send_packets(fresh_packets(5_000)));
     wait_for("a `full` write error", || {
         stats.snapshot().write_errors(ErrorKind::Full) >= 2
@@ -29,7 +29,7 @@ fn a_full_disk_is_counted_and_writing_resumes_when_space_returns() {
         "failed rows are kept for a retry"
     );
 
-    storage.set_max_db_bytes(None);
+    storage.simulate_disk_size(None);
     wait_for("the retried rows written", || written(&stats) == 5_010);
     assert_eq!(counts(&path).packets, 5_010);
     let end = storage.shutdown();

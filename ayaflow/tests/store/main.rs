@@ -112,6 +112,7 @@ fn written(stats: &StorageStats) -> u64 {
     stats.snapshot().rows_written
 }
 
+mod budget;
 mod faults;
 mod filters;
 mod retention;

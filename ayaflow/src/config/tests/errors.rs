@@ -376,6 +376,24 @@ const ERROR_CASES: &[ErrorCase] = &[
                   bytes from 512 to 65507",
         exact: true,
     },
+    ErrorCase {
+        name: "max_db_bytes_below_the_minimum",
+        args: &["--max-db-bytes", "1MiB"],
+        env: &[],
+        yaml: None,
+        message: "--max-db-bytes = 1MiB (from the command line): expected 0 (unlimited) or a \
+                  size of at least 16MiB, e.g. 512MiB, 2GB or 1073741824",
+        exact: true,
+    },
+    ErrorCase {
+        name: "max_db_bytes_not_a_size",
+        args: &[],
+        env: &[],
+        yaml: Some("max_db_bytes: lots\n"),
+        message: "max_db_bytes = \"lots\" (from {file}): expected 0 (unlimited) or a size of \
+                  at least 16MiB, e.g. 512MiB, 2GB or 1073741824",
+        exact: true,
+    },
 ];
 
 #[test]

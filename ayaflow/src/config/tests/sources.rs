@@ -95,6 +95,17 @@ const OPTION_CASES: &[OptionCase] = &[
         default: "None",
     },
     OptionCase {
+        name: "max_db_bytes",
+        flag: &["--max-db-bytes", "512MiB"],
+        env: ("AYAFLOW_MAX_DB_BYTES", "2GB"),
+        yaml: "max_db_bytes: 17000000",
+        get: |c| format!("{:?}", c.max_db_bytes),
+        from_flag: "Some(536870912)",
+        from_env: "Some(2000000000)",
+        from_yaml: "Some(17000000)",
+        default: "None",
+    },
+    OptionCase {
         name: "aggregation_max_rows",
         flag: &["--aggregation-max-rows", "1000"],
         env: ("AYAFLOW_AGGREGATION_MAX_ROWS", "2000"),

@@ -112,6 +112,7 @@ ipfix_template_refresh: 120
 ipfix_observation_domain: 7
 ipfix_mtu: 9000
 aggregation_max_rows: 100000
+max_db_bytes: 1.5 GiB
 api_token_file: /etc/ayaflow/api-token
 "#;
     let c = Config::from_yaml_str(text).expect("valid");
@@ -126,6 +127,7 @@ api_token_file: /etc/ayaflow/api-token
             data_retention: Some(Duration::from_secs(86_400)),
             aggregation_window: Some(Duration::from_secs(60)),
             aggregation_max_rows: Some(100_000),
+            max_db_bytes: Some(1_610_612_736),
             api_token_file: Some(PathBuf::from("/etc/ayaflow/api-token")),
             allowed_ips: vec![
                 "10.0.0.0/8".parse().expect("valid CIDR"),
