@@ -26,6 +26,9 @@ const MAX_WAL_SHARE: u64 = 32 * 1024 * 1024;
 /// row takes (about 75 bytes with its index entries), so the first transaction finds room.
 pub(super) const FIRST_ROW_BYTES: u64 = 128;
 
+/// The fewest rows per transaction however small the budget's room looks.
+const MIN_ROWS_PER_TRANSACTION: usize = 1024;
+
 /// Tries of one transaction that failed as `full` because of the budget, before the failure is
 /// handled like a full disk.
 const MAX_BUDGET_RETRIES: u32 = 4;
@@ -71,6 +74,19 @@ impl Writer {
         store.set_wal_limit(limits.budget.map(wal_share))
     }
 
+    /// Rows per transaction: [`MAX_ROWS_PER_TRANSACTION`], fewer when the budget's file share
+    /// would not hold twice as many (rows of new keys take about 250 bytes), so that a
+    /// transaction always fits once older history is deleted.
+    pub(super) fn rows_per_transaction(&self) -> usize {
+        let Some(share) = self.applied_limits.and_then(|l| l.file_share()) else {
+            return MAX_ROWS_PER_TRANSACTION;
+        };
+        let fit = share / self.row_bytes.saturating_mul(2).max(1);
+        usize::try_from(fit)
+            .unwrap_or(usize::MAX)
+            .clamp(MIN_ROWS_PER_TRANSACTION, MAX_ROWS_PER_TRANSACTION)
+    }
+
     /// Before a transaction of `rows` rows: deletes the oldest history until the file's share
     /// of the budget has room for them. Returns the file's used bytes (for
     /// [`Writer::learn_row_bytes`]), or `None` after a failure (counted, backoff set).
@@ -89,12 +105,21 @@ impl Writer {
         };
         let need = (rows as u64).saturating_mul(self.row_bytes);
         let mut deleted = 0usize;
+        let mut swept = false;
         while used.saturating_add(need) > share {
             let step = rows.max(RETENTION_BATCH_ROWS);
-            match store
-                .delete_oldest(step)
-                .and_then(|n| Ok((n, store.used_bytes()?)))
-            {
+            let (before, row_bytes) = (used, self.row_bytes);
+            let round = store.delete_oldest(step).and_then(|n| {
+                // Rows that freed under half their estimated bytes left keys behind (many
+                // distinct tuples): sweep the keys nothing points at any more, once per call.
+                let freed = before.saturating_sub(store.used_bytes()?);
+                if n > 0 && !swept && freed < (n as u64).saturating_mul(row_bytes) / 2 {
+                    swept = true;
+                    store.sweep_unused_keys()?;
+                }
+                Ok((n, store.used_bytes()?))
+            });
+            match round {
                 Ok((0, _)) => break, // nothing left to delete: the write finds out
                 Ok((n, u)) => {
                     deleted += n;
@@ -139,7 +164,7 @@ impl Writer {
         let Some(used) = self.store.as_ref().and_then(|s| s.used_bytes().ok()) else {
             return false;
         };
-        let pending = self.pending_rows().min(MAX_ROWS_PER_TRANSACTION) as u64;
+        let pending = self.pending_rows().min(self.rows_per_transaction()) as u64;
         let at_share = used.saturating_add(pending.saturating_mul(self.row_bytes) * 2) > share;
         if at_share && tries < MAX_BUDGET_RETRIES {
             self.row_bytes = self.row_bytes.saturating_mul(2);

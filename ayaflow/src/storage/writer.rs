@@ -193,11 +193,9 @@ impl Writer {
         }
         let mut budget_tries = 0;
         while self.has_pending() {
-            let np = self.pending_packets.len().min(MAX_ROWS_PER_TRANSACTION);
-            let nw = self
-                .pending_windows
-                .len()
-                .min(MAX_ROWS_PER_TRANSACTION - np);
+            let max_rows = self.rows_per_transaction();
+            let np = self.pending_packets.len().min(max_rows);
+            let nw = self.pending_windows.len().min(max_rows - np);
             let Some(used_before) = self.make_room(np + nw) else {
                 return;
             };

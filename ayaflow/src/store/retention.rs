@@ -93,6 +93,13 @@ impl Store {
         if t.created_since_sweep < t.kept_by_sweep.max(MIN_TUPLES_BEFORE_SWEEP) {
             return Ok(());
         }
+        self.sweep_unused_keys()
+    }
+
+    /// Deletes the `tuples` rows no history row points at any more, now (see
+    /// [`Store::sweep_tuples_if_grown`] for the cost). The size budget calls it when deleting
+    /// rows freed little: the file is then mostly keys (a flood of distinct tuples).
+    pub fn sweep_unused_keys(&mut self) -> Result<(), StoreError> {
         let path = &self.path;
         let err = |e| StoreError::sqlite(path, "deleting unused conversation keys", e);
         let tx = self

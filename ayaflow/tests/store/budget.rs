@@ -11,12 +11,30 @@ fn on_disk(path: &Path) -> u64 {
         .sum()
 }
 
+const BUDGET: u64 = 16 * 1024 * 1024;
+const BATCH: usize = 50_000;
+
 #[test]
 fn a_raw_flood_stays_within_the_budget_and_keeps_the_newest_rows() {
-    const BUDGET: u64 = 16 * 1024 * 1024;
-    const BATCH: usize = 50_000;
     // A raw row of these few keys takes about 6 bytes: 5 million rows are about two budgets.
-    const BATCHES: usize = 100;
+    flood(100, |i| (i % 256) as u16, |_| "192.0.2.1".parse().unwrap());
+}
+
+#[test]
+fn a_flood_of_distinct_tuples_stays_within_the_budget() {
+    // Each packet its own key (a spoofed-source flood): the file is mostly `tuples` rows
+    // (about 250 bytes each with their index entries), which go once no row points at them:
+    // 400,000 keys are six budgets.
+    flood(
+        8,
+        |i| (i % 65_536) as u16,
+        |i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + (i / 65_536) as u32)),
+    );
+}
+
+/// `batches` batches of raw rows through a writer with [`BUDGET`]; `port` and `src` give the
+/// i-th packet's source (of all sent).
+fn flood(batches: usize, port: impl Fn(u64) -> u16, src: impl Fn(u64) -> IpAddr) {
     let (_dir, path) = temp_db();
     let mut config = StorageConfig::new(&path);
     config.max_db_bytes = Some(BUDGET);
@@ -26,11 +44,13 @@ fn a_raw_flood_stays_within_the_budget_and_keeps_the_newest_rows() {
     let t = tuple(Protocol::Udp, "192.0.2.1", 0, "192.0.2.2", 53);
     let mut largest = 0;
     let mut sent = 0u64;
-    for b in 0..BATCHES {
-        let batch: Vec<Packet> = (0..BATCH)
+    for b in 0..batches {
+        let batch: Vec<Packet> = (0..BATCH as u64)
             .map(|i| {
-                let mut p = packet(t, Direction::Egress, T * SEC + sent * 1000 + i as u64);
-                p.tuple.src_port = (i % 256) as u16;
+                let n = sent + i;
+                let mut p = packet(t, Direction::Egress, T * SEC + n * 1000);
+                p.tuple.src_port = port(n);
+                p.tuple.src = src(n);
                 p.bytes = b as u32;
                 p
             })
@@ -63,7 +83,7 @@ fn a_raw_flood_stays_within_the_budget_and_keeps_the_newest_rows() {
     let HistoryRow::Raw(newest) = &page.rows[0] else {
         panic!("expected raw rows");
     };
-    assert_eq!(newest.packet.bytes, BATCHES as u32 - 1);
+    assert_eq!(newest.packet.bytes, batches as u32 - 1);
     assert_eq!(newest.id, sent as i64, "the newest row has the last id");
     drop(store);
     storage.shutdown();

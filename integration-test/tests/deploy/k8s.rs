@@ -207,6 +207,8 @@ fn configmap_config_is_the_agents_and_fits_the_daemonset() {
         volume["name"]
     );
     assert_ne!(mount["readOnly"], true);
+    // The node's disk is shared: the history has a budget.
+    assert_eq!(config.max_db_bytes, Some(2 << 30), "max_db_bytes: 2GiB");
 
     // The BPF filesystem of the node.
     let (mount, volume) = mount_of(Path::new("/sys/fs/bpf"));
