@@ -140,6 +140,7 @@ impl Writer {
     /// bytes: the bytes a row took, remembered so the next transaction's room is right. A
     /// larger row size is taken at once, a smaller one an eighth at a time.
     pub(super) fn learn_row_bytes(&mut self, used_before: u64, rows: usize) {
+        self.truncate_wal_past_its_share();
         let Some(used) = self.store.as_ref().and_then(|s| s.used_bytes().ok()) else {
             return;
         };
@@ -153,6 +154,23 @@ impl Writer {
             (self.row_bytes * 7 + took) / 8
         }
         .max(1);
+    }
+
+    /// With a budget, empties the WAL once a transaction left it past its share. SQLite
+    /// checkpoints at that point too, but leaves the file at its largest (one transaction's
+    /// pages: new keys dirty pages all over the indexes) until the next write starts over.
+    fn truncate_wal_past_its_share(&mut self) {
+        let Some(share) = self.applied_limits.and_then(|l| l.budget).map(wal_share) else {
+            return;
+        };
+        let wal = PathBuf::from(format!("{}-wal", self.shared.path.display()));
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > share)
+            && let Some(store) = self.store.as_mut()
+            && let Err(e) = store.checkpoint()
+        {
+            // Only the WAL's size is at stake, the rows are committed: the next write retries.
+            tracing::debug!("checkpointing the WAL past its share of max_db_bytes: {e}");
+        }
     }
 
     /// Whether a transaction that failed as `full` failed on the budget (the file is at its
