@@ -191,7 +191,12 @@ pub async fn run(config: Config) -> Result<()> {
     let (stop_tx, shutdown) = Shutdown::new();
     // The capture tasks stop later, once the program is detached.
     let (capture_stop_tx, capture_shutdown) = Shutdown::new();
-    let api_task = tokio::spawn(api::serve(listener, state.clone(), shutdown.clone()));
+    let api_task = tokio::spawn(api::serve(
+        listener,
+        state.clone(),
+        api::ServeLimits::default(),
+        shutdown.clone(),
+    ));
     let stream_task = tokio::spawn(api::stream::publish(
         state.clone(),
         Duration::from_secs(1),

@@ -261,6 +261,18 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
             load(&r.api.internal_errors),
         ),
         (
+            "ayaflow_api_connections",
+            "Open HTTP connections to the API (upgraded stream clients are in ayaflow_stream_clients).",
+            Kind::Gauge,
+            load(&r.api.connections),
+        ),
+        (
+            "ayaflow_api_connection_cap_reached",
+            "Times the API held its connection cap when it went to accept the next connection; new clients waited to be accepted until one closed.",
+            Kind::Counter,
+            load(&r.api.connection_cap_reached),
+        ),
+        (
             "ayaflow_api_history_rejected",
             "History requests refused because too many were running (503).",
             Kind::Counter,

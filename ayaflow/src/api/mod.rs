@@ -9,18 +9,21 @@
 //!
 //! No handler can panic on any input: parameters are parsed into 400s (`params.rs`), locks
 //! recover from poisoning, and SQLite runs in `spawn_blocking`, whose panics come back as a
-//! 500. Should a bug panic anyway, axum serves each connection in its own task, so the panic
-//! ends that one connection and never the agent (`tests/api.rs` checks this); hence no
+//! 500. Should a bug panic anyway, [`serve`] serves each connection in its own task, so the
+//! panic ends that one connection and never the agent (`tests/api` checks this); hence no
 //! catch-panic layer.
 //!
-//! Shutdown: `serve` stops accepting when the shutdown handle fires and lets requests in
-//! flight finish (axum's graceful shutdown); stream clients get a close frame (1001, going
+//! Connections (`serve.rs`): at most [`MAX_CONNECTIONS`] at once (more wait to be accepted),
+//! each closed when it takes over [`HEADER_READ_TIMEOUT`] to send a request's headers.
+//! Shutdown: [`serve`] stops accepting when the shutdown handle fires and lets requests in
+//! flight finish, for at most [`DRAIN_TIMEOUT`]; stream clients get a close frame (1001, going
 //! away), since an upgraded connection is no longer hyper's to wait for.
 
 mod error;
 pub mod history;
 pub mod live;
 mod params;
+mod serve;
 pub mod stream;
 
 use std::{
@@ -43,10 +46,10 @@ use axum::{
 };
 pub use error::ApiError;
 use ipnet::IpNet;
-use tokio::{
-    net::TcpListener,
-    sync::{Semaphore, broadcast},
+pub use serve::{
+    CAP_LOG_PERIOD, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, MAX_CONNECTIONS, ServeLimits, bind, serve,
 };
+use tokio::sync::{Semaphore, broadcast};
 
 use crate::{
     connections::{ConnectionSnapshot, SortKey},
@@ -84,6 +87,12 @@ pub struct ApiStats {
     pub history_rejected: AtomicU64,
     /// Requests that failed inside the agent (500); the cause is in the log.
     pub internal_errors: AtomicU64,
+    /// HTTP connections open now (a gauge); an upgraded stream client leaves it for
+    /// `stream_clients`.
+    pub connections: AtomicU64,
+    /// Times [`serve`] found all [`ServeLimits::max_connections`] slots held when it went to
+    /// accept the next connection, and waited for one to free.
+    pub connection_cap_reached: AtomicU64,
 }
 
 /// Bounds of `WS /api/stream`. The default is [`stream::MAX_CLIENTS`] and
@@ -284,36 +293,6 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
             "the program is not attached or the store is not open yet",
         ))
     }
-}
-
-/// Binds `addr`. The default `::` falls back to `0.0.0.0` where IPv6 is disabled.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    match TcpListener::bind(addr).await {
-        Err(e) if addr.ip() == IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) => {
-            tracing::info!(
-                "binding {addr} failed ({e}); trying 0.0.0.0:{}",
-                addr.port()
-            );
-            TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, addr.port())).await
-        }
-        r => r,
-    }
-}
-
-/// Serves until `shutdown` fires, then finishes requests in flight and closes stream clients.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: Shutdown,
-) -> std::io::Result<()> {
-    let state = AppState {
-        shutdown: Some(shutdown.clone()),
-        ..state
-    };
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.wait())
-        .await
 }
 
 #[cfg(test)]

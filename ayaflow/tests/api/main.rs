@@ -15,7 +15,7 @@ use std::{
 
 use ayaflow::{
     aggregate::WindowRow,
-    api::{self, AppState, LiveSource, StreamLimits, history::MAX_CONCURRENT_QUERIES},
+    api::{self, AppState, LiveSource, ServeLimits, StreamLimits, history::MAX_CONCURRENT_QUERIES},
     connections::{ConnectionSnapshot, ConnectionTable, SortKey},
     ebpf::counters::Totals,
     flow::{Direction, FiveTuple, Packet, Protocol},
@@ -50,6 +50,7 @@ type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 mod errors;
 mod fixtures;
 mod history;
+mod limits;
 mod live;
 mod scrape;
 mod server;

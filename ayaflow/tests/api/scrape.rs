@@ -52,6 +52,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_api_denied",
         "ayaflow_api_unauthorized",
         "ayaflow_api_internal_errors",
+        "ayaflow_api_connection_cap_reached",
         "ayaflow_api_history_rejected",
         "ayaflow_stream_rejected",
         "ayaflow_stream_refused_origin",
@@ -63,6 +64,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_window_rows",
         "ayaflow_storage_queued_rows",
         "ayaflow_stream_clients",
+        "ayaflow_api_connections",
     ];
     let want: BTreeMap<&str, OpenMetricsType> = counters
         .iter()

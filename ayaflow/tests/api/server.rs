@@ -78,6 +78,8 @@ pub(crate) struct Setup {
     /// Ask every route but the probes for this bearer token.
     pub(crate) api_token: Option<&'static str>,
     pub(crate) limits: StreamLimits,
+    /// The connection cap and timeouts of `api::serve`.
+    pub(crate) serve: ServeLimits,
     /// Run `stream::publish` with this period.
     pub(crate) publish: Option<Duration>,
     pub(crate) bind: SocketAddr,
@@ -97,6 +99,7 @@ impl Default for Setup {
             allowed_ips: Vec::new(),
             api_token: None,
             limits: StreamLimits::default(),
+            serve: ServeLimits::default(),
             publish: None,
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             missing_db: false,
@@ -183,7 +186,12 @@ pub(crate) async fn try_start(setup: Setup) -> Option<Server> {
     };
 
     let (stop, shutdown) = Shutdown::new();
-    let task = tokio::spawn(api::serve(listener, state.clone(), shutdown.clone()));
+    let task = tokio::spawn(api::serve(
+        listener,
+        state.clone(),
+        setup.serve,
+        shutdown.clone(),
+    ));
     if let Some(period) = setup.publish {
         tokio::spawn(api::stream::publish(state.clone(), period, shutdown));
     }
