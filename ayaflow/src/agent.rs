@@ -95,7 +95,9 @@ pub async fn run(config: Config) -> Result<()> {
         capture_mode,
         ring_buffer_size: config.ring_buffer_size,
         flow_map_size: config.flow_map_size,
+        pin_path: config.pin.then(|| config.pin_path.clone()),
     })?;
+    let pinned = program.pinned();
     program.attach(&interface, &config.direction.directions())?;
     let ring = program.take_events()?;
     let sweeper = if flows {
@@ -216,7 +218,7 @@ pub async fn run(config: Config) -> Result<()> {
     });
 
     let mut sweep_task =
-        sweeper.map(|s| spawn_sweeper(s, pipeline.clone(), capture_shutdown.clone()));
+        sweeper.map(|s| spawn_sweeper(s, pipeline.clone(), capture_shutdown.clone(), pinned));
 
     // Until a signal, or until capture stops by itself: then the agent no longer sees traffic,
     // and says so (not ready, a non-zero exit) rather than serve a view that stopped.
@@ -254,8 +256,14 @@ pub async fn run(config: Config) -> Result<()> {
     bounded("stopping the live stream", stream_task).await;
 
     drop(program);
-    ebpf::sweep::wait_for_program_runs();
-    tracing::info!("detached");
+    if pinned {
+        // Still counting, into the pinned maps: what comes after the final drain and sweep is
+        // there for the next agent.
+        tracing::info!(pin_path = %config.pin_path.display(), "the program stays attached (pinned)");
+    } else {
+        ebpf::sweep::wait_for_program_runs();
+        tracing::info!("detached");
+    }
     let _ = capture_stop_tx.send(true);
     if !ring_done && let Some(Err(e)) = bounded("the final ring-buffer drain", ring_task).await {
         tracing::error!("reading the ring buffer: {e}");
@@ -410,11 +418,14 @@ fn windows_wait(window_secs: i64) -> Duration {
 /// Flow mode: sweeps the kernel map every `SWEEP_INTERVAL` on the blocking pool (a sweep walks
 /// every slot in use and updates the table and windows of each), and once more at shutdown
 /// with every entry treated as idle, so the kernel's last counts reach the table and the
-/// windows before they are flushed.
+/// windows before they are flushed. With `pinned`, the program goes on adding to the table
+/// after the agent exits: the last sweep is an ordinary one, leaving live slots to the next
+/// agent (freeing them would race the program).
 fn spawn_sweeper(
     sweeper: FlowSweeper,
     pipeline: Pipeline,
     shutdown: Shutdown,
+    pinned: bool,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let sweeper = Arc::new(Mutex::new(sweeper));
@@ -428,7 +439,7 @@ fn spawn_sweeper(
                 () = &mut stop => true,
             };
             let (s, p) = (sweeper.clone(), pipeline.clone());
-            let now = if last {
+            let now = if last && !pinned {
                 u64::MAX
             } else {
                 ebpf::sweep::flow_clock_ns()

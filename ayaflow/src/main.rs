@@ -3,7 +3,12 @@
 
 use std::process::ExitCode;
 
-use ayaflow::{agent, cli::Cli, config::Config};
+use ayaflow::{
+    agent,
+    cli::{Cli, Subcommand},
+    config::Config,
+    ebpf::pin,
+};
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
@@ -12,7 +17,9 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: ayaflow::hugepages::HugePageHint = ayaflow::hugepages::HugePageHint;
 
 fn main() -> ExitCode {
-    let (config, deprecations) = match Config::load(Cli::parse()) {
+    let cli = Cli::parse();
+    let command = cli.command.clone();
+    let (config, deprecations) = match Config::load(cli) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("ayaflow: invalid configuration: {e}");
@@ -28,6 +35,29 @@ fn main() -> ExitCode {
         .init();
     for warning in &deprecations {
         tracing::warn!("{warning}");
+    }
+
+    if let Some(Subcommand::Detach { pin_path }) = command {
+        let root = pin_path.unwrap_or(config.pin_path);
+        return match pin::detach(&root) {
+            Ok(d) if d == pin::Detached::default() => {
+                println!("nothing pinned at {}", root.display());
+                ExitCode::SUCCESS
+            }
+            Ok(d) => {
+                println!(
+                    "detached: removed {} links and {} maps pinned at {}",
+                    d.links,
+                    d.maps,
+                    root.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ayaflow: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
 
     let runtime = match tokio::runtime::Runtime::new() {

@@ -51,6 +51,16 @@ pub struct Cli {
     pub config: Option<PathBuf>,
     /// Origin of each option given, by name. One missing here counts as [`Origin::Flag`].
     pub origins: BTreeMap<String, Origin>,
+    /// A subcommand instead of running the agent.
+    pub command: Option<Subcommand>,
+}
+
+/// What `ayaflow <subcommand>` does instead of running the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subcommand {
+    /// `ayaflow detach [--pin-path DIR]`: remove what `--pin` left attached and pinned. Without
+    /// its own `--pin-path`, the configuration's (flag, environment, YAML or default).
+    Detach { pin_path: Option<PathBuf> },
 }
 
 impl Cli {
@@ -65,6 +75,11 @@ impl Cli {
     }
 
     fn record(&mut self, matches: &ArgMatches) {
+        if let Some(("detach", m)) = matches.subcommand() {
+            self.command = Some(Subcommand::Detach {
+                pin_path: m.get_one::<PathBuf>("pin_path").cloned(),
+            });
+        }
         for o in OPTIONS {
             let origin = match matches.value_source(o.name) {
                 Some(ValueSource::EnvVariable) => Origin::Env,
@@ -116,7 +131,20 @@ impl CommandFactory for Cli {
             };
             cmd = cmd.arg(arg);
         }
-        cmd
+        cmd.subcommand(
+            Command::new("detach")
+                .about(
+                    "Remove everything --pin left attached and pinned (links, maps, the pin \
+                     directory), then exit: what to run when uninstalling",
+                )
+                .arg(
+                    Arg::new("pin_path")
+                        .long("pin-path")
+                        .value_name("DIR")
+                        .help("the pin directory [default: the configuration's pin_path]")
+                        .value_parser(OsStringValueParser::new().map(PathBuf::from)),
+                ),
+        )
     }
 
     fn command_for_update() -> Command {

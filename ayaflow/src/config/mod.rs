@@ -65,6 +65,9 @@ use self::{
 pub const DEFAULT_PORT: u16 = 3000;
 /// Default SQLite file, relative to the working directory.
 pub const DEFAULT_DB_PATH: &str = "traffic.db";
+
+/// Default of `--pin-path`: under the node's BPF filesystem, where the DaemonSet mounts it.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/ayaflow";
 /// Default inactivity timeout of a live connection.
 pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default bound of the live connection table.
@@ -164,6 +167,10 @@ pub struct Config {
     pub flow_map_size: u32,
     /// Bytes of the kernel ring buffer: a power of two, at least the page size.
     pub ring_buffer_size: u32,
+    /// Keep the program attached and its state pinned across restarts.
+    pub pin: bool,
+    /// The directory of the pins (on a bpffs), absolute.
+    pub pin_path: PathBuf,
     /// IPFIX collectors (`host:port`); empty: no export.
     pub ipfix_collectors: Vec<String>,
     /// A long-lived flow is reported after this long, at least once per this interval.
@@ -199,6 +206,8 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             flow_map_size: DEFAULT_FLOW_MAP_SIZE,
             ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
+            pin: false,
+            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
             ipfix_collectors: Vec::new(),
             ipfix_active_timeout: Duration::from_secs(60),
             ipfix_idle_timeout: None,

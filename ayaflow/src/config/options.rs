@@ -376,6 +376,45 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        name: "pin",
+        short: None,
+        flag: "--pin",
+        env: "AYAFLOW_PIN",
+        old_yaml_keys: &[],
+        value_name: "BOOL",
+        shape: Shape::Switch,
+        help: "keep the program attached and its counters and flow table in bpffs across \
+               restarts (`ayaflow detach` removes them)",
+        default: "false",
+        expected: "true or false (also yes/no, on/off, 1/0)",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            c.pin = g.boolean()?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "pin_path",
+        short: None,
+        flag: "--pin-path",
+        env: "AYAFLOW_PIN_PATH",
+        old_yaml_keys: &[],
+        value_name: "DIR",
+        shape: Shape::Value,
+        help: "where --pin keeps its links and maps: a directory on a BPF filesystem",
+        default: "`/sys/fs/bpf/ayaflow`",
+        expected: "an absolute path on a BPF filesystem, e.g. /sys/fs/bpf/ayaflow",
+        apply: |g, c| {
+            let Some(g) = g else { return Ok(()) };
+            let path = PathBuf::from(g.string()?);
+            if !path.is_absolute() {
+                return Err(g.invalid(g.shown()));
+            }
+            c.pin_path = path;
+            Ok(())
+        },
+    },
+    OptionSpec {
         name: "ipfix_collectors",
         short: None,
         flag: "--ipfix-collectors",

@@ -51,6 +51,29 @@ pub enum LoadError {
         program: &'static str,
         detail: String,
     },
+    #[error(
+        "the pin path {} is not on a BPF filesystem (bpffs): mount one with `mount -t bpf bpf /sys/fs/bpf` (in Kubernetes: a hostPath volume of /sys/fs/bpf), or pass a --pin-path on one",
+        path.display()
+    )]
+    NotBpffs { path: std::path::PathBuf },
+    #[error(
+        "another ayaflow uses the pins at {}: run one agent per node, or give each its own --pin-path (each then counts every packet again)",
+        path.display()
+    )]
+    PinsInUse { path: std::path::PathBuf },
+    #[error(
+        "{action} {}: {source}; if the pins are from an incompatible ayaflow, remove them with `ayaflow detach` (given the same --pin-path)",
+        path.display()
+    )]
+    Pin {
+        action: String,
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "pinning needs TCX links (Linux 6.6 or later); this kernel attached {interface} with a netlink filter: run without --pin"
+    )]
+    PinNeedsTcx { interface: String },
     #[error("{action}: {source:#}")]
     Other {
         action: String,

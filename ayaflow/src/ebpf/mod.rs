@@ -4,20 +4,30 @@
 //!
 //! Detaching: the links belong to the `Ebpf` object inside [`KernelProgram`]; dropping it
 //! detaches them, so every exit path (error, signal, panic unwinding) leaves nothing attached.
+//! With pinning (`pin.rs`) the links and the stateful maps are pinned instead: dropping the
+//! object leaves them attached and counting, for the next agent to adopt.
 
 pub mod counters;
 mod error;
 pub mod interface;
+pub mod pin;
 pub mod ring;
 pub mod sweep;
 pub mod test_run;
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::{
+    os::fd::{AsFd, BorrowedFd},
+    path::PathBuf,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{ProgramError, SchedClassifier, TcAttachType, tc},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink, SchedClassifierLinkId},
+    },
 };
 use ayaflow_common::{
     flow::{Direction, INDEX_POSITIONS_PER_SLOT},
@@ -42,6 +52,9 @@ pub struct LoadOptions {
     /// Connections the `FLOWS` table is sized for: it gets this many slots, rounded up to a
     /// power of two (see [`flow_table_slots`]).
     pub flow_map_size: u32,
+    /// Pin the links and the stateful maps under this directory of a bpffs (`pin.rs`);
+    /// `None`: nothing pinned, everything detached and freed on exit.
+    pub pin_path: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -50,6 +63,7 @@ impl Default for LoadOptions {
             capture_mode: globals::CAPTURE_MODE_RAW,
             ring_buffer_size: 8 * 1024 * 1024,
             flow_map_size: 65536,
+            pin_path: None,
         }
     }
 }
@@ -75,6 +89,8 @@ pub struct KernelProgram {
     ebpf: Ebpf,
     /// Hooks attached so far, as (interface, direction).
     attached: Vec<(String, Direction)>,
+    /// The pins in use, with `--pin`.
+    pins: Option<pin::Pins>,
 }
 
 fn program_name(d: Direction) -> &'static str {
@@ -103,7 +119,24 @@ impl KernelProgram {
         raise_memlock_limit();
         let slots = flow_table_slots(opts.flow_map_size);
         let positions = slots.checked_mul(INDEX_POSITIONS_PER_SLOT).unwrap_or(slots);
-        let mut ebpf = EbpfLoader::new()
+        let pins = match &opts.pin_path {
+            Some(root) => Some(pin::Pins::open(root, &pin::layout_name(opts))?),
+            None => None,
+        };
+        let mut loader = EbpfLoader::new();
+        if let Some(p) = &pins {
+            for &name in pin::PINNED_MAPS {
+                loader.map_pin_path(name, p.map_path(name));
+            }
+            if p.adopted_maps {
+                tracing::info!(
+                    pin_path = %p.root().display(),
+                    "adopting the pinned maps: the counters continue, and what the kernel \
+                     recorded while no agent ran is read now"
+                );
+            }
+        }
+        let mut ebpf = loader
             .override_global(globals::CAPTURE_MODE, &opts.capture_mode, true)
             // A quarter of the ring: the timer drains long before, a burst still wakes it.
             .override_global(
@@ -142,20 +175,36 @@ impl KernelProgram {
         Ok(KernelProgram {
             ebpf,
             attached: Vec::new(),
+            pins,
         })
+    }
+
+    /// Whether the program stays attached when this agent exits (`--pin`).
+    pub fn pinned(&self) -> bool {
+        self.pins.is_some()
     }
 
     /// Attaches the classifier of each of `directions` to `interface` (TCX links on kernels
     /// that have them, a clsact qdisc + netlink filter otherwise). On error nothing stays
     /// attached: links made so far are dropped with `self`.
+    ///
+    /// With pins, a hook whose link is pinned gets this program through that link, atomically;
+    /// the others get a new link, pinned; pinned links of other hooks are removed.
     pub fn attach(&mut self, interface: &str, directions: &[Direction]) -> Result<(), LoadError> {
-        if interface::index(interface).is_none() {
+        let Some(ifindex) = interface::index(interface) else {
             return Err(LoadError::NoInterface {
                 name: interface.to_string(),
             });
-        }
+        };
+        let mut wanted = Vec::new();
         for &d in directions {
             let name = program_name(d);
+            if let Some(path) = self.pins.as_ref().map(|p| p.link_path(interface, ifindex, d)) {
+                wanted.push(path.clone());
+                if self.adopt_link(interface, d, &path) {
+                    continue;
+                }
+            }
             check_not_attached(interface, d)?;
             // Legacy (netlink) attachment needs a clsact qdisc; TCX ignores it. An existing one
             // is fine.
@@ -170,16 +219,62 @@ impl KernelProgram {
                 .expect("checked in load")
                 .try_into()
                 .expect("checked in load");
-            prog.attach(interface, attach_type(d)).map_err(|e| {
+            let id = prog.attach(interface, attach_type(d)).map_err(|e| {
                 LoadError::from_aya(
                     format!("attaching {name} to {interface} {}", direction_name(d)),
                     e,
                 )
             })?;
+            if let Some(path) = wanted.last().filter(|_| self.pins.is_some()) {
+                pin_link(prog, id, interface, path)?;
+            }
             self.attached.push((interface.to_string(), d));
             tracing::info!(interface, hook = direction_name(d), "attached");
         }
+        if let Some(p) = &self.pins {
+            p.remove_other_links(&wanted)?;
+        }
         Ok(())
+    }
+
+    /// Gives hook `d` of `interface` this program through its pinned link at `path`, if there
+    /// is one that still works (`bpf_link_update`: the hook never runs without a program).
+    /// A stale pin (its interface gone, a link of another kind) is removed: false then.
+    fn adopt_link(&mut self, interface: &str, d: Direction, path: &std::path::Path) -> bool {
+        if !path.exists() {
+            return false;
+        }
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program_name(d))
+            .expect("checked in load")
+            .try_into()
+            .expect("checked in load");
+        let adopted = PinnedLink::from_pin(path)
+            .map_err(|e| e.to_string())
+            .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(|e| e.to_string()))
+            .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
+        match adopted {
+            Ok(_) => {
+                self.attached.push((interface.to_string(), d));
+                tracing::info!(
+                    interface,
+                    hook = direction_name(d),
+                    "attached through the pinned link (program replaced in place)"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    interface,
+                    hook = direction_name(d),
+                    link = %path.display(),
+                    "the pinned link cannot be reused ({e}): removing it and attaching anew"
+                );
+                let _ = std::fs::remove_file(path);
+                false
+            }
+        }
     }
 
     /// The hooks attached, as (interface, direction).
@@ -236,10 +331,35 @@ impl KernelProgram {
 
 impl Drop for KernelProgram {
     fn drop(&mut self) {
+        let pinned = self.pins.is_some();
         for (interface, d) in &self.attached {
-            tracing::info!(interface, hook = direction_name(*d), "detaching");
+            match pinned {
+                true => tracing::info!(interface, hook = direction_name(*d), "left attached (pinned)"),
+                false => tracing::info!(interface, hook = direction_name(*d), "detaching"),
+            }
         }
     }
+}
+
+/// Pins the new TCX link `id` of `prog` at `path`, so it outlives this agent.
+fn pin_link(
+    prog: &mut SchedClassifier,
+    id: SchedClassifierLinkId,
+    interface: &str,
+    path: &std::path::Path,
+) -> Result<(), LoadError> {
+    let link = prog
+        .take_link(id)
+        .map_err(|e| LoadError::from_aya("taking the new link", e))?;
+    let fd: FdLink = link.try_into().map_err(|_| LoadError::PinNeedsTcx {
+        interface: interface.to_string(),
+    })?;
+    fd.pin(path).map_err(|e| LoadError::Pin {
+        action: "pinning the link".into(),
+        path: path.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(())
 }
 
 fn is_permission(log: &impl std::fmt::Display) -> bool {

@@ -113,6 +113,8 @@ ipfix_observation_domain: 7
 ipfix_mtu: 9000
 aggregation_max_rows: 100000
 max_db_bytes: 1.5 GiB
+pin: true
+pin_path: /sys/fs/bpf/node-agent
 api_token_file: /etc/ayaflow/api-token
 "#;
     let c = Config::from_yaml_str(text).expect("valid");
@@ -139,6 +141,8 @@ api_token_file: /etc/ayaflow/api-token
             max_connections: 100_000,
             flow_map_size: 131_072,
             ring_buffer_size: 16 << 20,
+            pin: true,
+            pin_path: PathBuf::from("/sys/fs/bpf/node-agent"),
             ipfix_collectors: vec![
                 "nfcapd.monitoring.svc:4739".to_owned(),
                 "[fd00::5]:2055".to_owned()
