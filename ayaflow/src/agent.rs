@@ -11,6 +11,10 @@
 //! complete: a packet the kernel counts after the final drain would be counted and never
 //! stored. Every step is bounded (`STEP_LIMIT`; storage has its own drain timeout), so a stuck
 //! request cannot hold the shutdown.
+//!
+//! With `--pin` (`ebpf/pin.rs`) the program is not detached: it keeps counting into the pinned
+//! maps, and what it records after the final drain and sweep (an ordinary sweep then, which
+//! frees no slot the program may still use) is read by the next agent.
 
 use std::{
     net::SocketAddr,

@@ -5,6 +5,7 @@
 //! parallel; [`NetPair`] removes them on drop, also when the test panics.
 
 pub mod agent;
+pub mod bpffs;
 pub mod collector;
 pub mod frames;
 pub mod netns;

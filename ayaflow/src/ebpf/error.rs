@@ -71,6 +71,15 @@ pub enum LoadError {
         source: io::Error,
     },
     #[error(
+        "the pin path {} holds {entry:?}, which this ayaflow does not know (pins of another, incompatible version?): remove everything there with `ayaflow detach --pin-path {}`, then start again",
+        path.display(),
+        path.display()
+    )]
+    StalePins {
+        path: std::path::PathBuf,
+        entry: String,
+    },
+    #[error(
         "pinning needs TCX links (Linux 6.6 or later); this kernel attached {interface} with a netlink filter: run without --pin"
     )]
     PinNeedsTcx { interface: String },

@@ -123,6 +123,12 @@ impl Pins {
         for entry in fs::read_dir(root).map_err(err("listing the pin directory".into()))? {
             let entry = entry.map_err(err("listing the pin directory".into()))?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("maps-") && name != "links" {
+                return Err(LoadError::StalePins {
+                    path: root.to_owned(),
+                    entry: name,
+                });
+            }
             if name.starts_with("maps-") && name != layout {
                 tracing::warn!(
                     pin_path = %root.display(),
@@ -190,7 +196,10 @@ impl Pins {
 /// Fails unless `path` (or, if it does not exist yet, its nearest existing parent) is on a BPF
 /// filesystem.
 fn check_on_bpffs(path: &Path) -> Result<(), LoadError> {
-    let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).map_err(|_| {
         LoadError::NotBpffs {
             path: path.to_owned(),

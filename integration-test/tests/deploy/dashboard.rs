@@ -315,6 +315,9 @@ fn dashboard_queries_return_data_from_a_real_prometheus() {
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, &config_text).unwrap();
     let db = dir.path().join("traffic.db");
+    // The ConfigMap pins: into a bpffs of the test's own, with only the DaemonSet's capabilities.
+    let bpffs = integration_test::bpffs::Bpffs::mount();
+    let pins = bpffs.pins();
     let wrapper = setpriv(&CAPABILITIES);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     const AGENT_PORT: u16 = 3000;
@@ -330,7 +333,13 @@ fn dashboard_queries_return_data_from_a_real_prometheus() {
             &pair.if_b,
             "--db-path",
             db.to_str().unwrap(),
+            "--pin-path",
+            pins.to_str().unwrap(),
         ],
+    );
+    assert!(
+        pins.join("links").read_dir().unwrap().count() > 0,
+        "the link is pinned"
     );
     let pid = agent.child.id();
     // CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39), nothing else.
@@ -528,4 +537,21 @@ fn dashboard_queries_return_data_from_a_real_prometheus() {
         !docker_health(AGENT_PORT),
         "HEALTHCHECK passes after the agent stopped"
     );
+    // Uninstalling, as the README says: `ayaflow detach` with the same config.
+    let out = Command::new(binary())
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--pin-path",
+            pins.to_str().unwrap(),
+        ])
+        .arg("detach")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pins.exists(), "ayaflow detach removed the pins");
 }

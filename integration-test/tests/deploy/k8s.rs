@@ -210,10 +210,19 @@ fn configmap_config_is_the_agents_and_fits_the_daemonset() {
     // The node's disk is shared: the history has a budget.
     assert_eq!(config.max_db_bytes, Some(2 << 30), "max_db_bytes: 2GiB");
 
-    // The BPF filesystem of the node.
+    // The BPF filesystem of the node, and pinning into it.
     let (mount, volume) = mount_of(Path::new("/sys/fs/bpf"));
     assert_eq!(mount["mountPath"], "/sys/fs/bpf");
     assert_eq!(volume["hostPath"]["path"], "/sys/fs/bpf");
+    assert!(config.pin, "pin: true");
+    let (pin_mount, _) = mount_of(&config.pin_path);
+    assert_eq!(
+        pin_mount["mountPath"],
+        "/sys/fs/bpf",
+        "pin_path {} is on the bpffs mount",
+        config.pin_path.display()
+    );
+    assert_ne!(pin_mount["readOnly"], true);
 
     // One port, the config's, named; probes and scrape annotations use it.
     let ports = seq(&c["ports"], "ports");
