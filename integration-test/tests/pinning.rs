@@ -66,6 +66,7 @@ fn counting_continues_across_sigterm_and_sigkill_restarts() {
     let (mut seen, mut totals) = (Vec::new(), Vec::new());
 
     let agent = start(&pair, dir.path(), &fs.pins(), &[]);
+    let (counted_before, delivered_before) = quiet_counts(&agent, &pair);
     let sender = steady_sender(&pair, 7000, stop.clone());
     wait_for(30, "traffic counted", || {
         (read(&agent, UDP_INGRESS, &mut seen) > 200).then_some(())
@@ -98,6 +99,13 @@ fn counting_continues_across_sigterm_and_sigkill_restarts() {
     wait_for(30, &format!("{sent} datagrams counted"), || {
         (read(&agent, UDP_INGRESS, &mut seen) == sent).then_some(())
     });
+    // Everything b's interface received since the first agent started, counted once.
+    let (counted, delivered) = quiet_counts(&agent, &pair);
+    assert_eq!(
+        counted - counted_before,
+        delivered - delivered_before,
+        "ingress packets counted vs the interface's rx_packets"
+    );
     read(&agent, PACKETS_INGRESS, &mut totals);
     // Prometheus sees no reset: no sample below the one before, across both restarts.
     for (what, samples) in [("UDP", &seen), ("total", &totals)] {
@@ -307,6 +315,24 @@ fn a_pin_path_off_bpffs_and_a_second_agent_are_refused() {
     assert!(stderr.contains("another ayaflow uses the pins"), "{stderr}");
     assert!(agent.terminate().success());
     detach_leaves_nothing(&fs.pins());
+}
+
+/// The agent's ingress packets and b's `rx_packets` at one moment without traffic: read until
+/// the agent's count is the same before and after the interface's.
+fn quiet_counts(agent: &Agent, pair: &NetPair) -> (u64, u64) {
+    let rx = format!("/sys/class/net/{}/statistics/rx_packets", pair.if_b);
+    let ingress = || {
+        let (_, body) = agent.get("/metrics").expect("metrics");
+        metric(&body, PACKETS_INGRESS).expect("ingress packets")
+    };
+    wait_for(30, "a moment without packets", || {
+        let before = ingress();
+        let delivered: u64 = run(NetPair::command(&pair.ns_b, "cat").arg(&rx))
+            .trim()
+            .parse()
+            .unwrap();
+        (ingress() == before).then_some((before, delivered))
+    })
 }
 
 /// Each pinned link (by link id) with the id of its program, from `bpftool`.
