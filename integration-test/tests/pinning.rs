@@ -188,13 +188,7 @@ fn flow_mode_finds_the_flows_of_the_gap() {
     let agent = start(&pair, dir.path(), &fs.pins(), &flows);
     assert!(agent.terminate().success());
     // While no agent runs: 300 datagrams of a new connection.
-    NetPair::in_ns(&pair.ns_a, || {
-        let s = UdpSocket::bind(SocketAddr::new(ADDR_A4.parse().unwrap(), 7100)).unwrap();
-        for _ in 0..300 {
-            s.send_to(&[2u8; 60], SocketAddr::new(ADDR_B4.parse().unwrap(), 9))
-                .unwrap();
-        }
-    });
+    burst(&pair, 7100, 300, 60);
     let agent = start(&pair, dir.path(), &fs.pins(), &flows);
     let src = format!("{ADDR_A4}:7100");
     let live = wait_for(30, "the gap's flow in /api/live", || {
@@ -239,13 +233,7 @@ fn raw_mode_reads_the_events_of_the_gap_from_the_pinned_ring() {
     let dir = tempfile::tempdir().unwrap();
     let agent = start(&pair, dir.path(), &fs.pins(), &[]);
     assert!(agent.terminate().success());
-    NetPair::in_ns(&pair.ns_a, || {
-        let s = UdpSocket::bind(SocketAddr::new(ADDR_A4.parse().unwrap(), 7200)).unwrap();
-        for _ in 0..300 {
-            s.send_to(&[3u8; 20], SocketAddr::new(ADDR_B4.parse().unwrap(), 9))
-                .unwrap();
-        }
-    });
+    burst(&pair, 7200, 300, 20);
     let agent = start(&pair, dir.path(), &fs.pins(), &[]);
     // Each event the program wrote into the ring while no agent ran becomes a history row.
     wait_for(30, "the gap's 300 events in the history", || {
@@ -267,35 +255,28 @@ fn a_pin_path_off_bpffs_and_a_second_agent_are_refused() {
     require_bpf();
     let pair = NetPair::new(false);
     let dir = tempfile::tempdir().unwrap();
-    let out = NetPair::command(&pair.ns_b, binary().to_str().unwrap())
-        .args(["--interface", &pair.if_b, "--pin", "--pin-path"])
-        .arg(dir.path().join("pins"))
-        .arg("--db-path")
-        .arg(dir.path().join("h.db"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused(&pair, &dir.path().join("pins"), &dir.path().join("h.db"));
     assert!(stderr.contains("is not on a BPF filesystem"), "{stderr}");
     assert!(stderr.contains("mount -t bpf bpf /sys/fs/bpf"), "{stderr}");
 
     // Pins this ayaflow does not know: reported with the command that removes them.
     let stale = Bpffs::mount();
     std::fs::create_dir_all(stale.pins().join("programs-v0")).unwrap();
-    let out = NetPair::command(&pair.ns_b, binary().to_str().unwrap())
-        .args(["--interface", &pair.if_b, "--pin", "--pin-path"])
-        .arg(stale.pins())
-        .arg("--db-path")
-        .arg(dir.path().join("h.db"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused(&pair, &stale.pins(), &dir.path().join("h.db"));
     let detach = format!("ayaflow detach --pin-path {}", stale.pins().display());
     assert!(stderr.contains(&detach), "{stderr}");
 
     let fs = Bpffs::mount();
     let agent = start(&pair, dir.path(), &fs.pins(), &[]);
+    let stderr = refused(&pair, &fs.pins(), &dir.path().join("h2.db"));
+    assert!(stderr.contains("another ayaflow uses the pins"), "{stderr}");
+    assert!(agent.terminate().success());
+    detach_leaves_nothing(&fs.pins());
+}
+
+/// Runs an agent on b with `--pin --pin-path pins` (API on port 3001) that must fail at start;
+/// its stderr.
+fn refused(pair: &NetPair, pins: &Path, db: &Path) -> String {
     let out = NetPair::command(&pair.ns_b, binary().to_str().unwrap())
         .args([
             "--interface",
@@ -305,16 +286,28 @@ fn a_pin_path_off_bpffs_and_a_second_agent_are_refused() {
             "--pin",
             "--pin-path",
         ])
-        .arg(fs.pins())
+        .arg(pins)
         .arg("--db-path")
-        .arg(dir.path().join("h2.db"))
+        .arg(db)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("another ayaflow uses the pins"), "{stderr}");
-    assert!(agent.terminate().success());
-    detach_leaves_nothing(&fs.pins());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the agent started: {stderr}");
+    stderr
+}
+
+/// Sends `count` datagrams of `payload` bytes from a:`port` to b:9, at once.
+fn burst(pair: &NetPair, port: u16, count: usize, payload: usize) {
+    NetPair::in_ns(&pair.ns_a, move || {
+        let s = UdpSocket::bind(SocketAddr::new(ADDR_A4.parse().unwrap(), port)).unwrap();
+        for _ in 0..count {
+            s.send_to(
+                &vec![2u8; payload],
+                SocketAddr::new(ADDR_B4.parse().unwrap(), 9),
+            )
+            .unwrap();
+        }
+    });
 }
 
 /// The agent's ingress packets and b's `rx_packets` at one moment without traffic: read until
