@@ -27,7 +27,7 @@ pub enum LoadError {
     )]
     Permission { action: String, source: io::Error },
     #[error(
-        "an ayaflow program (id {prog_id}) is already attached to {interface} {hook}: another ayaflow is probably running there; stop it, or detach the stale link (`bpftool link show`, then `bpftool link detach id <id>`)"
+        "an ayaflow program (id {prog_id}) is already attached to {interface} {hook}: another ayaflow is probably running there; stop it, or detach the stale link (left by --pin: run with the same --pin, or remove it with `ayaflow detach`; otherwise `bpftool link show`, then `bpftool link detach id <id>`)"
     )]
     AlreadyAttached {
         interface: String,
