@@ -28,6 +28,11 @@ use super::StoreError;
 /// `packet_blocks` and `packets`, `windows`, `tuples`); the writer starts at
 /// `max(table, floor)`. Migration 4 records the current ids of an existing file.
 ///
+/// The views now join with `CROSS JOIN`, which makes SQLite walk the rows and look each key up
+/// by id. With a plain join, a filter on key columns (`WHERE dst_port = 53`) made it walk the
+/// matching keys and scan every row for each (no index starts with `tuple_id`): over 12
+/// minutes for one count on 530,000 windows.
+///
 /// # Version 3
 ///
 /// ```text
@@ -228,7 +233,18 @@ const MIGRATIONS: &[&str] = &[
         ('raw', max(coalesce((SELECT max(max(id, last_id)) FROM packet_blocks), 0),
                     coalesce((SELECT max(id) FROM packets), 0)) + 1),
         ('windows', coalesce((SELECT max(id) FROM windows), 0) + 1),
-        ('tuples', coalesce((SELECT max(id) FROM tuples), 0) + 1);",
+        ('tuples', coalesce((SELECT max(id) FROM tuples), 0) + 1);
+
+    DROP VIEW packets_view;
+    DROP VIEW windows_view;
+    CREATE VIEW packets_view AS
+        SELECT p.id, p.ts_unix_ns, k.direction, k.proto, k.src, k.src_port, k.dst, k.dst_port,
+               p.packets, p.bytes, p.tcp_flags, p.icmp_type, p.icmp_code, p.flags, p.vlan_id
+        FROM packets AS p CROSS JOIN tuples AS k ON k.id = p.tuple_id;
+    CREATE VIEW windows_view AS
+        SELECT w.id, w.window_start, w.window_end, k.proto, k.src, k.src_port, k.dst,
+               k.dst_port, k.direction, w.packets, w.bytes
+        FROM windows AS w CROSS JOIN tuples AS k ON k.id = w.tuple_id;",
 ];
 
 /// `bucket = id >> BUCKET_SHIFT` in `packets` and `windows` (see [`MIGRATIONS`], version 2).
@@ -348,6 +364,18 @@ mod tests {
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .expect("sqlite_master is readable");
         assert_eq!(views, ["packets_view", "windows_view"]);
+
+        // A key filter on a view walks the rows once, looking each key up by id (a plain join
+        // scanned every row per matching key).
+        let plan: Vec<String> = conn
+            .prepare("EXPLAIN QUERY PLAN SELECT count(*) FROM windows_view WHERE dst_port = 53")
+            .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(3))?.collect())
+            .expect("plan");
+        assert!(plan[0].starts_with("SCAN w"), "{plan:?}");
+        assert!(
+            plan[1].starts_with("SEARCH k") && plan[1].contains("rowid=?"),
+            "{plan:?}"
+        );
 
         // Running again is a no-op, not a "table already exists" error.
         migrate(&mut conn, path).expect("migrating twice is idempotent");
