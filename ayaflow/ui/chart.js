@@ -218,7 +218,8 @@ export class BarChart {
       const long = span > 36 * 3600 * 1000;
       timeLabels(c, ctx, box, this.t0, this.t1, (t) => {
         const d = new Date(t);
-        return long ? `${d.getMonth() + 1}/${d.getDate()} ${d.getHours()}h` : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+        const hm = `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+        return long ? `${d.getMonth() + 1}/${d.getDate()} ${hm}` : hm;
       });
     }
     const n = this.values.length;

@@ -59,7 +59,7 @@ export class LiveView {
       empty: "no connection matches",
     });
     for (const id of ["f-addr", "f-port", "f-proto", "f-iface", "f-dir"]) {
-      $(id).addEventListener("input", () => this.showConnections());
+      for (const ev of ["input", "change"]) $(id).addEventListener(ev, () => this.showConnections());
     }
     $("live-filter").addEventListener("submit", (e) => e.preventDefault());
   }
