@@ -66,7 +66,9 @@ pub struct LiveDoc {
 /// Packets and bytes of one hook.
 #[derive(Serialize, Default, Clone, Copy)]
 pub struct DirectionTotals {
+    /// Packets the hook saw since the program was attached (exact).
     pub packets: u64,
+    /// Their bytes on the wire (exact).
     pub bytes: u64,
 }
 

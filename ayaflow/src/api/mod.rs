@@ -300,7 +300,7 @@ pub fn has_stream_token(headers: &HeaderMap, token: &str) -> bool {
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     let digit = |c: u8| (c as char).to_digit(16);
     let b = hex.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
     b.chunks(2)

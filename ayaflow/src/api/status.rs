@@ -87,14 +87,17 @@ pub enum InterfaceState {
 /// renamed.
 #[derive(Serialize)]
 pub struct StatusDoc {
+    /// The agent's version.
     pub version: &'static str,
     /// `raw` or `flows`.
     pub capture_mode: &'static str,
     /// `ingress`, `egress` or `both`.
     pub direction: &'static str,
+    /// Seconds since the agent started.
     pub uptime_seconds: u64,
     /// What `/api/history` returns without `kind`: `raw` or `aggregated`.
     pub history: &'static str,
+    /// The interfaces observed.
     pub interfaces: Vec<InterfaceStatus>,
     /// The loss counters, in [`live::LOSS_COUNTERS`] order.
     pub counters: Vec<Counter>,

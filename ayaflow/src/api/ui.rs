@@ -10,7 +10,7 @@
 //! stale script with a new page.
 //!
 //! The allowlist guards these routes like every other. The bearer token does not
-//! (`PUBLIC_PATHS` in `mod.rs`): a browser cannot send `Authorization` on a page load, and the
+//! (`is_public` in `mod.rs`): a browser cannot send `Authorization` on a page load, and the
 //! page and its scripts are the same for everyone and hold no data. With a token set, the page
 //! asks for it and sends it on every API request itself (README, "Web UI").
 

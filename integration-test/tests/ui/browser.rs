@@ -8,14 +8,15 @@
 use std::{
     future::Future,
     net::TcpStream,
+    os::unix::process::CommandExt as _,
     path::Path,
-    process::Stdio,
+    process::{Child, Stdio},
 };
 
 use fantoccini::{Client, ClientBuilder, wd::WebDriverCompatibleCommand};
 use serde_json::{Value, json};
 
-use integration_test::{KillOnDrop, netns::NetPair, wait_for};
+use integration_test::{netns::NetPair, wait_for};
 
 /// chromedriver's port on the namespace's loopback.
 const DRIVER_PORT: u16 = 9515;
@@ -38,7 +39,7 @@ where
 /// A chromedriver process and one browser session; both end on drop.
 pub struct Browser {
     pub client: Client,
-    _driver: KillOnDrop,
+    _driver: Driver,
     _profile: tempfile::TempDir,
 }
 
@@ -51,9 +52,13 @@ impl Browser {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group, which the browser it starts joins: see `Driver`.
+            .process_group(0)
             .spawn()
-            .expect("starting chromedriver (Debian chromium-driver; `cargo xtask setup` installs it)");
-        let driver = KillOnDrop(driver);
+            .expect(
+                "starting chromedriver (Debian chromium-driver; `cargo xtask setup` installs it)",
+            );
+        let driver = Driver(driver);
         wait_for(30, "chromedriver to listen", || {
             TcpStream::connect(("127.0.0.1", DRIVER_PORT)).ok()
         });
@@ -104,7 +109,10 @@ impl Browser {
             .await
             .expect("reading the viewport");
         let px = |i: usize| inner[i].as_u64().unwrap_or(0) as u32;
-        let (w, h) = (width + width.saturating_sub(px(0)), height + height.saturating_sub(px(1)));
+        let (w, h) = (
+            width + width.saturating_sub(px(0)),
+            height + height.saturating_sub(px(1)),
+        );
         client
             .set_window_size(w, h)
             .await
@@ -177,6 +185,61 @@ impl Browser {
     }
 }
 
+/// chromedriver and every browser process it started, killed on drop: chromedriver does not
+/// take its browser with it when killed, so the whole process group goes (ours: chromedriver's
+/// group, made for it), then any descendant that left it.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let pgid = self.0.id() as i32;
+        let mut ours = descendants(pgid);
+        // SAFETY: signals the process group we created for chromedriver.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        ours.extend(descendants(pgid));
+        for pid in ours {
+            // SAFETY: a descendant of chromedriver, which we started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The processes descended from `root` (from /proc's parent links), `root` excluded.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut links = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The fields after the command name (which may hold spaces): state, ppid, ...
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            links.push((pid, ppid));
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(
+            links
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    out.remove(0);
+    out
+}
+
 /// chromedriver's `POST /session/{id}/se/log` with `{"type": "browser"}`: the console
 /// messages, failed loads and CSP violations, which W3C WebDriver has no command for.
 #[derive(Debug)]
@@ -192,6 +255,9 @@ impl WebDriverCompatibleCommand for BrowserLog {
     }
 
     fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
-        (http::Method::POST, Some(r#"{"type":"browser"}"#.to_string()))
+        (
+            http::Method::POST,
+            Some(r#"{"type":"browser"}"#.to_string()),
+        )
     }
 }

@@ -37,20 +37,52 @@ fn history_pages_walk_every_row_once_and_the_chart_and_csv_hold_what_is_shown() 
         let (_, body) = agent.get(&query)?;
         let doc: Value = serde_json::from_str(&body).ok()?;
         let rows = doc["rows"].as_array()?;
-        (rows.len() as u64 == ROWS).then(|| rows.iter().map(|r| r["id"].as_u64().unwrap()).collect())
+        (rows.len() as u64 == ROWS)
+            .then(|| rows.iter().map(|r| r["id"].as_u64().unwrap()).collect())
     });
     let downloads = tempfile::tempdir().unwrap();
     let ns = pair.ns_b.clone();
     in_browser_ns(&ns.clone(), move || async move {
         let b = Browser::start(&ns, 1366, 800, downloads.path()).await;
-        b.client.goto(&format!("{PAGE}#history")).await.expect("the page loads");
+        b.client
+            .goto(&format!("{PAGE}#history"))
+            .await
+            .expect("the page loads");
         b.until(30, "the history view", "return !document.getElementById('view-history').hidden && document.getElementById('h-page').textContent.startsWith('page 1');").await;
-        b.client.find(Locator::Id("h-port")).await.unwrap().send_keys(&PORT.to_string()).await.unwrap();
-        b.client.find(Locator::Id("h-proto")).await.unwrap().send_keys("UDP").await.unwrap();
-        b.client.find(Locator::Id("h-limit")).await.unwrap().select_by_value("100").await.unwrap();
+        b.client
+            .find(Locator::Id("h-port"))
+            .await
+            .unwrap()
+            .send_keys(&PORT.to_string())
+            .await
+            .unwrap();
+        b.client
+            .find(Locator::Id("h-proto"))
+            .await
+            .unwrap()
+            .send_keys("UDP")
+            .await
+            .unwrap();
+        b.client
+            .find(Locator::Id("h-limit"))
+            .await
+            .unwrap()
+            .select_by_value("100")
+            .await
+            .unwrap();
         // Mark the table so the next page is told apart from this one.
-        b.js("document.getElementById('h-page').textContent = '';", vec![]).await;
-        b.client.find(Locator::Id("h-show")).await.unwrap().click().await.unwrap();
+        b.js(
+            "document.getElementById('h-page').textContent = '';",
+            vec![],
+        )
+        .await;
+        b.client
+            .find(Locator::Id("h-show"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
 
         // Walk the pages with "Older" until it is disabled.
         let rows = rows_script("h-table");
@@ -64,10 +96,19 @@ fn history_pages_walk_every_row_once_and_the_chart_and_csv_hold_what_is_shown() 
                 ))
                 .await;
             let got = b.js(&rows, vec![]).await;
-            let ids: Vec<u64> = got.as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap().parse().unwrap()).collect();
+            let ids: Vec<u64> = got
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["key"].as_str().unwrap().parse().unwrap())
+                .collect();
             for r in got.as_array().unwrap() {
                 assert_eq!(r["packets"], "1", "{r}");
-                assert_eq!(r["bytes"], (PAYLOAD as u64 + UDP_OVERHEAD).to_string(), "{r}");
+                assert_eq!(
+                    r["bytes"],
+                    (PAYLOAD as u64 + UDP_OVERHEAD).to_string(),
+                    "{r}"
+                );
                 assert_eq!(r["dst_text"], format!("192.0.2.2:{PORT}"), "{r}");
             }
             if page == 1 {
@@ -75,33 +116,74 @@ fn history_pages_walk_every_row_once_and_the_chart_and_csv_hold_what_is_shown() 
             }
             sizes.push(ids.len());
             seen.extend(&ids);
-            let older_disabled = b.js("return document.getElementById('h-older').disabled;", vec![]).await;
+            let older_disabled = b
+                .js(
+                    "return document.getElementById('h-older').disabled;",
+                    vec![],
+                )
+                .await;
             if older_disabled == true {
                 assert!(text.as_str().unwrap().ends_with("the oldest"), "{text}");
                 break;
             }
-            b.client.find(Locator::Id("h-older")).await.unwrap().click().await.unwrap();
+            b.client
+                .find(Locator::Id("h-older"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
         }
         assert_eq!(sizes, [100, 100, 50], "page sizes");
         let unique: BTreeSet<u64> = seen.iter().copied().collect();
         assert_eq!(unique.len(), seen.len(), "no row twice");
         assert_eq!(unique, api_ids, "every row of the set, exactly once");
-        assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first across pages");
+        assert!(
+            seen.windows(2).all(|w| w[0] > w[1]),
+            "newest first across pages"
+        );
 
         // The CSV of the page shown (the last) holds exactly its rows.
         let table = b.js(&rows, vec![]).await;
-        b.client.find(Locator::Id("h-csv")).await.unwrap().click().await.unwrap();
+        b.client
+            .find(Locator::Id("h-csv"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         let csv_path = wait_for(30, "the CSV download", || {
-            std::fs::read_dir(downloads.path()).ok()?.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "csv"))
+            std::fs::read_dir(downloads.path())
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "csv"))
         });
         let csv = parse_csv(&std::fs::read_to_string(&csv_path).unwrap());
         let head = &csv[0];
-        let col = |name: &str| head.iter().position(|h| h == name).unwrap_or_else(|| panic!("{name} in {head:?}"));
+        let col = |name: &str| {
+            head.iter()
+                .position(|h| h == name)
+                .unwrap_or_else(|| panic!("{name} in {head:?}"))
+        };
         let table = table.as_array().unwrap();
         assert_eq!(csv.len() - 1, table.len(), "one CSV line per row shown");
         for (line, r) in csv[1..].iter().zip(table) {
-            for (csv_col, table_col) in [("id", "key"), ("direction", "direction"), ("proto", "proto"), ("src", "src"), ("dst", "dst"), ("packets", "packets"), ("bytes", "bytes"), ("unix_seconds", "time")] {
-                assert_eq!(Value::from(line[col(csv_col)].clone()), r[table_col], "{csv_col} of {line:?} vs {r}");
+            for (csv_col, table_col) in [
+                ("id", "key"),
+                ("direction", "direction"),
+                ("proto", "proto"),
+                ("src", "src"),
+                ("dst", "dst"),
+                ("packets", "packets"),
+                ("bytes", "bytes"),
+                ("unix_seconds", "time"),
+            ] {
+                assert_eq!(
+                    Value::from(line[col(csv_col)].clone()),
+                    r[table_col],
+                    "{csv_col} of {line:?} vs {r}"
+                );
             }
         }
 
@@ -109,18 +191,52 @@ fn history_pages_walk_every_row_once_and_the_chart_and_csv_hold_what_is_shown() 
         let totals = b
             .until(30, "the chart", "const p = document.getElementById('chart-h-packets').dataset.total, q = document.getElementById('chart-h-bytes').dataset.total; return p && q ? [Number(p), Number(q)] : null;")
             .await;
-        assert_eq!(totals, serde_json::json!([ROWS, ROWS * (PAYLOAD as u64 + UDP_OVERHEAD)]));
-        b.client.find(Locator::Id("h-newer")).await.unwrap().click().await.unwrap();
-        b.until(30, "page 2 again", "return document.getElementById('h-page').textContent.startsWith('page 2:');").await;
-        b.client.find(Locator::Id("h-newer")).await.unwrap().click().await.unwrap();
-        b.until(30, "page 1 again", "return document.getElementById('h-page').textContent.startsWith('page 1:');").await;
+        assert_eq!(
+            totals,
+            serde_json::json!([ROWS, ROWS * (PAYLOAD as u64 + UDP_OVERHEAD)])
+        );
+        b.client
+            .find(Locator::Id("h-newer"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.until(
+            30,
+            "page 2 again",
+            "return document.getElementById('h-page').textContent.startsWith('page 2:');",
+        )
+        .await;
+        b.client
+            .find(Locator::Id("h-newer"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.until(
+            30,
+            "page 1 again",
+            "return document.getElementById('h-page').textContent.startsWith('page 1:');",
+        )
+        .await;
         let again = b.js(&rows, vec![]).await;
-        let again: Vec<u64> = again.as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap().parse().unwrap()).collect();
+        let again: Vec<u64> = again
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["key"].as_str().unwrap().parse().unwrap())
+            .collect();
         assert_eq!(again, first_page);
 
         assert_eq!(b.js(FOREIGN_RESOURCES, vec![]).await, serde_json::json!([]));
         let log = b.log().await;
-        assert_eq!(errors(&log, &[]), Vec::<String>::new(), "console errors (whole log: {log:?})");
+        assert_eq!(
+            errors(&log, &[]),
+            Vec::<String>::new(),
+            "console errors (whole log: {log:?})"
+        );
     });
     drop(agent);
     drop(pair);

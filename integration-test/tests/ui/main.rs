@@ -55,7 +55,14 @@ struct Steady {
 }
 
 impl Steady {
-    fn start(pair: &NetPair, src_port: u16, dst_port: u16, payload: usize, every: Duration, limit: Duration) -> Steady {
+    fn start(
+        pair: &NetPair,
+        src_port: u16,
+        dst_port: u16,
+        payload: usize,
+        every: Duration,
+        limit: Duration,
+    ) -> Steady {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let src: SocketAddr = format!("{ADDR_A4}:{src_port}").parse().unwrap();

@@ -5,7 +5,12 @@
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use integration_test::{KillOnDrop, agent::Agent, netns::{ADDR_B4, NetPair}, require_bpf};
+use integration_test::{
+    KillOnDrop,
+    agent::Agent,
+    netns::{ADDR_B4, NetPair},
+    require_bpf,
+};
 
 use super::{
     PAGE, Steady,
@@ -47,12 +52,30 @@ fn screenshots() {
         for (device, width, height) in [("laptop", 1366, 800), ("phone", 390, 844)] {
             let b = Browser::start(&ns, width, height, downloads.path()).await;
             b.client.goto(PAGE).await.unwrap();
-            b.until(120, "a minute of chart", "return Number(document.getElementById('chart-pps').dataset.samples) >= 45;").await;
-            std::fs::write(out.join(format!("ui-live-{device}.png")), b.screenshot().await).unwrap();
+            b.until(
+                120,
+                "a minute of chart",
+                "return Number(document.getElementById('chart-pps').dataset.samples) >= 45;",
+            )
+            .await;
+            std::fs::write(
+                out.join(format!("ui-live-{device}.png")),
+                b.screenshot().await,
+            )
+            .unwrap();
             b.client.goto(&format!("{PAGE}#history")).await.unwrap();
             b.js("document.getElementById('h-range').value = '15m'; document.getElementById('h-port').value = '443'; document.getElementById('h-show').click();", vec![]).await;
-            b.until(60, "the history chart", "return document.getElementById('chart-note').textContent.includes('s per bar');").await;
-            std::fs::write(out.join(format!("ui-history-{device}.png")), b.screenshot().await).unwrap();
+            b.until(
+                60,
+                "the history chart",
+                "return document.getElementById('chart-note').textContent.includes('s per bar');",
+            )
+            .await;
+            std::fs::write(
+                out.join(format!("ui-history-{device}.png")),
+                b.screenshot().await,
+            )
+            .unwrap();
             let log = b.log().await;
             assert_eq!(errors(&log, &[]), Vec::<String>::new(), "{log:?}");
             eprintln!("wrote {}/ui-{{live,history}}-{device}.png", out.display());
