@@ -178,6 +178,15 @@ export class BarChart {
     canvas.addEventListener("mouseleave", () => this.describe(null));
   }
 
+  /** Empties the chart (a new query is loading). */
+  clear() {
+    this.values = [];
+    delete this.canvas.dataset.samples;
+    delete this.canvas.dataset.total;
+    this.draw();
+    this.describe(null);
+  }
+
   set(t0, t1, values) {
     this.t0 = t0;
     this.t1 = t1;

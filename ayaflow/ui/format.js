@@ -18,7 +18,7 @@ function scaled(n, base, units) {
     i += 1;
   }
   const sign = n < 0 ? "-" : "";
-  const digits = i === 0 ? (Number.isInteger(v) ? 0 : v < 10 ? 1 : 0) : v < 10 ? 2 : v < 100 ? 1 : 0;
+  const digits = i === 0 ? (Number.isInteger(v) ? 0 : v < 1 ? 2 : v < 10 ? 1 : 0) : v < 10 ? 2 : v < 100 ? 1 : 0;
   return [sign + v.toFixed(digits), units[i]];
 }
 

@@ -97,6 +97,8 @@ export class HistoryView {
       const v = $(id).value.trim();
       if (v) p.set(name, v);
     }
+    this.packets.clear();
+    this.bytes.clear();
     this.query = { params: p, from, to };
     this.cursors = [null];
     this.kind = p.get("kind");
@@ -174,6 +176,8 @@ export class HistoryView {
     let rows = 0;
     let oldest = null;
     let more = true;
+    this.packets.clear();
+    this.bytes.clear();
     $("chart-note").textContent = "loading…";
     try {
       while (more && rows < CHART_ROWS) {

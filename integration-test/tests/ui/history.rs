@@ -241,3 +241,147 @@ fn history_pages_walk_every_row_once_and_the_chart_and_csv_hold_what_is_shown() 
     drop(agent);
     drop(pair);
 }
+
+/// Aggregated history, at a phone's width: the page picks the agent's kind, the chart and the
+/// table hold the known connection's windows, the CSV has the windows' columns, and neither
+/// view is wider than the screen.
+#[test]
+fn aggregated_history_at_a_phone_width() {
+    require_bpf();
+    let pair = NetPair::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start_on_b(
+        &pair,
+        &dir.path().join("h.db"),
+        &["--direction", "ingress", "--aggregation-window", "5"],
+    );
+    const SENT: u64 = 30;
+    send_udp(&pair, 41001, PORT, SENT, PAYLOAD);
+    // The window closes within its length and a tick.
+    wait_for(60, "the known connection's windows in /api/history", || {
+        let (_, body) = agent.get(&format!("/api/history?port={PORT}"))?;
+        let doc: Value = serde_json::from_str(&body).ok()?;
+        let packets: u64 = doc["rows"]
+            .as_array()?
+            .iter()
+            .map(|r| r["packets"].as_u64().unwrap_or(0))
+            .sum();
+        (doc["kind"] == "aggregated" && packets == SENT).then_some(())
+    });
+    let downloads = tempfile::tempdir().unwrap();
+    let ns = pair.ns_b.clone();
+    in_browser_ns(&ns.clone(), move || async move {
+        let b = Browser::start(&ns, 390, 844, downloads.path()).await;
+        let narrow = "return document.documentElement.scrollWidth <= window.innerWidth;";
+        b.client.goto(PAGE).await.expect("the page loads");
+        b.until(
+            30,
+            "a frame",
+            "return document.querySelectorAll('#conn-table tbody tr[data-key]').length;",
+        )
+        .await;
+        assert_eq!(
+            b.js(narrow, vec![]).await,
+            true,
+            "the live view fits a phone's width"
+        );
+        b.client.goto(&format!("{PAGE}#history")).await.unwrap();
+        b.until(
+            30,
+            "the history view",
+            "return document.getElementById('h-page').textContent.startsWith('page 1');",
+        )
+        .await;
+        let kind = b
+            .js("return document.getElementById('h-kind').value;", vec![])
+            .await;
+        assert_eq!(kind, "aggregated", "the agent's own kind by default");
+        b.client
+            .find(Locator::Id("h-port"))
+            .await
+            .unwrap()
+            .send_keys(&PORT.to_string())
+            .await
+            .unwrap();
+        b.js(
+            "document.getElementById('h-page').textContent = '';",
+            vec![],
+        )
+        .await;
+        b.client
+            .find(Locator::Id("h-show"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.until(
+            30,
+            "the filtered page",
+            "return document.getElementById('h-page').textContent.startsWith('page 1:');",
+        )
+        .await;
+        let table = b.js(&rows_script("h-table"), vec![]).await;
+        let packets: u64 = table
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["packets"].as_str().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(packets, SENT, "{table}");
+        let total = b
+            .until(
+                30,
+                "the chart",
+                "return Number(document.getElementById('chart-h-packets').dataset.total || 0);",
+            )
+            .await;
+        assert_eq!(total, SENT);
+        let note = b
+            .js(
+                "return document.getElementById('chart-note').textContent;",
+                vec![],
+            )
+            .await;
+        assert!(note.as_str().unwrap().contains("windows"), "{note}");
+        assert_eq!(
+            b.js(narrow, vec![]).await,
+            true,
+            "the history view fits a phone's width"
+        );
+        b.client
+            .find(Locator::Id("h-csv"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let csv_path = wait_for(30, "the CSV download", || {
+            std::fs::read_dir(downloads.path())
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "csv"))
+        });
+        let csv = parse_csv(&std::fs::read_to_string(&csv_path).unwrap());
+        assert_eq!(
+            csv[0][..5],
+            [
+                "id",
+                "window_start_utc",
+                "window_end_utc",
+                "window_start",
+                "window_end"
+            ]
+        );
+        assert_eq!(csv.len() - 1, table.as_array().unwrap().len());
+        let log = b.log().await;
+        assert_eq!(
+            errors(&log, &[]),
+            Vec::<String>::new(),
+            "console errors (whole log: {log:?})"
+        );
+    });
+    drop(agent);
+    drop(pair);
+}

@@ -158,6 +158,20 @@ fn the_live_view_shows_known_connections_exactly_sorts_filters_and_follows_the_s
             }
         }
 
+        // The keyboard sorts too: Enter on a focused header.
+        let header = b
+            .client
+            .find(Locator::Css("#conn-table th[data-key=packets] button"))
+            .await
+            .unwrap();
+        let before = b.js("return document.querySelector('#conn-table th[data-key=packets]').getAttribute('aria-sort');", vec![]).await;
+        header
+            .send_keys(&fantoccini::key::Key::Enter.to_string())
+            .await
+            .unwrap();
+        let after = b.js("return document.querySelector('#conn-table th[data-key=packets]').getAttribute('aria-sort');", vec![]).await;
+        assert_ne!(before, after, "Enter on the Packets header sorts by it");
+
         // Filtering as you type: port, address, protocol, hook.
         let filter = |id: &'static str| b.client.find(Locator::Id(id));
         filter("f-port")
@@ -346,6 +360,15 @@ fn the_live_view_shows_known_connections_exactly_sorts_filters_and_follows_the_s
         let foreign = b.js(FOREIGN_RESOURCES, vec![]).await;
         assert_eq!(foreign, serde_json::json!([]), "requests to another origin");
         let loaded = b.js("return performance.getEntriesByType('resource').map(e => new URL(e.name).pathname);", vec![]).await;
+        // The stream drives the page: one status request, and no polling of /api/live.
+        let api: Vec<&str> = loaded
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.as_str())
+            .filter(|p| p.starts_with("/api/"))
+            .collect();
+        assert_eq!(api, ["/api/status"], "the page's API requests");
         for f in ["/ui/app.css", "/ui/main.js", "/ui/live.js", "/ui/chart.js"] {
             assert!(
                 loaded.as_array().unwrap().iter().any(|p| p == f),

@@ -3,9 +3,11 @@
 //!
 //! - `live.rs`: the page loads with no console error and no request to another origin; the
 //!   live table shows the known connections with exactly their packets and bytes, sorts and
-//!   filters; the charts advance with the stream; a hidden tab closes its stream.
+//!   filters (also from the keyboard); the charts advance with the stream, which alone drives
+//!   the page (no polling); a hidden tab closes its stream.
 //! - `history.rs`: paging walks every row of a known set exactly once; the chart and the CSV
-//!   hold what the range and the table show.
+//!   hold what the range and the table show; aggregated windows at a phone's width, where
+//!   neither view is wider than the screen.
 //! - `access.rs`: a peer outside the allowlist gets 403 for the page and each of its files;
 //!   with a token, the page asks for it and then streams.
 //! - `screenshots.rs` (ignored; `cargo xtask screenshots`): the README's pictures in docs/.
