@@ -31,7 +31,7 @@ use ayaflow_common::{counters::Counter, globals};
 use crate::{
     aggregate::Aggregator,
     api::{self, AppState, LiveSource},
-    clock::unix_now_ns,
+    clock::{NANOS_PER_SEC, unix_now_ns},
     config::{CaptureMode, Config},
     connections::{ConnectionSnapshot, ConnectionTable, SortKey},
     ebpf::{
@@ -61,6 +61,7 @@ const FINAL_WINDOWS_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs the agent until a signal arrives; returns once everything is flushed and detached.
 pub async fn run(config: Config) -> Result<()> {
+    let started_at = std::time::Instant::now();
     // First: a bad token file stops the agent before it attaches anything.
     let api_token = config
         .api_token_file
@@ -103,6 +104,13 @@ pub async fn run(config: Config) -> Result<()> {
     })?;
     let pinned = program.pinned();
     program.attach(&interface, &config.direction.directions())?;
+    let attached = api::InterfaceStatus {
+        name: interface.clone(),
+        ifindex: ebpf::interface::index(&interface).unwrap_or(0),
+        state: api::InterfaceState::Attached,
+        since_unix: (unix_now_ns() / NANOS_PER_SEC) as i64,
+        reason: None,
+    };
     let ring = program.take_events()?;
     let sweeper = if flows {
         Some(program.take_flows()?)
@@ -176,6 +184,15 @@ pub async fn run(config: Config) -> Result<()> {
         Some(token) => state.with_api_token(token),
         None => state,
     };
+    // One interface, attached for the agent's life; an interface watcher would update a shared
+    // list here instead.
+    let state = state.with_status(api::Status {
+        version: env!("CARGO_PKG_VERSION"),
+        capture_mode: config.capture_mode,
+        direction: config.direction,
+        started_at,
+        interfaces: Arc::new(move || vec![attached.clone()]),
+    });
 
     let addr = SocketAddr::new(config.bind_address, config.port);
     let listener = api::bind(addr).await.with_context(|| {

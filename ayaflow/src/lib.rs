@@ -11,8 +11,8 @@
 //!                                                  |             --> ipfix (flow cache -> UDP)
 //!                                                  |             --> storage (queue, writer
 //!                                                  |                 thread) --> store (SQLite)
-//! api (live, stream, history) and telemetry -> metrics read the table, the store and the
-//! kernel counters (ebpf::counters).
+//! api (status, live, stream, history, and the web UI over them) and telemetry -> metrics
+//! read the table, the store and the kernel counters (ebpf::counters).
 //! ```
 //!
 //! - `agent`: wires it all and runs it (start-up, shutdown order); `config` + `cli`: every

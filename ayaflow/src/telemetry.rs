@@ -384,4 +384,34 @@ mod tests {
         assert!(without.contains(&"ayaflow_kernel_read_errors"));
         assert!(without.contains(&"ayaflow_active_connections"));
     }
+
+    /// The web UI's loss counters (`api::live::LOSS_COUNTERS`) and the families it charts are
+    /// all in the catalogue, as counters (a renamed metric would silently vanish from it).
+    #[test]
+    fn the_ui_names_only_families_of_the_catalogue() {
+        let (pipeline, api) = (PipelineStats::default(), ApiStats::default());
+        let stats = Arc::new(CollectorStats::new("c:4739"));
+        let families = agent_families(&Readings {
+            kernel: Some(Totals::default()),
+            kernel_read_errors: 0,
+            active_connections: 0,
+            table: TableStats::default(),
+            pipeline: &pipeline,
+            storage: StorageStatsSnapshot::default(),
+            api: &api,
+            ipfix: &[stats],
+        });
+        let charted = [
+            "ayaflow_packets",
+            "ayaflow_bytes",
+            "ayaflow_protocol_packets",
+        ];
+        for name in crate::api::live::LOSS_COUNTERS.iter().chain(&charted) {
+            let f = families
+                .iter()
+                .find(|f| f.name == *name)
+                .unwrap_or_else(|| panic!("{name} is not in the catalogue"));
+            assert_eq!(f.kind, Kind::Counter, "{name}");
+        }
+    }
 }

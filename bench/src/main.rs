@@ -10,6 +10,7 @@
 //! 4. `storage` and `api`: SQLite rows/s and bytes/row, /api/history over millions of rows,
 //!    /api/live and /metrics under wrk, RSS with 100,000 and 1,000,000 connections
 //!    (`store_api.rs`).
+//! 5. `ui`: the agent's CPU with the web UI open in headless Chromium, next to none (`ui.rs`).
 //!
 //! Safety: all traffic stays between two namespaces the bench creates (`netns.rs`), every send
 //! is bounded in packets and time, every process the bench starts is stopped by its pid, and
@@ -26,6 +27,7 @@ mod procstat;
 mod report;
 mod sender;
 mod store_api;
+mod ui;
 
 use std::{
     path::PathBuf,
@@ -50,11 +52,11 @@ pub struct Args {
     /// non-zero and equal where they must be). Never a speed threshold.
     #[arg(long)]
     pub quick: bool,
-    /// Sections to run, comma-separated: kernel, capture, storage, api.
+    /// Sections to run, comma-separated: kernel, capture, storage, api, ui.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kernel,capture,storage,api"
+        default_value = "kernel,capture,storage,api,ui"
     )]
     pub sections: Vec<String>,
     /// Traffic sets for the capture section, comma-separated: v4-1k, v4-100k, v6-1k, v6-100k.
@@ -106,6 +108,9 @@ pub struct Plan {
     pub wrk_secs: u32,
     pub memory_steps: Vec<u32>,
     pub memory_rate: u64,
+    /// Seconds of each web UI measurement (section 5).
+    #[serde(default)]
+    pub ui_secs: f64,
 }
 
 impl Plan {
@@ -176,6 +181,7 @@ impl Plan {
                 wrk_secs: 2,
                 memory_steps: vec![10_000, 50_000],
                 memory_rate: 100_000,
+                ui_secs: 5.0,
             }
         } else {
             Plan {
@@ -189,6 +195,7 @@ impl Plan {
                 wrk_secs: 10,
                 memory_steps: vec![100_000, 1_000_000],
                 memory_rate: 50_000,
+                ui_secs: 60.0,
             }
         })
     }
@@ -216,6 +223,9 @@ pub struct Results {
     pub store: Option<store_api::StoreResult>,
     pub history: Vec<store_api::WrkResult>,
     pub live: Option<store_api::LiveResult>,
+    /// Section 5.
+    #[serde(default)]
+    pub ui: Option<ui::UiResult>,
     pub load_start: f64,
     pub load_end: f64,
     pub started: String,
@@ -336,7 +346,7 @@ fn run(args: &Args) -> Result<()> {
         )?;
     }
     interrupted()?;
-    if want("capture") || want("storage") || want("api") {
+    if want("capture") || want("storage") || want("api") || want("ui") {
         let pair = netns::Pair::create().context("creating the bench's namespaces")?;
         if want("capture") {
             capture_all(&pair, &agent, &scratch, &plan, &mut res)?;
@@ -373,6 +383,19 @@ fn run(args: &Args) -> Result<()> {
                 &plan.memory_steps,
                 plan.wrk_secs,
                 plan.memory_rate,
+            )?);
+        }
+        interrupted()?;
+        if want("ui") {
+            eprintln!(
+                "bench: section 5, the agent's CPU with the web UI open ({} s each)",
+                plan.ui_secs
+            );
+            res.ui = Some(ui::run(
+                &pair,
+                &agent,
+                &scratch.join("ui-agent"),
+                plan.ui_secs,
             )?);
         }
         for ext in ["db", "db-wal", "db-shm"] {

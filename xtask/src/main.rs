@@ -41,6 +41,10 @@ enum Cmd {
     },
     /// cargo fmt --check and clippy on the userspace crates and the kernel program.
     Lint,
+    /// Take the README's screenshots of the web UI again (docs/ui-*.png): the real agent in
+    /// a test namespace with known traffic, headless Chromium at a laptop's and a phone's
+    /// width. Needs root; about two minutes.
+    Screenshots,
     /// Run the benchmarks (kernel cost, capture at full rate next to tcpdump/softflowd/pmacctd,
     /// storage and API) and write BENCHMARKS.md. Needs root; installs the tools it compares with.
     Bench {
@@ -87,6 +91,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { args } => test(&args),
         Cmd::Lint => lint(),
+        Cmd::Screenshots => test_binary(
+            &["--test", "ui"],
+            &["screenshots::screenshots", "--ignored", "--exact"],
+        ),
         Cmd::Bench { quick, args } => bench::run(quick, &args),
     }
 }
@@ -147,6 +155,29 @@ fn test(args: &[String]) -> Result<()> {
         .args(args)
         .env(env.0, env.1);
     status(&mut kernel)
+}
+
+/// Builds the agent, then runs one test of integration-test (`select`: cargo's target options;
+/// `args`: the test binary's), as `cargo xtask test` runs them.
+fn test_binary(select: &[&str], args: &[&str]) -> Result<()> {
+    let toolchain = setup::all()?;
+    if !setup::is_root() {
+        bail!("this loads BPF programs and creates network namespaces: run it as root");
+    }
+    let env = ("AYAFLOW_BPF_TOOLCHAIN", toolchain.env_name());
+    status(
+        cargo()
+            .args(["build", "--package", "ayaflow"])
+            .env(env.0, env.1),
+    )?;
+    status(
+        cargo()
+            .args(["test", "--package", "integration-test"])
+            .args(select)
+            .arg("--")
+            .args(args)
+            .env(env.0, env.1),
+    )
 }
 
 fn lint() -> Result<()> {

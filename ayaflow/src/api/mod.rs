@@ -1,9 +1,10 @@
-//! The HTTP API (axum): `/metrics`, `/api/live`, `/api/stream`, `/api/history`, `/healthz`,
-//! `/readyz`, every route behind the `allowed_ips` check.
+//! The HTTP API (axum): `/metrics`, `/api/status`, `/api/live`, `/api/stream`, `/api/history`,
+//! `/healthz`, `/readyz` and the web UI (`/`, `/ui/*`, `ui.rs`), every route behind the
+//! `allowed_ips` check.
 //!
 //! The agent (`agent.rs`) builds one [`AppState`] over its connection table ([`LiveSource`]),
-//! the metrics registry (`metrics.rs`) and the SQLite path (`store/`), then runs [`serve`] and
-//! [`stream::publish`]. Every error is JSON `{"error", "hint"}` (`error.rs`); every bounded
+//! the metrics registry (`metrics.rs`), the SQLite path (`store/`) and what it observes
+//! ([`Status`]), then runs [`serve`] and [`stream::publish`]. Every error is JSON `{"error", "hint"}` (`error.rs`); every bounded
 //! resource (stream clients, concurrent history queries) answers 503 when full and counts it in
 //! [`ApiStats`], which `metrics.rs` exports.
 //!
@@ -24,7 +25,9 @@ pub mod history;
 pub mod live;
 mod params;
 mod serve;
+pub mod status;
 pub mod stream;
+pub mod ui;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -49,6 +52,7 @@ use ipnet::IpNet;
 pub use serve::{
     CAP_LOG_PERIOD, DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, MAX_CONNECTIONS, ServeLimits, bind, serve,
 };
+pub use status::{InterfaceList, InterfaceState, InterfaceStatus, Status};
 use tokio::sync::{Semaphore, broadcast};
 
 use crate::{
@@ -145,6 +149,8 @@ pub struct AppState {
     pub shutdown: Option<Shutdown>,
     /// The API's own counters.
     pub stats: Arc<ApiStats>,
+    /// What `/api/status` says about the agent; see [`AppState::with_status`].
+    pub status: Status,
 }
 
 impl AppState {
@@ -171,7 +177,14 @@ impl AppState {
             history_slots: Arc::new(Semaphore::new(history::MAX_CONCURRENT_QUERIES)),
             shutdown: None,
             stats: Arc::new(ApiStats::default()),
+            status: Status::default(),
         }
+    }
+
+    /// The same state with what `/api/status` reports (by default: this version, raw mode,
+    /// ingress, started when the state was built, no interface).
+    pub fn with_status(self, status: Status) -> AppState {
+        AppState { status, ..self }
     }
 
     /// The same state asking every request but `/healthz` and `/readyz` for `token`
@@ -197,7 +210,10 @@ impl AppState {
 /// The router with every route and the allowlist in front of all of them.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .route("/metrics", get(metrics))
+        .route("/api/status", get(status::get))
         .route("/api/live", get(live::get))
         .route("/api/stream", get(stream::upgrade))
         .route("/api/history", get(history::get))
@@ -222,7 +238,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Every route, for the hint of a 404 or 405.
-const ROUTES: &str = "routes: /metrics, /api/live, /api/stream, /api/history, /healthz, /readyz";
+const ROUTES: &str = "routes: / (the web UI), /metrics, /api/status, /api/live, /api/stream, \
+                      /api/history, /healthz, /readyz";
 
 /// Returns true if and only if `peer` may use the API: `allowed` is empty, or one of its
 /// networks contains `peer`. An IPv4-mapped IPv6 peer (`::ffff:a.b.c.d`, how a dual-stack
@@ -238,8 +255,12 @@ pub fn is_allowed(allowed: &[IpNet], peer: IpAddr) -> bool {
             .any(|net| net.contains(&peer) || as_v4.is_some_and(|v4| net.contains(&v4)))
 }
 
-/// Routes a token does not guard: the orchestrator's probes carry no credentials.
-const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+/// Returns true if and only if a token does not guard `path`: the orchestrator's probes carry
+/// no credentials, and a browser loading the web UI cannot send any (the page and its assets
+/// hold no data; the page sends the token on each API request it makes).
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/") || path.starts_with("/ui/")
+}
 
 /// Whether `headers` carry `Authorization: Bearer <token>`, compared in constant time (the
 /// length of the token aside), so response times do not tell how much of a guess was right.
@@ -251,8 +272,45 @@ pub fn has_token(headers: &HeaderMap, token: &str) -> bool {
         .is_some_and(|given| bool::from(given.ct_eq(token.as_bytes())))
 }
 
+/// The prefix of the WebSocket subprotocol that carries the token: a browser's `WebSocket`
+/// cannot set `Authorization`, so the web UI offers the protocols `ayaflow` and
+/// `ayaflow.bearer.<token as lower-case hex>` (hex, since a protocol name allows no `/`, `+` or
+/// `=`), and the server answers with `ayaflow` ([`stream::PROTOCOL`]).
+pub const STREAM_TOKEN_PROTOCOL: &str = "ayaflow.bearer.";
+
+/// Whether one of the `Sec-WebSocket-Protocol` values of `headers` is
+/// [`STREAM_TOKEN_PROTOCOL`] followed by `token` in hex, compared in constant time like
+/// [`has_token`].
+pub fn has_stream_token(headers: &HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix(STREAM_TOKEN_PROTOCOL))
+        .filter_map(decode_hex)
+        // Every offered value is compared, so the time does not tell which one matched.
+        .fold(false, |found, given| {
+            found | bool::from(given.ct_eq(token.as_bytes()))
+        })
+}
+
+/// `hex` (either case) as bytes; `None` if it is not an even number of hex digits.
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| (c as char).to_digit(16);
+    let b = hex.as_bytes();
+    if !b.len().is_multiple_of(2) {
+        return None;
+    }
+    b.chunks(2)
+        .map(|pair| Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
+        .collect()
+}
+
 /// In front of every route: refuses peers outside `allowed_ips`, then requests without the
-/// token (when one is set; the probes stay open), and counts internal errors.
+/// token (when one is set; the probes and the UI's files stay open; the stream also takes it
+/// as a subprotocol), and counts internal errors.
 async fn allowlist(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -264,8 +322,9 @@ async fn allowlist(
         return ApiError::forbidden(peer.ip()).into_response();
     }
     if let Some(token) = &state.api_token
-        && !PROBES.contains(&req.uri().path())
+        && !is_public(req.uri().path())
         && !has_token(req.headers(), token)
+        && !(req.uri().path() == "/api/stream" && has_stream_token(req.headers(), token))
     {
         state.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
         return ApiError::unauthorized().into_response();
@@ -307,6 +366,52 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("fixture addresses are valid")
+    }
+
+    fn protocols(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                v.parse().expect("fixture headers are valid"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_stream_token_is_read_from_a_subprotocol() {
+        // "s3cr/t=" in hex.
+        let hex = "73336372 2f743d".replace(' ', "");
+        let offered = format!("ayaflow, ayaflow.bearer.{hex}");
+        assert!(has_stream_token(&protocols(&[&offered]), "s3cr/t="));
+        assert!(has_stream_token(
+            &protocols(&["ayaflow", &format!("ayaflow.bearer.{}", hex.to_uppercase())]),
+            "s3cr/t="
+        ));
+        assert!(!has_stream_token(&protocols(&[&offered]), "s3cr/t"));
+        assert!(!has_stream_token(&protocols(&["ayaflow"]), "s3cr/t="));
+        // Odd length and non-hex digits are refused, never panics.
+        assert!(!has_stream_token(&protocols(&["ayaflow.bearer.733"]), "s"));
+        assert!(!has_stream_token(&protocols(&["ayaflow.bearer.zz"]), "s"));
+        assert!(!has_stream_token(&protocols(&["ayaflow.bearer."]), "s"));
+    }
+
+    #[test]
+    fn only_the_probes_and_the_ui_are_public() {
+        for path in ["/healthz", "/readyz", "/", "/ui/main.js", "/ui/nothing"] {
+            assert!(is_public(path), "{path}");
+        }
+        for path in [
+            "/metrics",
+            "/api/status",
+            "/api/live",
+            "/api/stream",
+            "/uix",
+            "/index.html",
+        ] {
+            assert!(!is_public(path), "{path}");
+        }
     }
 
     #[test]

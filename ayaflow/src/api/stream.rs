@@ -15,6 +15,10 @@
 //! allowlist cannot read the stream (cross-site WebSocket hijacking). Tools (curl, websocat,
 //! the tests) send no `Origin` and are served. Clients send nothing: a message over
 //! [`MAX_CLIENT_MESSAGE`] bytes ends the connection instead of being buffered.
+//!
+//! A client that offers subprotocols gets [`PROTOCOL`] if it offers it (the web UI does, next to
+//! the token it cannot send as a header: `super::STREAM_TOKEN_PROTOCOL`); the frames are the
+//! same with or without.
 
 use std::{
     collections::HashMap,
@@ -47,6 +51,8 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CLIENT_MESSAGE: usize = 4096;
 /// Frames kept for slow clients before they start skipping.
 pub const CHANNEL_FRAMES: usize = 4;
+/// The subprotocol the server selects when a client offers it.
+pub const PROTOCOL: &str = "ayaflow";
 
 /// Publishes a frame every `period` until `shutdown`; returns when it fires. Builds nothing
 /// while no client is connected.
@@ -106,6 +112,7 @@ pub async fn upgrade(
         });
     }
     let ws = ws
+        .protocols([PROTOCOL])
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE);
     let Ok(permit) = state.stream_slots.clone().try_acquire_owned() else {

@@ -133,7 +133,13 @@ async fn a_token_guards_every_route_but_the_probes() {
         }
         req.send()
     };
-    let guarded = ["/metrics", "/api/live", "/api/history", "/no/such/route"];
+    let guarded = [
+        "/metrics",
+        "/api/status",
+        "/api/live",
+        "/api/history",
+        "/no/such/route",
+    ];
     let wrong = [
         None,
         Some(format!("Bearer {TOKEN}x")),
@@ -269,7 +275,8 @@ async fn health_readiness_and_unknown_routes() {
             .is_some_and(|h| h.contains("/api/history")),
         "{v}"
     );
-    assert_error(&s.get("/").await, 404, "no such route");
+    assert_error(&s.get("/index.html").await, 404, "no such route");
+    assert_error(&s.get("/ui/nothing.js").await, 404, "no UI file");
     for path in ["/api/live", "/api/history", "/metrics"] {
         let reply = s.request(reqwest::Method::POST, path).await;
         assert_error(&reply, 405, "GET");

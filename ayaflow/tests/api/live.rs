@@ -5,7 +5,20 @@ use super::*;
 #[tokio::test]
 async fn live_exact_json() {
     let s = start(Setup::default()).await;
-    let doc = s.ok_json("/api/live").await;
+    let mut doc = s.ok_json("/api/live").await;
+    let time_ms = doc
+        .as_object_mut()
+        .and_then(|o| o.remove("time_ms"))
+        .and_then(|t| t.as_u64())
+        .expect("time_ms is a number");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    assert!(
+        now_ms.abs_diff(time_ms) < 60_000,
+        "time_ms {time_ms}, now {now_ms}"
+    );
     let want = json!({
         "connections": [
             {"connection": {"src": "192.168.1.5:443", "dst": "10.0.0.2:34560", "proto": "TCP"},
@@ -26,6 +39,20 @@ async fn live_exact_json() {
         ],
         "total_packets": TOTALS.0,
         "total_bytes": TOTALS.1,
+        // The fixed kernel readings (server.rs KERNEL), as /metrics has them.
+        "directions": {"ingress": {"packets": 7_000, "bytes": 5_000_000},
+                       "egress": {"packets": 5_050, "bytes": 3_504_320}},
+        "protocols": {"tcp": 0, "udp": 0, "icmp": 0, "other_ip": 0, "non_ip": 0},
+        // 3 ring-buffer drops per hook; no IPFIX export, so no IPFIX counter.
+        "losses": {"ayaflow_ringbuf_drops_total": 6,
+                   "ayaflow_connection_table_overflow_packets_total": 0,
+                   "ayaflow_events_malformed_total": 0,
+                   "ayaflow_storage_rows_dropped_total": 0,
+                   "ayaflow_storage_errors_total": 0,
+                   "ayaflow_storage_undecodable_blocks_total": 0,
+                   "ayaflow_kernel_read_errors_total": 0,
+                   "ayaflow_stream_frames_skipped_total": 0,
+                   "ayaflow_stream_clients_dropped_total": 0},
     });
     assert_eq!(doc, want);
 }

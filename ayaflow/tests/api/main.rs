@@ -55,6 +55,7 @@ mod live;
 mod scrape;
 mod server;
 mod stream;
+mod ui;
 
 use fixtures::*;
 use server::*;

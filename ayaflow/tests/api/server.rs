@@ -87,6 +87,8 @@ pub(crate) struct Setup {
     pub(crate) missing_db: bool,
     /// A live source that panics.
     pub(crate) broken_live: bool,
+    /// What `/api/status` reports (the default `Status` if `None`).
+    pub(crate) status: Option<api::Status>,
 }
 
 impl Default for Setup {
@@ -104,6 +106,7 @@ impl Default for Setup {
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             missing_db: false,
             broken_live: false,
+            status: None,
         }
     }
 }
@@ -171,6 +174,10 @@ pub(crate) async fn try_start(setup: Setup) -> Option<Server> {
     .with_stream_limits(setup.limits);
     let state = match setup.api_token {
         Some(token) => state.with_api_token(token),
+        None => state,
+    };
+    let state = match setup.status {
+        Some(status) => state.with_status(status),
         None => state,
     };
     let pipeline = PipelineStats::default();

@@ -292,6 +292,9 @@ pub fn render(args: &Args, plan: &Plan, res: &Results) -> String {
         section_capture(w, cmd, plan, res);
     }
     section_storage(w, cmd, plan, res);
+    if let Some(u) = &res.ui {
+        section_ui(w, cmd, u);
+    }
     analysis(w, plan, res);
     s
 }

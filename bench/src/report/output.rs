@@ -125,6 +125,11 @@ pub fn check_quick(plan: &Plan, res: &Results) -> Result<()> {
             }
         }
     }
+    if let Some(u) = &res.ui
+        && (u.open.total_ns() == 0 || u.frame_bytes == 0 || u.ui_bytes == 0)
+    {
+        errs.push(format!("ui: nothing measured ({u:?})"));
+    }
     if !errs.is_empty() {
         bail!("quick mode checks failed:\n  {}", errs.join("\n  "));
     }

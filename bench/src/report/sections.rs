@@ -1,4 +1,4 @@
-//! The kernel, memory-latency and storage sections of BENCHMARKS.md.
+//! The kernel, memory-latency, storage and web UI sections of BENCHMARKS.md.
 
 use super::*;
 
@@ -187,4 +187,40 @@ pub(super) fn section_storage(w: &mut String, cmd: &str, plan: &Plan, res: &Resu
         }
         let _ = writeln!(w);
     }
+}
+
+pub(super) fn section_ui(w: &mut String, cmd: &str, u: &crate::ui::UiResult) {
+    let pct = |c: &crate::procstat::Cpu| c.total_ns() as f64 / 1e9 / u.secs.max(1e-9) * 100.0;
+    let _ = writeln!(
+        w,
+        "## 5. Web UI
+
+The raw-mode agent of section 4 with {} flows at {} packets/s (so each \
+         stream frame carries a full top 50, {} bytes), its CPU (user + system, from \
+         /proc/<pid>/stat) over {:.0} s with no page open, then over {:.0} s with the live view \
+         open in headless Chromium (`chromium --headless=new` on `http://127.0.0.1:3000/`, which \
+         holds `WS /api/stream`, gets a frame a second and redraws; no polling). A hidden tab \
+         closes its stream, so it costs what no page costs. The page and its assets are {} bytes \
+         ({:.0} KiB), embedded in the binary.\n\nReproduce: `{cmd} -- --sections ui`\n\n\
+         | | agent CPU, % of one core | agent CPU seconds |\n| --- | ---: | ---: |\n\
+         | no page open | {:.2} | {:.3} |\n\
+         | live view open | {:.2} | {:.3} |\n\
+         | **the UI's cost** | **{:.2}** | {:.3} |\n\
+         | (Chromium itself, on the viewer's side) | {:.1} | {:.3} |\n",
+        fmt_n(crate::ui::FLOWS as f64),
+        fmt_n(crate::ui::RATE as f64),
+        fmt_n(u.frame_bytes as f64),
+        u.secs,
+        u.secs,
+        fmt_n(u.ui_bytes as f64),
+        u.ui_bytes as f64 / 1024.0,
+        pct(&u.idle),
+        u.idle.total_ns() as f64 / 1e9,
+        pct(&u.open),
+        u.open.total_ns() as f64 / 1e9,
+        pct(&u.open) - pct(&u.idle),
+        (u.open.total_ns() as f64 - u.idle.total_ns() as f64) / 1e9,
+        pct(&u.browser),
+        u.browser.total_ns() as f64 / 1e9,
+    );
 }
