@@ -199,7 +199,11 @@ impl KernelProgram {
         let mut wanted = Vec::new();
         for &d in directions {
             let name = program_name(d);
-            if let Some(path) = self.pins.as_ref().map(|p| p.link_path(interface, ifindex, d)) {
+            if let Some(path) = self
+                .pins
+                .as_ref()
+                .map(|p| p.link_path(interface, ifindex, d))
+            {
                 wanted.push(path.clone());
                 if self.adopt_link(interface, d, &path) {
                     continue;
@@ -334,7 +338,11 @@ impl Drop for KernelProgram {
         let pinned = self.pins.is_some();
         for (interface, d) in &self.attached {
             match pinned {
-                true => tracing::info!(interface, hook = direction_name(*d), "left attached (pinned)"),
+                true => tracing::info!(
+                    interface,
+                    hook = direction_name(*d),
+                    "left attached (pinned)"
+                ),
                 false => tracing::info!(interface, hook = direction_name(*d), "detaching"),
             }
         }

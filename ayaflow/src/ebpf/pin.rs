@@ -190,7 +190,10 @@ impl Pins {
 /// Fails unless `path` (or, if it does not exist yet, its nearest existing parent) is on a BPF
 /// filesystem.
 fn check_on_bpffs(path: &Path) -> Result<(), LoadError> {
-    let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).map_err(|_| {
         LoadError::NotBpffs {
             path: path.to_owned(),
