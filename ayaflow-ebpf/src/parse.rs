@@ -1,16 +1,24 @@
 //! Header parsing: Ethernet -> up to two VLAN tags -> IPv4 / IPv6 (+ extension headers) ->
 //! TCP / UDP / ICMP / ICMPv6, into a `FlowKey` and the per-packet extras.
 //!
-//! Every read is bounds-checked against the linear packet data (direct packet access): one check
-//! per header, then whole-word loads inside it (see [`Header::word`] for why they are typed). A
-//! non-linear skb whose headers are not all in the linear part is first made linear up to
-//! [`HEADER_SPAN`] bytes with `bpf_skb_pull_data`, which moves bytes but changes none, so only a
-//! frame that is really too short fails. A failure leaves what was parsed so far in `Parsed`.
+//! The parser never changes the skb (an observer must not: `bpf_skb_pull_data` on a clone
+//! reallocates its head and copies it, an allocation and a copy per packet). It reads each
+//! header from one of two [`Source`]s:
+//! - [`Direct`]: in place, bounds-checked against the linear data (direct packet access): one
+//!   check per header, then whole-word loads inside it (see [`Header::word`] for why they are
+//!   typed). Every frame is tried this way first; a TCP segment's headers are linear even when
+//!   its payload is paged.
+//! - [`Copied`]: `bpf_skb_load_bytes` of each header into a small stack buffer, which reads
+//!   paged data (an AF_PACKET TX ring's frames are linear only up to the Ethernet header) and
+//!   leaves the skb as it is. Used only when the direct parse ran past the linear end of a
+//!   non-linear skb; it starts again from the first header.
 //!
-//! Why not fall back to `bpf_skb_load_bytes` per read: LLVM merges the two paths into one load
-//! through a selected pointer, which the verifier rejects (pointer arithmetic on a select).
+//! The copying parse is its own function, never inlined: inlined into one body, LLVM merges
+//! the two paths into one load through a selected pointer (packet or stack), which the verifier
+//! rejects (pointer arithmetic on a select). A failure leaves what was parsed so far in
+//! `Parsed`.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::__sk_buff, helpers::bpf_skb_load_bytes, programs::TcContext};
 use ayaflow_common::{
     event::EVENT_FLAG_FRAGMENT,
     flow::{ETH_P_IP, ETH_P_IPV6, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
@@ -53,28 +61,16 @@ const _: () = assert!(size_of::<Parsed>() == 56);
 /// The frame ended before a header it announced, or a header was invalid.
 pub struct Malformed;
 
-/// Bytes from the start of the frame that must be linear for the parser: Ethernet, two VLAN
-/// tags, IPv4 with options or IPv6 with a few extension headers, and the L4 header.
-pub const HEADER_SPAN: u32 = 256;
-
-/// `len` bytes of the linear data, checked once against `data_end`.
+/// `LEN` bytes of one header, either in the packet's linear data or in a stack copy; valid
+/// until the next [`Source::header`] call.
 #[derive(Clone, Copy)]
 struct Header(*const u8);
 
 impl Header {
     #[inline(always)]
-    fn at(ctx: &TcContext, off: usize, len: usize) -> Result<Header, Malformed> {
-        let start = ctx.data() + off;
-        if start + len > ctx.data_end() {
-            return Err(Malformed);
-        }
-        Ok(Header(start as *const u8))
-    }
-
-    #[inline(always)]
     fn byte(self, at: usize) -> u8 {
-        // SAFETY: `at` is inside the range checked in `Header::at` (callers pass constants
-        // below the `len` they checked).
+        // SAFETY: `at` is inside the range the source checked or copied (callers pass
+        // constants below the `LEN` they asked for).
         unsafe { *self.0.add(at) }
     }
 
@@ -84,10 +80,12 @@ impl Header {
     /// loads, shifts and ORs (about 10 instructions per word, 90 for an IPv6 address pair). The
     /// load itself has no alignment requirement on the machines TC programs run on: the
     /// verifier only enforces packet alignment with `BPF_F_STRICT_ALIGNMENT` or on CPUs without
-    /// efficient unaligned access, and C programs read `struct iphdr` fields the same way.
+    /// efficient unaligned access, and C programs read `struct iphdr` fields the same way. In
+    /// the stack copy (which the verifier always checks for alignment) every header starts
+    /// 8-aligned and every field read is naturally aligned within its header.
     #[inline(always)]
     fn word<T: Copy>(self, at: usize) -> T {
-        // SAFETY: inside the checked range as for `byte`; see above on alignment.
+        // SAFETY: inside the range as for `byte`; see above on alignment.
         unsafe { core::ptr::read(self.0.add(at).cast::<T>()) }
     }
 
@@ -97,17 +95,54 @@ impl Header {
     }
 }
 
-/// Makes the first `HEADER_SPAN` bytes (or the whole frame, if shorter) linear.
-#[inline(always)]
-fn ensure_linear(ctx: &TcContext) {
-    let want = if ctx.len() < HEADER_SPAN {
-        ctx.len()
-    } else {
-        HEADER_SPAN
-    };
-    if ((ctx.data_end() - ctx.data()) as u32) < want {
-        // On failure the parser simply stops at the linear end; the packet is still counted.
-        let _ = ctx.pull_data(want);
+/// Where the parser reads headers from.
+trait Source {
+    /// The `LEN` bytes at `off` from the start of the frame, or `Err` if the frame (or, for
+    /// [`Direct`], its linear part) ends before them.
+    fn header<const LEN: usize>(&mut self, off: usize) -> Result<Header, Malformed>;
+}
+
+/// The linear data, in place.
+struct Direct<'a>(&'a TcContext);
+
+impl Source for Direct<'_> {
+    #[inline(always)]
+    fn header<const LEN: usize>(&mut self, off: usize) -> Result<Header, Malformed> {
+        let start = self.0.data() + off;
+        if start + LEN > self.0.data_end() {
+            return Err(Malformed);
+        }
+        Ok(Header(start as *const u8))
+    }
+}
+
+/// The largest header read at once (the fixed IPv6 header).
+const MAX_HEADER: usize = 40;
+
+/// Copies of one header at a time, with `bpf_skb_load_bytes`, which reads paged data too.
+struct Copied {
+    skb: *mut __sk_buff,
+    /// 8-aligned, so that every copied header is.
+    buf: [u64; MAX_HEADER / 8],
+}
+
+impl Source for Copied {
+    #[inline(always)]
+    fn header<const LEN: usize>(&mut self, off: usize) -> Result<Header, Malformed> {
+        const { assert!(LEN <= MAX_HEADER) };
+        // SAFETY: the helper writes at most LEN bytes into `buf`, which holds MAX_HEADER.
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                self.skb as *const _,
+                off as u32,
+                self.buf.as_mut_ptr().cast(),
+                LEN as u32,
+            )
+        };
+        if ret < 0 {
+            return Err(Malformed);
+        }
+        Ok(Header(self.buf.as_ptr().cast()))
     }
 }
 
@@ -125,8 +160,35 @@ fn copy_addr<const N: usize>(dst: &mut [u8; 16], h: Header, at: usize) {
 /// Parses the frame in `ctx` into `p`. On `Err`, `p` holds the headers parsed before the fault.
 #[inline(always)]
 pub fn parse(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
-    ensure_linear(ctx);
-    let eth = Header::at(ctx, 0, ETH_HLEN)?;
+    if parse_from(&mut Direct(ctx), p).is_ok() {
+        return Ok(());
+    }
+    if ctx.data_end() - ctx.data() >= ctx.len() as usize {
+        // Everything is linear: the frame itself is short or invalid.
+        return Err(Malformed);
+    }
+    // A header reaches past the linear part: start again from copies. Rare (the frames of an
+    // AF_PACKET TX ring, some drivers' receive paths), and never for a frame whose headers
+    // the stack wrote itself.
+    let direction = p.key.direction;
+    *p = Parsed::default();
+    p.key.direction = direction;
+    parse_copied(ctx.skb.skb, p)
+}
+
+/// [`parse_from`] a [`Copied`] source. Never inlined: see the module documentation.
+#[inline(never)]
+fn parse_copied(skb: *mut __sk_buff, p: &mut Parsed) -> Result<(), Malformed> {
+    let mut src = Copied {
+        skb,
+        buf: [0; MAX_HEADER / 8],
+    };
+    parse_from(&mut src, p)
+}
+
+#[inline(always)]
+fn parse_from<S: Source>(src: &mut S, p: &mut Parsed) -> Result<(), Malformed> {
+    let eth = src.header::<ETH_HLEN>(0)?;
     let mut ether_type = eth.be16(12);
     let mut off = ETH_HLEN;
     p.header_len = off as u32;
@@ -135,7 +197,7 @@ pub fn parse(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
         if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
             break;
         }
-        let tag = Header::at(ctx, off, 4)?;
+        let tag = src.header::<4>(off)?;
         if p.vlan_id == 0 {
             p.vlan_id = tag.be16(0) & 0x0fff;
         }
@@ -145,8 +207,8 @@ pub fn parse(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
         p.key.ether_type = ether_type;
     }
     let (protocol, l4_off) = match ether_type {
-        ETH_P_IP => parse_ipv4(ctx, off, p)?,
-        ETH_P_IPV6 => parse_ipv6(ctx, off, p)?,
+        ETH_P_IP => parse_ipv4(src, off, p)?,
+        ETH_P_IPV6 => parse_ipv6(src, off, p)?,
         _ => return Ok(()),
     };
     p.key.protocol = protocol;
@@ -154,13 +216,17 @@ pub fn parse(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
     if p.flags & EVENT_FLAG_FRAGMENT != 0 {
         return Ok(());
     }
-    parse_l4(ctx, l4_off, p)
+    parse_l4(src, l4_off, p)
 }
 
 /// Returns (protocol, offset of the L4 header).
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, off: usize, p: &mut Parsed) -> Result<(u8, usize), Malformed> {
-    let ip = Header::at(ctx, off, 20)?;
+fn parse_ipv4<S: Source>(
+    src: &mut S,
+    off: usize,
+    p: &mut Parsed,
+) -> Result<(u8, usize), Malformed> {
+    let ip = src.header::<20>(off)?;
     let protocol = ip.byte(9);
     p.key.protocol = protocol;
     copy_addr::<1>(&mut p.key.src_addr, ip, 12);
@@ -179,8 +245,12 @@ fn parse_ipv4(ctx: &TcContext, off: usize, p: &mut Parsed) -> Result<(u8, usize)
 
 /// Returns (protocol after the extension headers, offset of the L4 header).
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, off: usize, p: &mut Parsed) -> Result<(u8, usize), Malformed> {
-    let ip = Header::at(ctx, off, 40)?;
+fn parse_ipv6<S: Source>(
+    src: &mut S,
+    off: usize,
+    p: &mut Parsed,
+) -> Result<(u8, usize), Malformed> {
+    let ip = src.header::<40>(off)?;
     if ip.byte(0) >> 4 != 6 {
         return Err(Malformed);
     }
@@ -192,17 +262,17 @@ fn parse_ipv6(ctx: &TcContext, off: usize, p: &mut Parsed) -> Result<(u8, usize)
     for _ in 0..MAX_IPV6_EXT {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let h = Header::at(ctx, off, 2)?;
+                let h = src.header::<2>(off)?;
                 next = h.byte(0);
                 off += (h.byte(1) as usize + 1) * 8;
             }
             IPPROTO_AH => {
-                let h = Header::at(ctx, off, 2)?;
+                let h = src.header::<2>(off)?;
                 next = h.byte(0);
                 off += (h.byte(1) as usize + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
-                let h = Header::at(ctx, off, 4)?;
+                let h = src.header::<4>(off)?;
                 next = h.byte(0);
                 off += 8;
                 if h.be16(2) >> 3 != 0 {
@@ -219,10 +289,10 @@ fn parse_ipv6(ctx: &TcContext, off: usize, p: &mut Parsed) -> Result<(u8, usize)
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &TcContext, off: usize, p: &mut Parsed) -> Result<(), Malformed> {
+fn parse_l4<S: Source>(src: &mut S, off: usize, p: &mut Parsed) -> Result<(), Malformed> {
     match p.key.protocol {
         IPPROTO_TCP => {
-            let tcp = Header::at(ctx, off, 20)?;
+            let tcp = src.header::<20>(off)?;
             p.key.src_port = tcp.be16(0);
             p.key.dst_port = tcp.be16(2);
             p.tcp_flags = tcp.byte(13);
@@ -233,13 +303,13 @@ fn parse_l4(ctx: &TcContext, off: usize, p: &mut Parsed) -> Result<(), Malformed
             p.header_len = off as u32 + doff;
         }
         IPPROTO_UDP | IPPROTO_UDPLITE => {
-            let udp = Header::at(ctx, off, 8)?;
+            let udp = src.header::<8>(off)?;
             p.key.src_port = udp.be16(0);
             p.key.dst_port = udp.be16(2);
             p.header_len = off as u32 + 8;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let icmp = Header::at(ctx, off, 2)?;
+            let icmp = src.header::<2>(off)?;
             p.icmp_type = icmp.byte(0);
             p.icmp_code = icmp.byte(1);
         }

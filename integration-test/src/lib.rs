@@ -9,6 +9,7 @@ pub mod collector;
 pub mod frames;
 pub mod netns;
 pub mod tap;
+pub mod txring;
 
 /// Panics with the reason if this process cannot load BPF programs. The kernel tests must run
 /// (CI runs as root); they never pass by skipping.
