@@ -21,7 +21,10 @@
 use aya_ebpf::{bindings::__sk_buff, helpers::bpf_skb_load_bytes, programs::TcContext};
 use ayaflow_common::{
     event::EVENT_FLAG_FRAGMENT,
-    flow::{ETH_P_IP, ETH_P_IPV6, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    flow::{
+        ETH_P_802_3_MIN, ETH_P_IP, ETH_P_IPV6, ETH_TYPE_8023, FlowKey, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    },
 };
 
 const ETH_HLEN: usize = 14;
@@ -29,7 +32,8 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 /// 802.1Q / 802.1ad tags read before giving up on the EtherType (QinQ is two).
 const MAX_VLAN_TAGS: usize = 2;
-/// IPv6 extension headers walked before the chain is declared bogus.
+/// IPv6 extension headers accepted before the upper-layer header (README: "up to 8"); a chain
+/// with more is declared bogus.
 const MAX_IPV6_EXT: usize = 8;
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
@@ -209,6 +213,12 @@ fn parse_from<S: Source>(src: &mut S, p: &mut Parsed) -> Result<(), Malformed> {
     let (protocol, l4_off) = match ether_type {
         ETH_P_IP => parse_ipv4(src, off, p)?,
         ETH_P_IPV6 => parse_ipv6(src, off, p)?,
+        // A length, not an EtherType: an IEEE 802.3 frame (LLC: STP, CDP, ...), counted as
+        // non-IP under one name rather than one "EtherType" per frame length.
+        t if t < ETH_P_802_3_MIN => {
+            p.key.ether_type = ETH_TYPE_8023;
+            return Ok(());
+        }
         _ => return Ok(()),
     };
     p.key.protocol = protocol;
@@ -259,7 +269,8 @@ fn parse_ipv6<S: Source>(
     let mut next = ip.byte(6);
     p.key.protocol = next;
     let mut off = off + 40;
-    for _ in 0..MAX_IPV6_EXT {
+    // One more round than headers accepted: the last one only finds the upper-layer header.
+    for _ in 0..=MAX_IPV6_EXT {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let h = src.header::<2>(off)?;
@@ -284,7 +295,7 @@ fn parse_ipv6<S: Source>(
         }
         p.key.protocol = next;
     }
-    // Still inside the chain after MAX_IPV6_EXT headers: a bogus or hostile chain.
+    // Still inside the chain after more than MAX_IPV6_EXT headers: a bogus or hostile chain.
     Err(Malformed)
 }
 

@@ -12,7 +12,7 @@ use ayaflow::ebpf::{
 use ayaflow_common::{
     counters::Counter,
     event::{EVENT_FLAG_FRAGMENT, EVENT_FLAG_PARSE_ERROR, PacketEvent},
-    flow::{Direction, FlowKey},
+    flow::{Direction, ETH_TYPE_8023, FlowKey},
 };
 use integration_test::{frames::*, require_bpf};
 
@@ -287,6 +287,67 @@ fn non_ip_frames_keep_their_ethertype() {
         Counter::NonIp,
         false,
     );
+}
+
+/// IEEE 802.3 frames carry a length where Ethernet II has an EtherType (STP's BPDUs: length 38,
+/// then LLC 42 42 03): non-IP under one name (`ETH_TYPE_8023`), not "EtherType 0x0026"; also
+/// behind a VLAN tag, and at the largest length.
+#[test]
+fn ieee_802_3_length_frames_are_non_ip_without_an_ethertype() {
+    let mut bpdu = vec![0x42, 0x42, 0x03];
+    bpdu.resize(38, 0);
+    for (name, frame) in [
+        ("stp", eth(38, &bpdu)),
+        ("tagged", eth_vlan(&[(0x8100, 7)], 38, &bpdu)),
+        ("length 1500", eth(1500, &[0xaa; 1500])),
+    ] {
+        eprintln!("case: {name}");
+        let r = run(Direction::Ingress, &frame, None);
+        let e = PacketEvent {
+            vlan_id: if name == "tagged" { 7 } else { 0 },
+            ..event(key(ETH_TYPE_8023, 0, [0; 16], 0, [0; 16], 0), frame.len())
+        };
+        assert_one(&r, e, Counter::NonIp, false);
+    }
+    // 0x0600 is the first EtherType (the kernel's ETH_P_802_3_MIN): kept as it is.
+    let f = eth(0x0600, &[0; 46]);
+    let r = run(Direction::Ingress, &f, None);
+    assert_one(
+        &r,
+        event(key(0x0600, 0, [0; 16], 0, [0; 16], 0), f.len()),
+        Counter::NonIp,
+        false,
+    );
+}
+
+/// `hops` destination-options headers, then TCP.
+fn ipv6_chain_then_tcp(hops: usize) -> Vec<u8> {
+    let mut chain = tcp(5000, 80, 0x02, &[]);
+    let mut next = 6;
+    for _ in 0..hops {
+        chain = ipv6_ext(next, 0, &chain);
+        next = 60;
+    }
+    eth(ETH_P_IPV6, &ipv6(next, A6, B6, &chain))
+}
+
+/// Up to 8 extension headers are walked (README); a ninth makes the chain bogus.
+#[test]
+fn ipv6_chains_of_up_to_eight_extension_headers_are_accepted() {
+    let f = ipv6_chain_then_tcp(8);
+    let r = run(Direction::Ingress, &f, None);
+    let e = PacketEvent {
+        tcp_flags: 0x02,
+        ..event(key(0x86dd, 6, A6.octets(), 5000, B6.octets(), 80), f.len())
+    };
+    assert_one(&r, e, Counter::Tcp, false);
+    let f = ipv6_chain_then_tcp(9);
+    let r = run(Direction::Ingress, &f, None);
+    let e = PacketEvent {
+        flags: EVENT_FLAG_PARSE_ERROR,
+        ..event(key(0x86dd, 6, A6.octets(), 0, B6.octets(), 0), f.len())
+    };
+    assert_one(&r, e, Counter::Tcp, true);
 }
 
 #[test]
