@@ -56,8 +56,9 @@ pub fn observe(ctx: &TcContext, direction: u8) {
     // SAFETY: reading a field of the context the kernel handed us.
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
     let packets = if gso_segs > 1 { gso_segs } else { 1 };
-    // A GSO aggregate carries its headers once; on the wire every segment repeats them.
-    let bytes = ctx.len() + (packets - 1) * p.header_len;
+    // A GSO aggregate carries its headers once; on the wire every segment repeats them. An
+    // offloaded VLAN tag is in no segment's skb data, yet on the wire in each.
+    let bytes = ctx.len() + (packets - 1) * p.header_len + packets * p.offloaded_tag as u32;
 
     let proto_counter = match p.key.ether_type {
         ETH_P_IP | ETH_P_IPV6 => match p.key.protocol {

@@ -48,17 +48,22 @@ const IPPROTO_UDPLITE: u8 = 136;
 #[derive(Default)]
 pub struct Parsed {
     pub key: FlowKey,
-    /// Bytes of L2 to L4 headers: what every GSO segment repeats on the wire.
+    /// Bytes of L2 to L4 headers in the frame: what every GSO segment repeats on the wire
+    /// (besides an offloaded VLAN tag, see `offloaded_tag`).
     pub header_len: u32,
+    /// The outermost VLAN tag's VLAN ID (offloaded or in the frame); 0 if untagged.
     pub vlan_id: u16,
     pub tcp_flags: u8,
     pub icmp_type: u8,
     pub icmp_code: u8,
     /// `EVENT_FLAG_*` bits.
     pub flags: u8,
+    /// Bytes of a VLAN tag held as skb metadata rather than in the frame (rx/tx VLAN offload):
+    /// 4 or 0. On the wire every frame (every GSO segment) carries it.
+    pub offloaded_tag: u8,
     /// Makes the size a multiple of 8, so zeroing is seven 64-bit stores rather than a call to
     /// a byte-wise `memset` loop.
-    _pad: [u8; 6],
+    _pad: [u8; 5],
 }
 const _: () = assert!(size_of::<Parsed>() == 56);
 
@@ -164,6 +169,23 @@ fn copy_addr<const N: usize>(dst: &mut [u8; 16], h: Header, at: usize) {
 /// Parses the frame in `ctx` into `p`. On `Err`, `p` holds the headers parsed before the fault.
 #[inline(always)]
 pub fn parse(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
+    let r = parse_frame(ctx, p);
+    // With VLAN offload the outermost tag is skb metadata, not in the frame: on receive the
+    // NIC (or, for a tag that arrived in the frame, the stack's `skb_vlan_untag` in
+    // `__netif_receive_skb_core`, before the TC hook) moved it there; on send the stack leaves
+    // it for the NIC to insert. It is still the outermost tag on the wire; an inner 802.1Q tag
+    // of 802.1ad stays in the frame and is walked like any other.
+    // SAFETY: reading fields of the context the kernel handed us.
+    let (present, tci) = unsafe { ((*ctx.skb.skb).vlan_present, (*ctx.skb.skb).vlan_tci) };
+    if present != 0 {
+        p.vlan_id = (tci & 0x0fff) as u16;
+        p.offloaded_tag = 4;
+    }
+    r
+}
+
+#[inline(always)]
+fn parse_frame(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
     if parse_from(&mut Direct(ctx), p).is_ok() {
         return Ok(());
     }
