@@ -46,11 +46,13 @@ static FLOW_INDEX_MASK: u32 = 0;
 #[unsafe(no_mangle)]
 static FLOW_SLOTS: u32 = 0;
 
+/// Counts and records one packet seen by the hook of `direction`; `L3`: on a link without a
+/// link-layer header (see `parse`).
 #[inline(always)]
-pub fn observe(ctx: &TcContext, direction: u8) {
+pub fn observe<const L3: bool>(ctx: &TcContext, direction: u8) {
     let mut p = Parsed::default();
     p.key.direction = direction;
-    if parse(ctx, &mut p).is_err() {
+    if parse::<L3>(ctx, &mut p).is_err() {
         p.flags |= EVENT_FLAG_PARSE_ERROR;
     }
     // SAFETY: reading a field of the context the kernel handed us.

@@ -1,6 +1,10 @@
 //! Header parsing: Ethernet -> up to two VLAN tags -> IPv4 / IPv6 (+ extension headers) ->
 //! TCP / UDP / ICMP / ICMPv6, into a `FlowKey` and the per-packet extras.
 //!
+//! On links without a link-layer header (tun, WireGuard, ipip, sit, GRE, PPP: the agent picks
+//! the `_l3` programs for them by the interface's ARPHRD type) the frame starts at the network
+//! header and the EtherType is the skb's `protocol`.
+//!
 //! The parser never changes the skb (an observer must not: `bpf_skb_pull_data` on a clone
 //! reallocates its head and copies it, an allocation and a copy per packet). It reads each
 //! header from one of two [`Source`]s:
@@ -109,6 +113,9 @@ trait Source {
     /// The `LEN` bytes at `off` from the start of the frame, or `Err` if the frame (or, for
     /// [`Direct`], its linear part) ends before them.
     fn header<const LEN: usize>(&mut self, off: usize) -> Result<Header, Malformed>;
+
+    /// The packet's context.
+    fn skb(&self) -> *mut __sk_buff;
 }
 
 /// The linear data, in place.
@@ -122,6 +129,11 @@ impl Source for Direct<'_> {
             return Err(Malformed);
         }
         Ok(Header(start as *const u8))
+    }
+
+    #[inline(always)]
+    fn skb(&self) -> *mut __sk_buff {
+        self.0.skb.skb
     }
 }
 
@@ -153,6 +165,11 @@ impl Source for Copied {
         }
         Ok(Header(self.buf.as_ptr().cast()))
     }
+
+    #[inline(always)]
+    fn skb(&self) -> *mut __sk_buff {
+        self.skb
+    }
 }
 
 /// Copies `N` 32-bit words of an address from `h` at `at` into `dst` (an address of the key,
@@ -166,10 +183,11 @@ fn copy_addr<const N: usize>(dst: &mut [u8; 16], h: Header, at: usize) {
     }
 }
 
-/// Parses the frame in `ctx` into `p`. On `Err`, `p` holds the headers parsed before the fault.
+/// Parses the frame in `ctx` into `p`; `L3`: the frame starts at the network header (see the
+/// module documentation). On `Err`, `p` holds the headers parsed before the fault.
 #[inline(always)]
-pub fn parse(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
-    let r = parse_frame(ctx, p);
+pub fn parse<const L3: bool>(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
+    let r = parse_frame::<L3>(ctx, p);
     // With VLAN offload the outermost tag is skb metadata, not in the frame: on receive the
     // NIC (or, for a tag that arrived in the frame, the stack's `skb_vlan_untag` in
     // `__netif_receive_skb_core`, before the TC hook) moved it there; on send the stack leaves
@@ -185,8 +203,8 @@ pub fn parse(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
 }
 
 #[inline(always)]
-fn parse_frame(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
-    if parse_from(&mut Direct(ctx), p).is_ok() {
+fn parse_frame<const L3: bool>(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
+    if parse_from::<_, L3>(&mut Direct(ctx), p).is_ok() {
         return Ok(());
     }
     if ctx.data_end() - ctx.data() >= ctx.len() as usize {
@@ -199,21 +217,27 @@ fn parse_frame(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
     let direction = p.key.direction;
     *p = Parsed::default();
     p.key.direction = direction;
-    parse_copied(ctx.skb.skb, p)
+    parse_copied::<L3>(ctx.skb.skb, p)
 }
 
 /// [`parse_from`] a [`Copied`] source. Never inlined: see the module documentation.
 #[inline(never)]
-fn parse_copied(skb: *mut __sk_buff, p: &mut Parsed) -> Result<(), Malformed> {
+fn parse_copied<const L3: bool>(skb: *mut __sk_buff, p: &mut Parsed) -> Result<(), Malformed> {
     let mut src = Copied {
         skb,
         buf: [0; MAX_HEADER / 8],
     };
-    parse_from(&mut src, p)
+    parse_from::<_, L3>(&mut src, p)
 }
 
 #[inline(always)]
-fn parse_from<S: Source>(src: &mut S, p: &mut Parsed) -> Result<(), Malformed> {
+fn parse_from<S: Source, const L3: bool>(src: &mut S, p: &mut Parsed) -> Result<(), Malformed> {
+    if L3 {
+        // SAFETY: reading a field of the context the kernel handed us.
+        let ether_type = u16::from_be(unsafe { (*src.skb()).protocol } as u16);
+        p.key.ether_type = ether_type;
+        return parse_ip(src, 0, ether_type, p);
+    }
     let eth = src.header::<ETH_HLEN>(0)?;
     let mut ether_type = eth.be16(12);
     let mut off = ETH_HLEN;
@@ -232,15 +256,26 @@ fn parse_from<S: Source>(src: &mut S, p: &mut Parsed) -> Result<(), Malformed> {
         p.header_len = off as u32;
         p.key.ether_type = ether_type;
     }
+    if ether_type < ETH_P_802_3_MIN {
+        // A length, not an EtherType: an IEEE 802.3 frame (LLC: STP, CDP, ...), counted as
+        // non-IP under one name rather than one "EtherType" per frame length.
+        p.key.ether_type = ETH_TYPE_8023;
+        return Ok(());
+    }
+    parse_ip(src, off, ether_type, p)
+}
+
+/// The IP header at `off` and what follows, if `ether_type` is IPv4 or IPv6.
+#[inline(always)]
+fn parse_ip<S: Source>(
+    src: &mut S,
+    off: usize,
+    ether_type: u16,
+    p: &mut Parsed,
+) -> Result<(), Malformed> {
     let (protocol, l4_off) = match ether_type {
         ETH_P_IP => parse_ipv4(src, off, p)?,
         ETH_P_IPV6 => parse_ipv6(src, off, p)?,
-        // A length, not an EtherType: an IEEE 802.3 frame (LLC: STP, CDP, ...), counted as
-        // non-IP under one name rather than one "EtherType" per frame length.
-        t if t < ETH_P_802_3_MIN => {
-            p.key.ether_type = ETH_TYPE_8023;
-            return Ok(());
-        }
         _ => return Ok(()),
     };
     p.key.protocol = protocol;

@@ -9,6 +9,7 @@ pub mod collector;
 pub mod frames;
 pub mod netns;
 pub mod tap;
+pub mod tun;
 pub mod txring;
 pub mod vlan_push;
 

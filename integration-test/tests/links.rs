@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use ayaflow::ebpf::{KernelProgram, LoadOptions};
 use ayaflow_common::{
     event::{EVENT_FLAG_PARSE_ERROR, PacketEvent},
-    flow::{Direction, ETH_P_IP},
+    flow::{Direction, ETH_P_IP, ETH_P_IPV6},
 };
 use integration_test::{
     frames::*,
@@ -154,4 +154,198 @@ fn in_frame_vlan_tags_untagged_on_receive_are_still_reported() {
         move || txring::send(&ifname, &frames, Duration::from_secs(10))
     });
     assert_udp_a_to_b(&events_to(&mut ring, PORT, COUNT), 42, FRAME + 4);
+}
+
+/// A tun device (no link-layer header; ARPHRD_NONE) gets the `_l3` programs: packets the stack
+/// sends out of it (egress) and packets written into it (ingress), IPv4 and IPv6, are counted
+/// exactly against the device's own counters, with the right keys, from the IP header on.
+#[test]
+fn tun_frames_are_parsed_from_the_ip_header() {
+    use integration_test::{netns::LinkStats, tun::Tun};
+    require_bpf();
+    let pair = NetPair::new(false);
+    let name = format!("{}t", pair.if_a);
+    let tun = NetPair::in_ns(&pair.ns_a, {
+        let name = name.clone();
+        move || Tun::create(&name)
+    });
+    let ns = pair.ns_a.clone();
+    for args in [
+        vec!["addr", "add", "198.51.100.1/24", "dev", &name],
+        vec!["addr", "add", "2001:db8:1::1/64", "dev", &name, "nodad"],
+        vec!["link", "set", &name, "up"],
+    ] {
+        let mut full = vec!["-n", &ns];
+        full.extend(args);
+        netns::ip(&full);
+    }
+    let mut prog = KernelProgram::load(&LoadOptions::default()).expect("loading the classifier");
+    prog = NetPair::in_ns(&pair.ns_a, {
+        let name = name.clone();
+        move || {
+            prog.attach(&name, &Direction::ALL).unwrap();
+            prog
+        }
+    });
+    let mut ring = prog.take_events().unwrap();
+    let counters = prog.take_counters().unwrap();
+    let ours = |c: &ayaflow::ebpf::counters::CounterReader| {
+        use ayaflow_common::counters::Counter::{Bytes, Packets};
+        let t = c.read().unwrap();
+        [
+            t.get(Direction::Ingress, Packets),
+            t.get(Direction::Ingress, Bytes),
+            t.get(Direction::Egress, Packets),
+            t.get(Direction::Egress, Bytes),
+        ]
+    };
+    let theirs = |s: LinkStats| [s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes];
+
+    // Everything the stack sends out of the tun (ours, router solicitations, MLD) is read here,
+    // so that the device counts it as sent (tun counts a packet when it is read).
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (tun_tx, tun_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut tun = tun;
+        let mut out = Vec::new();
+        let mut writes: Vec<Vec<u8>> = Vec::new();
+        loop {
+            while let Ok(p) = tun_rx.try_recv() {
+                writes.push(p);
+            }
+            for p in writes.drain(..) {
+                tun.send(&p);
+            }
+            if let Some(p) = tun.recv(Duration::from_millis(20)) {
+                out.push(p);
+            } else if stop_rx.try_recv().is_ok() {
+                return out;
+            }
+        }
+    });
+    let quiet = || {
+        wait_for(20, "the counters to stand still", || {
+            let first = (ours(&counters), theirs(LinkStats::read(&pair.ns_a, &name)));
+            std::thread::sleep(Duration::from_millis(300));
+            let second = (ours(&counters), theirs(LinkStats::read(&pair.ns_a, &name)));
+            (first == second).then_some(second)
+        })
+    };
+    let before = quiet();
+    while ring.next().is_some() {}
+
+    // Egress: UDP out of the tun, v4 and v6.
+    NetPair::in_ns(&pair.ns_a, || {
+        let s4 = std::net::UdpSocket::bind("198.51.100.1:40200").unwrap();
+        let s6 = std::net::UdpSocket::bind("[2001:db8:1::1]:40200").unwrap();
+        for _ in 0..COUNT {
+            s4.send_to(&[1u8; PAYLOAD], "198.51.100.2:9999").unwrap();
+            s6.send_to(&[1u8; PAYLOAD], "[2001:db8:1::2]:9999").unwrap();
+        }
+    });
+    // Ingress: UDP written into the tun, to a bound socket, v4 and v6.
+    let received = NetPair::spawn_in_ns(&pair.ns_a, {
+        let tun_tx = tun_tx.clone();
+        move || {
+            let r4 = std::net::UdpSocket::bind("198.51.100.1:9998").unwrap();
+            let r6 = std::net::UdpSocket::bind("[2001:db8:1::1]:9998").unwrap();
+            let (a4, b4) = (
+                "198.51.100.2".parse().unwrap(),
+                "198.51.100.1".parse().unwrap(),
+            );
+            let (a6, b6) = (
+                "2001:db8:1::2".parse().unwrap(),
+                "2001:db8:1::1".parse().unwrap(),
+            );
+            for _ in 0..COUNT {
+                let f4 = eth(
+                    ETH_P_IP,
+                    &ipv4(17, a4, b4, &[], 0, &udp(7777, 9998, &[2; PAYLOAD])),
+                );
+                let f6 = eth(
+                    ETH_P_IPV6,
+                    &ipv6(17, a6, b6, &udp(7777, 9998, &[2; PAYLOAD])),
+                );
+                for f in [f4, f6] {
+                    tun_tx
+                        .send(deliverable(f, [0; 6], [0; 6])[14..].to_vec())
+                        .unwrap();
+                }
+            }
+            let mut buf = [0u8; 2048];
+            for s in [&r4, &r6] {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                for _ in 0..COUNT {
+                    assert_eq!(s.recv(&mut buf).expect("a datagram from the tun"), PAYLOAD);
+                }
+            }
+        }
+    });
+    received.join().unwrap();
+    let after = quiet();
+    stop_tx.send(()).unwrap();
+    let sent = reader.join().unwrap();
+    let delta = |a: [u64; 4], b: [u64; 4]| [0, 1, 2, 3].map(|i| a[i] - b[i]);
+    assert_eq!(
+        delta(after.0, before.0),
+        delta(after.1, before.1),
+        "program (in pkts, in bytes, out pkts, out bytes) vs the tun's counters"
+    );
+    let to_9999 = sent
+        .iter()
+        .filter(|p| p.len() == 20 + 8 + PAYLOAD || p.len() == 40 + 8 + PAYLOAD);
+    assert_eq!(
+        to_9999.count(),
+        2 * COUNT,
+        "the stack sent every datagram out of the tun"
+    );
+
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        events.push(ayaflow::decode::packet_event(&item).unwrap());
+    }
+    for (d, sport, dport) in [
+        (Direction::Egress, 40200, 9999),
+        (Direction::Ingress, 7777, 9998),
+    ] {
+        for (ether_type, ip_len) in [(ETH_P_IP, 20), (ETH_P_IPV6, 40)] {
+            let mine: Vec<_> = events
+                .iter()
+                .filter(|e| e.key.direction == d as u8 && e.key.ether_type == ether_type)
+                .filter(|e| (e.key.src_port, e.key.dst_port) == (sport, dport))
+                .collect();
+            assert_eq!(
+                mine.len(),
+                COUNT,
+                "{d:?} {ether_type:#x}, of {} events",
+                events.len()
+            );
+            for e in mine {
+                assert_eq!(e.key.protocol, 17);
+                assert_eq!(e.flags & EVENT_FLAG_PARSE_ERROR, 0);
+                assert_eq!(
+                    e.bytes as usize,
+                    ip_len + 8 + PAYLOAD,
+                    "no link-layer header"
+                );
+                let (src, dst): (&[u8], &[u8]) = match (ether_type, d) {
+                    (ETH_P_IP, Direction::Egress) => (&[198, 51, 100, 1], &[198, 51, 100, 2]),
+                    (ETH_P_IP, _) => (&[198, 51, 100, 2], &[198, 51, 100, 1]),
+                    _ => (&[], &[]),
+                };
+                if !src.is_empty() {
+                    assert_eq!((&e.key.src_addr[..4], &e.key.dst_addr[..4]), (src, dst));
+                } else {
+                    assert_eq!(&e.key.src_addr[..4], &[0x20, 0x01, 0x0d, 0xb8]);
+                }
+            }
+        }
+    }
+    assert_eq!(
+        counters
+            .read()
+            .unwrap()
+            .sum(ayaflow_common::counters::Counter::ParseErrors),
+        0
+    );
 }
