@@ -19,6 +19,7 @@
 mod flow;
 mod maps;
 mod parse;
+mod tunnel;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 use ayaflow_common::flow::Direction;

@@ -22,6 +22,7 @@
 //! rejects (pointer arithmetic on a select). A failure leaves what was parsed so far in
 //! `Parsed`.
 
+use crate::tunnel;
 use aya_ebpf::{bindings::__sk_buff, helpers::bpf_skb_load_bytes, programs::TcContext};
 use ayaflow_common::{
     event::EVENT_FLAG_FRAGMENT,
@@ -77,11 +78,11 @@ pub struct Malformed;
 /// `LEN` bytes of one header, either in the packet's linear data or in a stack copy; valid
 /// until the next [`Source::header`] call.
 #[derive(Clone, Copy)]
-struct Header(*const u8);
+pub(crate) struct Header(*const u8);
 
 impl Header {
     #[inline(always)]
-    fn byte(self, at: usize) -> u8 {
+    pub(crate) fn byte(self, at: usize) -> u8 {
         // SAFETY: `at` is inside the range the source checked or copied (callers pass
         // constants below the `LEN` they asked for).
         unsafe { *self.0.add(at) }
@@ -103,13 +104,13 @@ impl Header {
     }
 
     #[inline(always)]
-    fn be16(self, at: usize) -> u16 {
+    pub(crate) fn be16(self, at: usize) -> u16 {
         u16::from_be(self.word::<u16>(at))
     }
 }
 
 /// Where the parser reads headers from.
-trait Source {
+pub(crate) trait Source {
     /// The `LEN` bytes at `off` from the start of the frame, or `Err` if the frame (or, for
     /// [`Direct`], its linear part) ends before them.
     fn header<const LEN: usize>(&mut self, off: usize) -> Result<Header, Malformed>;
@@ -375,6 +376,13 @@ fn parse_l4<S: Source>(src: &mut S, off: usize, p: &mut Parsed) -> Result<(), Ma
             p.key.src_port = udp.be16(0);
             p.key.dst_port = udp.be16(2);
             p.header_len = off as u32 + 8;
+            // A GSO aggregate to a tunnel port: every segment also repeats the inner headers.
+            // SAFETY: reading a field of the context the kernel handed us.
+            if unsafe { (*src.skb()).gso_segs } > 1
+                && let Some(end) = tunnel::inner_headers_end(src, off + 8, p.key.dst_port)
+            {
+                p.header_len = end;
+            }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let icmp = src.header::<2>(off)?;

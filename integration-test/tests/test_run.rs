@@ -368,6 +368,58 @@ fn gso_aggregate_counts_every_segment_and_its_headers() {
     assert_one(&r, e, Counter::Tcp, false);
 }
 
+/// An encapsulated GSO aggregate (VXLAN on 4789 or 8472, Geneve with options): every segment
+/// repeats the outer headers, the tunnel header and the inner headers; the key is the outer
+/// flow. A single tunnel frame counts its length; UDP GSO to another port only the outer headers.
+#[test]
+fn encapsulated_gso_counts_the_inner_headers_of_every_segment() {
+    let inner = eth(
+        ETH_P_IP,
+        &ipv4(6, B4, A4, &[], 0, &tcp(7, 8, 0x10, &[0; 3000])),
+    );
+    let inner_hdrs = 14 + 20 + 20;
+    let vxlan = |port: u16, body: &[u8]| {
+        let mut t = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+        t.extend_from_slice(body);
+        eth(ETH_P_IP, &ipv4(17, A4, B4, &[], 0, &udp(50000, port, &t)))
+    };
+    let mut geneve_hdr = vec![0x02, 0, 0x65, 0x58, 0, 0, 42, 0];
+    geneve_hdr.extend_from_slice(&[0; 8]); // 2 words of options
+    geneve_hdr.extend_from_slice(&inner);
+    let geneve = eth(
+        ETH_P_IP,
+        &ipv4(17, A4, B4, &[], 0, &udp(50000, 6081, &geneve_hdr)),
+    );
+    let outer = 14 + 20 + 8;
+    for (name, frame, port, per_segment) in [
+        ("vxlan", vxlan(4789, &inner), 4789, outer + 8 + inner_hdrs),
+        (
+            "vxlan linux port",
+            vxlan(8472, &inner),
+            8472,
+            outer + 8 + inner_hdrs,
+        ),
+        ("geneve", geneve, 6081, outer + 16 + inner_hdrs),
+        ("udp gso", vxlan(9000, &inner), 9000, outer),
+    ] {
+        eprintln!("case: {name}");
+        let ctx = SkBuffCtx::default().gso_segs(3).gso_size(1000);
+        let r = run(Direction::Ingress, &frame, Some(&ctx));
+        let e = PacketEvent {
+            packets: 3,
+            ..event(
+                key(0x0800, 17, v4(A4), 50000, v4(B4), port),
+                frame.len() + 2 * per_segment,
+            )
+        };
+        assert_one(&r, e, Counter::Udp, false);
+    }
+    let single = vxlan(4789, &inner);
+    let r = run(Direction::Ingress, &single, None);
+    let e = event(key(0x0800, 17, v4(A4), 50000, v4(B4), 4789), single.len());
+    assert_one(&r, e, Counter::Udp, false);
+}
+
 /// Truncated at every header, bad IHL, bogus IPv6 chain: counted, flagged, passed, and the
 /// event keeps what was parsed before the fault.
 #[test]
