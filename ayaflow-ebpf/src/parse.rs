@@ -95,8 +95,8 @@ impl Header {
     /// load itself has no alignment requirement on the machines TC programs run on: the
     /// verifier only enforces packet alignment with `BPF_F_STRICT_ALIGNMENT` or on CPUs without
     /// efficient unaligned access, and C programs read `struct iphdr` fields the same way. In
-    /// the stack copy (which the verifier always checks for alignment) every header starts
-    /// 8-aligned and every field read is naturally aligned within its header.
+    /// the stack copies, which the verifier always checks for alignment, every field read is
+    /// naturally aligned (see [`Copied`]).
     #[inline(always)]
     fn word<T: Copy>(self, at: usize) -> T {
         // SAFETY: inside the range as for `byte`; see above on alignment.
@@ -141,17 +141,72 @@ impl Source for Direct<'_> {
 /// The largest header read at once (the fixed IPv6 header).
 const MAX_HEADER: usize = 40;
 
-/// Copies of one header at a time, with `bpf_skb_load_bytes`, which reads paged data too.
-struct Copied {
+/// Bytes from the start of the frame that [`Copied`] copies at once: Ethernet, two VLAN tags,
+/// IPv4 with 34 bytes of options or IPv6 with an 8-byte extension header, and TCP.
+const SPAN: usize = 96;
+/// Where an Ethernet frame starts in [`Copied::first`]: 2 bytes in, so that the IP header after
+/// its 14-byte header (and any 4-byte tags) is 4-aligned, and so are its addresses and the L4
+/// header after it. A frame of a link without a link-layer header starts with the IP header:
+/// at 0.
+const ETH_SHIFT: usize = 2;
+
+/// Copies with `bpf_skb_load_bytes`, which reads paged data too: the first [`SPAN`] bytes (or
+/// the whole frame, if shorter) in one call, as each call costs far more than the bytes it
+/// copies (BENCHMARKS.md: a call per header cost about 150 ns more per paged frame than the
+/// linear parse); a header beyond them gets a call of its own.
+///
+/// The verifier checks every stack access for alignment, also at offsets known only at run
+/// time; it can prove them here because every header offset is 2 (Ethernet, VLAN tags) or 4
+/// (IPv4 options, IPv6 extension headers) times a count, and the typed reads inside a header
+/// are at offsets of their own alignment (see [`Header::word`]).
+struct Copied<const SHIFT: usize> {
     skb: *mut __sk_buff,
-    /// 8-aligned, so that every copied header is.
+    /// The first `span` bytes of the frame, from byte `SHIFT` on (see [`ETH_SHIFT`]).
+    first: [u64; (SPAN + ETH_SHIFT).div_ceil(8)],
+    span: usize,
+    /// A header beyond `span`, copied by a call of its own.
     buf: [u64; MAX_HEADER / 8],
 }
 
-impl Source for Copied {
+impl<const SHIFT: usize> Copied<SHIFT> {
+    #[inline(always)]
+    fn new(skb: *mut __sk_buff) -> Self {
+        let mut c = Copied {
+            skb,
+            first: [0; (SPAN + ETH_SHIFT).div_ceil(8)],
+            span: 0,
+            buf: [0; MAX_HEADER / 8],
+        };
+        // SAFETY: reading a field of the context the kernel handed us.
+        let len = unsafe { (*skb).len } as usize;
+        let span = if len < SPAN { len } else { SPAN };
+        // SAFETY: the helper writes `span` <= SPAN bytes from byte SHIFT of `first`.
+        if span > 0
+            && unsafe {
+                bpf_skb_load_bytes(
+                    skb as *const _,
+                    0,
+                    c.first.as_mut_ptr().cast::<u8>().add(SHIFT).cast(),
+                    span as u32,
+                )
+            } == 0
+        {
+            c.span = span;
+        }
+        c
+    }
+}
+
+impl<const SHIFT: usize> Source for Copied<SHIFT> {
     #[inline(always)]
     fn header<const LEN: usize>(&mut self, off: usize) -> Result<Header, Malformed> {
         const { assert!(LEN <= MAX_HEADER) };
+        if off + LEN <= self.span {
+            // SAFETY: inside the `span` bytes copied to `first`.
+            return Ok(Header(unsafe {
+                self.first.as_ptr().cast::<u8>().add(SHIFT + off)
+            }));
+        }
         // SAFETY: the helper writes at most LEN bytes into `buf`, which holds MAX_HEADER.
         let ret = unsafe {
             bpf_skb_load_bytes(
@@ -224,11 +279,11 @@ fn parse_frame<const L3: bool>(ctx: &TcContext, p: &mut Parsed) -> Result<(), Ma
 /// [`parse_from`] a [`Copied`] source. Never inlined: see the module documentation.
 #[inline(never)]
 fn parse_copied<const L3: bool>(skb: *mut __sk_buff, p: &mut Parsed) -> Result<(), Malformed> {
-    let mut src = Copied {
-        skb,
-        buf: [0; MAX_HEADER / 8],
-    };
-    parse_from::<_, L3>(&mut src, p)
+    if L3 {
+        parse_from::<_, L3>(&mut Copied::<0>::new(skb), p)
+    } else {
+        parse_from::<_, L3>(&mut Copied::<ETH_SHIFT>::new(skb), p)
+    }
 }
 
 #[inline(always)]

@@ -17,6 +17,7 @@
 
 mod capture;
 mod http;
+mod inplace;
 mod kernel;
 mod memlat;
 mod netns;
@@ -26,6 +27,7 @@ mod procstat;
 mod report;
 mod sender;
 mod store_api;
+mod tcp;
 
 use std::{
     path::PathBuf,
@@ -50,14 +52,15 @@ pub struct Args {
     /// non-zero and equal where they must be). Never a speed threshold.
     #[arg(long)]
     pub quick: bool,
-    /// Sections to run, comma-separated: kernel, capture, storage, api.
+    /// Sections to run, comma-separated: kernel, capture, inplace, tcp, storage, api.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kernel,capture,storage,api"
+        default_value = "kernel,capture,inplace,tcp,storage,api"
     )]
     pub sections: Vec<String>,
-    /// Traffic sets for the capture section, comma-separated: v4-1k, v4-100k, v6-1k, v6-100k.
+    /// Traffic sets for the capture section, comma-separated: v4-1k, v4-100k, v6-1k, v6-100k,
+    /// v4-1k-paged (the v4-1k frames from a TX ring, paged; not in the default set).
     #[arg(long, value_delimiter = ',')]
     pub traffic: Vec<String>,
     /// Observers for the capture section, comma-separated (none is always included).
@@ -114,25 +117,35 @@ impl Plan {
             Traffic {
                 v6: false,
                 flows: 1000,
+                paged: false,
             },
             Traffic {
                 v6: false,
                 flows: 100_000,
+                paged: false,
             },
             Traffic {
                 v6: true,
                 flows: 1000,
+                paged: false,
             },
             Traffic {
                 v6: true,
                 flows: 100_000,
+                paged: false,
+            },
+            // Paged frames (a TX ring): only when asked for by name.
+            Traffic {
+                v6: false,
+                flows: 1000,
+                paged: true,
             },
         ];
         let traffic = if a.traffic.is_empty() {
             if a.quick {
                 vec![all_traffic[0], all_traffic[3]]
             } else {
-                all_traffic.to_vec()
+                all_traffic[..4].to_vec()
             }
         } else {
             a.traffic
@@ -143,7 +156,9 @@ impl Plan {
                         .find(|t| t.name() == *n)
                         .copied()
                         .with_context(|| {
-                            format!("unknown traffic {n:?}: v4-1k, v4-100k, v6-1k, v6-100k")
+                            format!(
+                                "unknown traffic {n:?}: v4-1k, v4-100k, v6-1k, v6-100k, v4-1k-paged"
+                            )
                         })
                 })
                 .collect::<Result<_>>()?
@@ -213,6 +228,12 @@ pub struct Results {
     #[serde(default)]
     pub kernel_rerun: Option<String>,
     pub capture: Vec<capture::RunResult>,
+    /// Section `inplace`: linear and paged frames, BPF statistics on.
+    #[serde(default)]
+    pub inplace: Vec<capture::RunResult>,
+    /// Section `tcp`: real TCP under each observer.
+    #[serde(default)]
+    pub tcp: Vec<tcp::TcpRun>,
     pub store: Option<store_api::StoreResult>,
     pub history: Vec<store_api::WrkResult>,
     pub live: Option<store_api::LiveResult>,
@@ -260,7 +281,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn interrupted() -> Result<()> {
+pub(crate) fn interrupted() -> Result<()> {
     if sender::STOP.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -336,10 +357,25 @@ fn run(args: &Args) -> Result<()> {
         )?;
     }
     interrupted()?;
-    if want("capture") || want("storage") || want("api") {
+    if want("capture") || want("storage") || want("api") || want("inplace") || want("tcp") {
         let pair = netns::Pair::create().context("creating the bench's namespaces")?;
         if want("capture") {
             capture_all(&pair, &agent, &scratch, &plan, &mut res)?;
+        }
+        if want("inplace") {
+            eprintln!("bench: section inplace, linear and paged frames");
+            let (rounds, packets) = if args.quick {
+                (1, 100_000)
+            } else {
+                (5, 1_000_000)
+            };
+            res.inplace = inplace::run(&pair, &agent, &scratch, rounds, packets)?;
+        }
+        interrupted()?;
+        if want("tcp") {
+            eprintln!("bench: section tcp, real TCP with GSO and GRO");
+            let (rounds, secs) = if args.quick { (1, 1) } else { (5, 4) };
+            res.tcp = tcp::run(&pair, &agent, &scratch, rounds, secs)?;
         }
         interrupted()?;
         let db = scratch.join("history.db");

@@ -8,9 +8,17 @@ use anyhow::{Result, bail};
 
 use crate::{cargo, setup, status};
 
-/// The tools of the comparison (tcpdump, softflowd, pmacct), the API load generator (wrk) and
-/// perf (samples each observer's share of the kernel's packet path).
-const BENCH_PACKAGES: &[&str] = &["tcpdump", "softflowd", "pmacct", "wrk", "linux-perf"];
+/// The tools of the comparison (tcpdump, softflowd, pmacct), the API load generator (wrk),
+/// perf (samples each observer's share of the kernel's packet path) and iperf3 (the real-TCP
+/// section's bulk transfers).
+const BENCH_PACKAGES: &[&str] = &[
+    "tcpdump",
+    "softflowd",
+    "pmacct",
+    "wrk",
+    "linux-perf",
+    "iperf3",
+];
 
 pub fn run(quick: bool, args: &[String]) -> Result<()> {
     let toolchain = setup::all()?;
