@@ -19,7 +19,12 @@ use crate::{
     sender::Traffic,
 };
 
-pub const OBSERVERS: [Observer; 3] = [Observer::EmptyTc, Observer::AyaFlows, Observer::AyaRaw];
+pub const OBSERVERS: [Observer; 4] = [
+    Observer::EmptyTc,
+    Observer::TouchTc,
+    Observer::AyaFlows,
+    Observer::AyaRaw,
+];
 
 /// The two kinds of frames.
 pub fn traffic() -> [Traffic; 2] {

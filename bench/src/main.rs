@@ -91,6 +91,9 @@ pub struct Args {
     /// ingress until interrupted.
     #[arg(long, hide = true)]
     pub hold_empty_tc: Option<String>,
+    /// Internal (the touch-tc observer): with --hold-empty-tc, hold the touching variant.
+    #[arg(long, hide = true)]
+    pub touch: bool,
     /// The command line to print in the report as the way to reproduce it.
     #[arg(long, default_value = "cargo xtask bench")]
     pub command: String,
@@ -267,7 +270,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(ifname) = &args.hold_empty_tc {
-        if let Err(e) = kernel::hold_empty_tc(ifname) {
+        if let Err(e) = kernel::hold_empty_tc(ifname, args.touch) {
             eprintln!("bench: error: {e:#}");
         }
         return ExitCode::FAILURE;
