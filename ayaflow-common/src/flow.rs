@@ -29,6 +29,13 @@ impl Direction {
 pub const ETH_P_IP: u16 = 0x0800;
 /// EtherType of IPv6.
 pub const ETH_P_IPV6: u16 = 0x86dd;
+/// The key's `ether_type` for an IEEE 802.3 frame, whose type field (below 0x0600, as the
+/// kernel's `eth_proto_is_802_3` decides) is the payload's length rather than an EtherType; the
+/// payload is an 802.2 LLC header (STP, CDP, ...). 0x0000 is no EtherType, so it names no other
+/// protocol.
+pub const ETH_TYPE_8023: u16 = 0;
+/// Type-field values from here on are EtherTypes; below, lengths (IEEE 802.3 clause 3.2.6).
+pub const ETH_P_802_3_MIN: u16 = 0x0600;
 /// IP protocol numbers the parser understands.
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -38,7 +45,8 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 /// Identifies one direction of one connection as the hook saw it.
 ///
 /// IPv4 addresses sit in the first four bytes of the address arrays, the rest zero; `ether_type`
-/// says which family. Frames that are not IP keep their EtherType, protocol 0 and zero addresses.
+/// says which family. Frames that are not IP keep their EtherType, protocol 0 and zero addresses;
+/// IEEE 802.3 length frames have [`ETH_TYPE_8023`].
 /// ICMP and ICMPv6 have no ports: both are zero (type and code travel in the event).
 ///
 /// Aligned to 8 so that the kernel program fills and zeroes it with whole 64-bit stores (an

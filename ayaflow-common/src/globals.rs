@@ -31,3 +31,6 @@ pub const MAP_FLOW_FREE_TOP: &str = "FLOW_FREE_TOP";
 /// Program names.
 pub const PROG_INGRESS: &str = "tc_ingress";
 pub const PROG_EGRESS: &str = "tc_egress";
+/// The same programs for links without a link-layer header (frames start at the IP header).
+pub const PROG_INGRESS_L3: &str = "tc_ingress_l3";
+pub const PROG_EGRESS_L3: &str = "tc_egress_l3";

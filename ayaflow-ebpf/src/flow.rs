@@ -46,18 +46,21 @@ static FLOW_INDEX_MASK: u32 = 0;
 #[unsafe(no_mangle)]
 static FLOW_SLOTS: u32 = 0;
 
+/// Counts and records one packet seen by the hook of `direction`; `L3`: on a link without a
+/// link-layer header (see `parse`).
 #[inline(always)]
-pub fn observe(ctx: &TcContext, direction: u8) {
+pub fn observe<const L3: bool>(ctx: &TcContext, direction: u8) {
     let mut p = Parsed::default();
     p.key.direction = direction;
-    if parse(ctx, &mut p).is_err() {
+    if parse::<L3>(ctx, &mut p).is_err() {
         p.flags |= EVENT_FLAG_PARSE_ERROR;
     }
     // SAFETY: reading a field of the context the kernel handed us.
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
     let packets = if gso_segs > 1 { gso_segs } else { 1 };
-    // A GSO aggregate carries its headers once; on the wire every segment repeats them.
-    let bytes = ctx.len() + (packets - 1) * p.header_len;
+    // A GSO aggregate carries its headers once; on the wire every segment repeats them. An
+    // offloaded VLAN tag is in no segment's skb data, yet on the wire in each.
+    let bytes = ctx.len() + (packets - 1) * p.header_len + packets * p.offloaded_tag as u32;
 
     let proto_counter = match p.key.ether_type {
         ETH_P_IP | ETH_P_IPV6 => match p.key.protocol {

@@ -73,6 +73,15 @@ pub async fn run(config: Config) -> Result<()> {
         None => {
             let i = ebpf::interface::default_interface().ok_or(LoadError::NoDefaultInterface)?;
             tracing::info!(interface = %i, "no --interface given: using the default route's interface");
+            if !ebpf::interface::is_ethernet(&i) {
+                tracing::warn!(
+                    interface = %i,
+                    link_type = ?ebpf::interface::link_type(&i),
+                    "the default interface has no Ethernet header (a tunnel, VPN or point-to-point \
+                     link): its frames are parsed from the IP header and carry no MAC or VLAN; \
+                     pass --interface to observe another one"
+                );
+            }
             i
         }
     };

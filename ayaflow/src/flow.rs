@@ -9,7 +9,10 @@ use std::{
 
 use ayaflow_common::{
     event::PacketEvent,
-    flow::{ETH_P_IP, ETH_P_IPV6, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    flow::{
+        ETH_P_IP, ETH_P_IPV6, ETH_TYPE_8023, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP,
+    },
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +35,9 @@ pub enum Protocol {
     Ip(u8),
     /// Not IP at all (ARP, LLDP, ...), by EtherType.
     Ether(u16),
+    /// An IEEE 802.3 frame whose type field is a length, not an EtherType (the kernel's key
+    /// has [`ETH_TYPE_8023`]): its payload starts with an 802.2 LLC header (STP, CDP, ...).
+    Llc,
 }
 
 impl Protocol {
@@ -43,12 +49,18 @@ impl Protocol {
             (ETH_P_IP, IPPROTO_ICMP) => Protocol::Icmp,
             (ETH_P_IPV6, IPPROTO_ICMPV6) => Protocol::Icmpv6,
             (ETH_P_IP | ETH_P_IPV6, p) => Protocol::Ip(p),
+            (ETH_TYPE_8023, _) => Protocol::Llc,
             (e, _) => Protocol::Ether(e),
         }
     }
 
+    /// Returns true if and only if this is an IP protocol (IPv4 or IPv6).
+    pub fn is_ip(&self) -> bool {
+        !matches!(self, Protocol::Ether(_) | Protocol::Llc)
+    }
+
     /// Parses the names written by `Display` (case-insensitive): `TCP`, `UDP`, `ICMP`,
-    /// `ICMPv6`, `IP-<n>`, `ETH-0x<hex>`.
+    /// `ICMPv6`, `IP-<n>`, `ETH-0x<hex>`, `LLC`.
     pub fn parse(s: &str) -> Option<Protocol> {
         let u = s.to_ascii_uppercase();
         match u.as_str() {
@@ -56,6 +68,7 @@ impl Protocol {
             "UDP" => Some(Protocol::Udp),
             "ICMP" => Some(Protocol::Icmp),
             "ICMPV6" => Some(Protocol::Icmpv6),
+            "LLC" => Some(Protocol::Llc),
             _ => {
                 if let Some(n) = u.strip_prefix("IP-") {
                     n.parse().ok().map(Protocol::Ip)
@@ -78,6 +91,7 @@ impl fmt::Display for Protocol {
             Protocol::Icmpv6 => f.write_str("ICMPv6"),
             Protocol::Ip(n) => write!(f, "IP-{n}"),
             Protocol::Ether(e) => write!(f, "ETH-0x{e:04x}"),
+            Protocol::Llc => f.write_str("LLC"),
         }
     }
 }
@@ -230,11 +244,20 @@ mod tests {
             Protocol::Icmpv6,
             Protocol::Ip(47),
             Protocol::Ether(0x0806),
+            Protocol::Llc,
         ] {
             assert_eq!(Protocol::parse(&p.to_string()), Some(p));
         }
         assert_eq!(Protocol::parse("icmpv6"), Some(Protocol::Icmpv6));
         assert_eq!(Protocol::parse("SCTP"), None);
+    }
+
+    #[test]
+    fn ieee_802_3_length_frames_are_llc_not_an_ethertype() {
+        assert_eq!(Protocol::from_numbers(ETH_TYPE_8023, 0), Protocol::Llc);
+        assert_eq!(Protocol::Llc.to_string(), "LLC");
+        assert!(!Protocol::Llc.is_ip() && !Protocol::Ether(0x0806).is_ip());
+        assert!(Protocol::Ip(47).is_ip() && Protocol::Tcp.is_ip());
     }
 
     #[test]

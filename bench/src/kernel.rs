@@ -146,14 +146,44 @@ pub fn prog_info(fd: BorrowedFd<'_>) -> Result<ProgInfo> {
 /// The empty classifier's program name.
 pub const EMPTY_NAME: &str = "empty_cls";
 
+/// The touching classifier's program name.
+pub const TOUCH_NAME: &str = "touch_cls";
+
 /// Loads `r0 = -1; exit` as a TC classifier: the floor every classifier pays.
 pub fn load_empty() -> Result<OwnedFd> {
-    let insns: [u64; 2] = [
-        // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm -1
-        u64::from_le_bytes([0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
-        // BPF_JMP | BPF_EXIT
-        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
-    ];
+    load_raw(
+        EMPTY_NAME,
+        &[
+            // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm -1
+            u64::from_le_bytes([0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
+            // BPF_JMP | BPF_EXIT
+            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+        ],
+    )
+}
+
+/// Loads the empty classifier with one `bpf_skb_load_bytes(skb, 14, fp - 8, 1)` before its
+/// verdict (see `Observer::TouchTc`).
+pub fn load_touch() -> Result<OwnedFd> {
+    let i = |code: u8, regs: u8, imm: i32| {
+        let b = imm.to_le_bytes();
+        u64::from_le_bytes([code, regs, 0, 0, b[0], b[1], b[2], b[3]])
+    };
+    load_raw(
+        TOUCH_NAME,
+        &[
+            i(0xb7, 0x02, 14), // r2 = 14 (offset; r1 is the context already)
+            i(0xbf, 0xa3, 0),  // r3 = r10
+            i(0x07, 0x03, -8), // r3 += -8
+            i(0xb7, 0x04, 1),  // r4 = 1
+            i(0x85, 0x00, 26), // call bpf_skb_load_bytes
+            i(0xb7, 0x00, -1), // r0 = -1
+            i(0x95, 0x00, 0),  // exit
+        ],
+    )
+}
+
+fn load_raw(prog_name: &str, insns: &[u64]) -> Result<OwnedFd> {
     let license = c"GPL";
     #[repr(C)]
     struct Attr {
@@ -170,10 +200,10 @@ pub fn load_empty() -> Result<OwnedFd> {
         _rest: [u64; 16],
     }
     let mut name = [0u8; 16];
-    name[..EMPTY_NAME.len()].copy_from_slice(EMPTY_NAME.as_bytes());
+    name[..prog_name.len()].copy_from_slice(prog_name.as_bytes());
     let attr = Attr {
         prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: 2,
+        insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         log_level: 0,
@@ -316,10 +346,10 @@ pub fn run(repeat: u32, runs: usize) -> Result<Report> {
 /// `--hold-empty-tc <if>`: attaches the empty classifier to `<if>`'s TCX ingress (in this
 /// process's network namespace), says "attached", and holds the link until a signal ends the
 /// process (the kernel detaches it when the link's fd closes).
-pub fn hold_empty_tc(ifname: &str) -> Result<()> {
+pub fn hold_empty_tc(ifname: &str, touch: bool) -> Result<()> {
     const BPF_LINK_CREATE: libc::c_long = 28;
     const BPF_TCX_INGRESS: u32 = 46;
-    let prog = load_empty()?;
+    let prog = if touch { load_touch()? } else { load_empty()? };
     let cname = std::ffi::CString::new(ifname)?;
     // SAFETY: a NUL-terminated name.
     let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };

@@ -18,6 +18,7 @@
 
 mod capture;
 mod http;
+mod inplace;
 mod kernel;
 mod memlat;
 mod netns;
@@ -27,6 +28,7 @@ mod procstat;
 mod report;
 mod sender;
 mod store_api;
+mod tcp;
 mod ui;
 
 use std::{
@@ -52,14 +54,15 @@ pub struct Args {
     /// non-zero and equal where they must be). Never a speed threshold.
     #[arg(long)]
     pub quick: bool,
-    /// Sections to run, comma-separated: kernel, capture, storage, api, ui.
+    /// Sections to run, comma-separated: kernel, capture, inplace, tcp, storage, api, ui.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kernel,capture,storage,api,ui"
+        default_value = "kernel,capture,inplace,tcp,storage,api,ui"
     )]
     pub sections: Vec<String>,
-    /// Traffic sets for the capture section, comma-separated: v4-1k, v4-100k, v6-1k, v6-100k.
+    /// Traffic sets for the capture section, comma-separated: v4-1k, v4-100k, v6-1k, v6-100k,
+    /// v4-1k-paged (the v4-1k frames from a TX ring, paged; not in the default set).
     #[arg(long, value_delimiter = ',')]
     pub traffic: Vec<String>,
     /// Observers for the capture section, comma-separated (none is always included).
@@ -90,6 +93,9 @@ pub struct Args {
     /// ingress until interrupted.
     #[arg(long, hide = true)]
     pub hold_empty_tc: Option<String>,
+    /// Internal (the touch-tc observer): with --hold-empty-tc, hold the touching variant.
+    #[arg(long, hide = true)]
+    pub touch: bool,
     /// The command line to print in the report as the way to reproduce it.
     #[arg(long, default_value = "cargo xtask bench")]
     pub command: String,
@@ -119,25 +125,35 @@ impl Plan {
             Traffic {
                 v6: false,
                 flows: 1000,
+                paged: false,
             },
             Traffic {
                 v6: false,
                 flows: 100_000,
+                paged: false,
             },
             Traffic {
                 v6: true,
                 flows: 1000,
+                paged: false,
             },
             Traffic {
                 v6: true,
                 flows: 100_000,
+                paged: false,
+            },
+            // Paged frames (a TX ring): only when asked for by name.
+            Traffic {
+                v6: false,
+                flows: 1000,
+                paged: true,
             },
         ];
         let traffic = if a.traffic.is_empty() {
             if a.quick {
                 vec![all_traffic[0], all_traffic[3]]
             } else {
-                all_traffic.to_vec()
+                all_traffic[..4].to_vec()
             }
         } else {
             a.traffic
@@ -148,7 +164,9 @@ impl Plan {
                         .find(|t| t.name() == *n)
                         .copied()
                         .with_context(|| {
-                            format!("unknown traffic {n:?}: v4-1k, v4-100k, v6-1k, v6-100k")
+                            format!(
+                                "unknown traffic {n:?}: v4-1k, v4-100k, v6-1k, v6-100k, v4-1k-paged"
+                            )
                         })
                 })
                 .collect::<Result<_>>()?
@@ -220,6 +238,12 @@ pub struct Results {
     #[serde(default)]
     pub kernel_rerun: Option<String>,
     pub capture: Vec<capture::RunResult>,
+    /// Section `inplace`: linear and paged frames, BPF statistics on.
+    #[serde(default)]
+    pub inplace: Vec<capture::RunResult>,
+    /// Section `tcp`: real TCP under each observer.
+    #[serde(default)]
+    pub tcp: Vec<tcp::TcpRun>,
     pub store: Option<store_api::StoreResult>,
     pub history: Vec<store_api::WrkResult>,
     pub live: Option<store_api::LiveResult>,
@@ -256,7 +280,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(ifname) = &args.hold_empty_tc {
-        if let Err(e) = kernel::hold_empty_tc(ifname) {
+        if let Err(e) = kernel::hold_empty_tc(ifname, args.touch) {
             eprintln!("bench: error: {e:#}");
         }
         return ExitCode::FAILURE;
@@ -270,7 +294,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn interrupted() -> Result<()> {
+pub(crate) fn interrupted() -> Result<()> {
     if sender::STOP.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -346,10 +370,31 @@ fn run(args: &Args) -> Result<()> {
         )?;
     }
     interrupted()?;
-    if want("capture") || want("storage") || want("api") || want("ui") {
+    if want("capture")
+        || want("storage")
+        || want("api")
+        || want("inplace")
+        || want("tcp")
+        || want("ui")
+    {
         let pair = netns::Pair::create().context("creating the bench's namespaces")?;
         if want("capture") {
             capture_all(&pair, &agent, &scratch, &plan, &mut res)?;
+        }
+        if want("inplace") {
+            eprintln!("bench: section inplace, linear and paged frames");
+            let (rounds, packets) = if args.quick {
+                (1, 100_000)
+            } else {
+                (5, 1_000_000)
+            };
+            res.inplace = inplace::run(&pair, &agent, &scratch, rounds, packets)?;
+        }
+        interrupted()?;
+        if want("tcp") {
+            eprintln!("bench: section tcp, real TCP with GSO and GRO");
+            let (rounds, secs) = if args.quick { (1, 1) } else { (5, 4) };
+            res.tcp = tcp::run(&pair, &agent, &scratch, rounds, secs)?;
         }
         interrupted()?;
         let db = scratch.join("history.db");

@@ -203,6 +203,7 @@ impl Drop for Pair {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LinkStats {
     pub rx_packets: u64,
+    pub rx_bytes: u64,
     pub rx_dropped: u64,
     pub tx_dropped: u64,
 }
@@ -214,9 +215,25 @@ fn link_stats(ns: &str, ifname: &str) -> Result<LinkStats> {
     let get = |dir: &str, k: &str| s[dir][k].as_u64().unwrap_or(0);
     Ok(LinkStats {
         rx_packets: get("rx", "packets"),
+        rx_bytes: get("rx", "bytes"),
         rx_dropped: get("rx", "dropped"),
         tx_dropped: get("tx", "dropped"),
     })
+}
+
+/// Sets offloads on both veth ends: `ethtool -K <if> settings...`.
+pub fn set_offloads(pair: &Pair, settings: &[&str]) -> Result<()> {
+    for (ns, ifc) in [(&pair.ns_a, &pair.if_a), (&pair.ns_b, &pair.if_b)] {
+        let out = Pair::command(ns, "ethtool")
+            .args(["-K", ifc])
+            .args(settings)
+            .output()
+            .context("running ethtool (package ethtool)")?;
+        if !out.status.success() {
+            bail!("ethtool -K {ifc}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` on a thread that joined namespace `ns` (sockets it opens live there).

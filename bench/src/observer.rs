@@ -51,6 +51,11 @@ pub enum Observer {
     /// The empty classifier (`r0 = -1; exit`) on the same TCX hook: what any TC program costs
     /// in situ (the hook's dispatch, and with the BPF statistics on, their own clock reads).
     EmptyTc,
+    /// The empty classifier plus one `bpf_skb_load_bytes` of the frame's byte 14 (a paged
+    /// frame's first byte beyond its linear Ethernet header): what any program that reads a
+    /// frame's headers pays for the first touch of its data. Section `inplace` only (not in
+    /// `ALL`).
+    TouchTc,
 }
 
 impl Observer {
@@ -79,6 +84,7 @@ impl Observer {
             Observer::Softflowd => "softflowd",
             Observer::Pmacctd => "pmacctd",
             Observer::EmptyTc => "empty-tc",
+            Observer::TouchTc => "touch-tc",
         }
     }
 
@@ -99,7 +105,8 @@ impl Observer {
     }
 
     pub fn is_peer(&self) -> bool {
-        !self.is_ayaflow() && !matches!(self, Observer::None | Observer::EmptyTc)
+        !self.is_ayaflow()
+            && !matches!(self, Observer::None | Observer::EmptyTc | Observer::TouchTc)
     }
 
     /// The name of its TCX program on if_b ingress, for the in-situ BPF statistics.
@@ -107,6 +114,7 @@ impl Observer {
         match self {
             o if o.is_ayaflow() => Some(ayaflow_common::globals::PROG_INGRESS),
             Observer::EmptyTc => Some(crate::kernel::EMPTY_NAME),
+            Observer::TouchTc => Some(crate::kernel::TOUCH_NAME),
             _ => None,
         }
     }
@@ -156,6 +164,7 @@ impl Observer {
             Observer::None => Vec::new(),
             // This bench binary, holding the empty classifier's TCX link until SIGINT.
             Observer::EmptyTc => s(&["ayaflow-bench", "--hold-empty-tc", ifname]),
+            Observer::TouchTc => s(&["ayaflow-bench", "--hold-empty-tc", ifname, "--touch"]),
             Observer::AyaRaw => agent(&["--capture-mode", "raw"]),
             Observer::AyaAgg => agent(&["--capture-mode", "raw", "--aggregation-window", &window]),
             Observer::AyaFlows => {
@@ -243,7 +252,7 @@ impl Running {
         if observer.is_ayaflow() {
             args[0] = agent_bin.to_string_lossy().into_owned();
         }
-        if observer == Observer::EmptyTc {
+        if matches!(observer, Observer::EmptyTc | Observer::TouchTc) {
             args[0] = std::env::current_exe()?.to_string_lossy().into_owned();
         }
         Running::spawn(observer, args, pair, dir)
@@ -342,7 +351,7 @@ impl Running {
             Observer::TcpdumpNull | Observer::TcpdumpFile => self.log().contains("listening on"),
             Observer::Softflowd => self.dir.join("softflowd.ctl").exists(),
             Observer::Pmacctd => self.log().contains("waiting for data"),
-            Observer::EmptyTc => self.log().contains("attached"),
+            Observer::EmptyTc | Observer::TouchTc => self.log().contains("attached"),
         }
     }
 

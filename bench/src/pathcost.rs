@@ -82,6 +82,7 @@ fn in_hook(obs: Observer, sym: &str) -> bool {
     match obs {
         o if o.is_ayaflow() => sym.starts_with("bpf_prog_") && sym.ends_with("_tc_ingress"),
         Observer::EmptyTc => sym.starts_with("bpf_prog_") && sym.ends_with("_empty_cls"),
+        Observer::TouchTc => sym.starts_with("bpf_prog_") && sym.ends_with("_touch_cls"),
         Observer::None => false,
         _ => sym == "tpacket_rcv" || sym == "packet_rcv",
     }

@@ -1,5 +1,8 @@
 //! The traffic generator: prebuilt minimum-size UDP frames sent from namespace `a` through an
 //! `AF_PACKET` socket with `PACKET_QDISC_BYPASS` and `sendmmsg`, on one thread pinned to CPU 0.
+//! Paged traffic (`Traffic::paged`) goes through a TX ring instead (`PACKET_TX_RING`, as trafgen
+//! sends): the kernel then builds each skb with only the Ethernet header linear and the rest as
+//! page fragments of the ring, which is how the frames reach the observer's hook.
 //!
 //! Sending on a veth delivers in the same call: `veth_xmit` queues the frame to the peer's
 //! backlog and the receive softirq (TC ingress, the AF_PACKET taps of pcap-based tools, IP,
@@ -30,6 +33,9 @@ pub struct Traffic {
     pub v6: bool,
     /// Distinct five-tuples, sent round-robin.
     pub flows: u32,
+    /// Sent from a TX ring, so that the frames are paged (see the module documentation).
+    #[serde(default)]
+    pub paged: bool,
 }
 
 impl Traffic {
@@ -40,7 +46,8 @@ impl Traffic {
         } else {
             self.flows.to_string()
         };
-        format!("{}-{f}", if self.v6 { "v6" } else { "v4" })
+        let paged = if self.paged { "-paged" } else { "" };
+        format!("{}-{f}{paged}", if self.v6 { "v6" } else { "v4" })
     }
 
     /// Bytes of each frame (Ethernet header included, no FCS).
@@ -168,7 +175,11 @@ pub fn send(ns: &str, ifname: &str, t: Traffic, limits: Limits) -> Result<Sent> 
         netns::enter(&path)?;
         pin_to_cpu0();
         let fd = open_socket(&ifname)?;
-        run(&fd, &frames, t, limits)
+        if t.paged {
+            run_ring(&fd, &frames, t, limits)
+        } else {
+            run(&fd, &frames, t, limits)
+        }
     })
     .join()
     .map_err(|_| anyhow::anyhow!("generator thread panicked"))?
@@ -287,6 +298,133 @@ fn run(fd: &OwnedFd, frames: &[u8], t: Traffic, limits: Limits) -> Result<Sent> 
     })
 }
 
+const PACKET_VERSION: i32 = 10;
+const PACKET_TX_RING: i32 = 13;
+const TPACKET_V2: i32 = 1;
+const TP_STATUS_AVAILABLE: u32 = 0;
+const TP_STATUS_SEND_REQUEST: u32 = 1;
+/// `TPACKET_ALIGN(sizeof(struct tpacket2_hdr))`: where a TX frame's data starts in its slot.
+const RING_DATA_OFFSET: usize = 32;
+const RING_FRAME_SIZE: usize = 2048;
+/// 8 MiB of slots: the sink's small receive buffer holds a few frames (and their slots) at a
+/// time, the rest cycle.
+const RING_FRAMES: usize = 256;
+/// Frames per `send` from the ring.
+const RING_BATCH: usize = 16;
+
+/// Like [`run`], through a TX ring: frames are written into free slots, `BATCH` at a time, then
+/// one non-blocking `send` hands them all to the kernel. A slot is free again once its skb is
+/// freed (after the receiver dropped or consumed it); busy slots are skipped.
+fn run_ring(fd: &OwnedFd, frames: &[u8], t: Traffic, limits: Limits) -> Result<Sent> {
+    let len = t.frame_len();
+    let flows = t.flows as u64;
+    // SAFETY: socket options on our socket, then a shared mapping of the ring it set up, used
+    // only within its size and unmapped before returning.
+    let ring = unsafe {
+        let set = |opt: i32, v: *const libc::c_void, n: usize| {
+            libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, opt, v, n as u32)
+        };
+        if set(PACKET_VERSION, (&TPACKET_V2 as *const i32).cast(), 4) != 0 {
+            bail!("PACKET_VERSION: {}", std::io::Error::last_os_error());
+        }
+        let req: [u32; 4] = [
+            4096,
+            (RING_FRAMES * RING_FRAME_SIZE / 4096) as u32,
+            RING_FRAME_SIZE as u32,
+            RING_FRAMES as u32,
+        ];
+        if set(PACKET_TX_RING, req.as_ptr().cast(), 16) != 0 {
+            bail!("PACKET_TX_RING: {}", std::io::Error::last_os_error());
+        }
+        let ring = libc::mmap(
+            std::ptr::null_mut(),
+            RING_FRAMES * RING_FRAME_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        );
+        if ring == libc::MAP_FAILED {
+            bail!("mapping the TX ring: {}", std::io::Error::last_os_error());
+        }
+        ring.cast::<u8>()
+    };
+    let status = |i: usize| {
+        // SAFETY: i < RING_FRAMES, inside the mapping.
+        unsafe { ring.add(i * RING_FRAME_SIZE).cast::<u32>() }
+    };
+    let start = Instant::now();
+    let cpu0 = thread_cpu_ns();
+    let (mut sent, mut slot, mut busy) = (0u64, 0usize, 0usize);
+    while sent < limits.packets
+        && !STOP.load(Ordering::Relaxed)
+        && start.elapsed() < limits.max_time
+    {
+        let mut queued = 0;
+        while queued < RING_BATCH && sent + (queued as u64) < limits.packets && busy < RING_FRAMES {
+            let i = slot;
+            slot = (slot + 1) % RING_FRAMES;
+            // SAFETY: the status word of slot i; the kernel changes it only once we hand it over.
+            if unsafe { std::ptr::read_volatile(status(i)) } != TP_STATUS_AVAILABLE {
+                busy += 1;
+                continue;
+            }
+            busy = 0;
+            let flow = ((sent + queued as u64) % flows) as usize;
+            // SAFETY: the frame fits the slot (RING_FRAME_SIZE - RING_DATA_OFFSET > 64); the slot
+            // is ours until its status says SEND_REQUEST.
+            unsafe {
+                let base = ring.add(i * RING_FRAME_SIZE);
+                std::ptr::copy_nonoverlapping(
+                    frames[flow * len..].as_ptr(),
+                    base.add(RING_DATA_OFFSET),
+                    len,
+                );
+                std::ptr::write_volatile(base.add(4).cast::<u32>(), len as u32);
+                std::sync::atomic::fence(Ordering::SeqCst);
+                std::ptr::write_volatile(status(i), TP_STATUS_SEND_REQUEST);
+            }
+            queued += 1;
+        }
+        if queued == 0 {
+            // Every slot is in flight: let the receiver free some.
+            busy = 0;
+            std::thread::yield_now();
+            continue;
+        }
+        // SAFETY: a send of nothing on our socket: the kernel takes the requested slots.
+        let rc = unsafe { libc::send(fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EAGAIN) {
+                bail!("send on the TX ring: {e}");
+            }
+        }
+        sent += queued as u64;
+    }
+    let elapsed = start.elapsed();
+    let thread_cpu_ns = thread_cpu_ns() - cpu0;
+    // The kernel may still hold slots that are queued: wait (bounded) until it has taken every
+    // requested frame before the mapping goes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (0..RING_FRAMES).any(|i| {
+        // SAFETY: as above.
+        unsafe { std::ptr::read_volatile(status(i)) == TP_STATUS_SEND_REQUEST }
+    }) && Instant::now() < deadline
+    {
+        // SAFETY: as above.
+        unsafe { libc::send(fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT) };
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: the mapping made above; the kernel keeps its own page references.
+    unsafe { libc::munmap(ring.cast(), RING_FRAMES * RING_FRAME_SIZE) };
+    Ok(Sent {
+        packets: sent,
+        elapsed,
+        thread_cpu_ns,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,7 +432,11 @@ mod tests {
     #[test]
     fn frames_have_valid_checksums_and_distinct_sources() {
         for v6 in [false, true] {
-            let t = Traffic { v6, flows: 70_000 };
+            let t = Traffic {
+                v6,
+                flows: 70_000,
+                paged: false,
+            };
             let all = frames(t);
             let len = t.frame_len();
             assert_eq!(all.len(), len * 70_000);

@@ -266,7 +266,11 @@ pub fn live_and_memory(
         sender::send(
             &pair.ns_a,
             &pair.if_a,
-            Traffic { v6: false, flows },
+            Traffic {
+                v6: false,
+                flows,
+                paged: false,
+            },
             Limits {
                 packets: flows as u64,
                 max_time: Duration::from_secs(120),

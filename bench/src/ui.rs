@@ -89,6 +89,7 @@ pub fn run(pair: &Pair, agent_bin: &Path, dir: &Path, secs: f64) -> Result<UiRes
             Traffic {
                 v6: false,
                 flows: FLOWS,
+                paged: false,
             },
             Limits {
                 packets: RATE * total.as_secs(),

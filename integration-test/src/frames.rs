@@ -116,3 +116,48 @@ pub fn icmp(ty: u8, code: u8, payload: &[u8]) -> Vec<u8> {
     h.extend_from_slice(payload);
     h
 }
+
+/// The Internet checksum (RFC 1071) of `data`.
+pub fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// `frame` (untagged Ethernet, IPv4 or IPv6 without extension headers, then UDP or TCP) with
+/// the MAC addresses set and every checksum filled in, so that a receiving stack accepts it.
+pub fn deliverable(mut frame: Vec<u8>, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    frame[..6].copy_from_slice(&dst_mac);
+    frame[6..12].copy_from_slice(&src_mac);
+    let (l4, proto, mut pseudo) = match u16::from_be_bytes([frame[12], frame[13]]) {
+        ETH_P_IP => {
+            let ihl = (frame[14] & 0x0f) as usize * 4;
+            frame[24..26].fill(0);
+            let c = inet_checksum(&frame[14..14 + ihl]);
+            frame[24..26].copy_from_slice(&c.to_be_bytes());
+            (14 + ihl, frame[23], frame[26..34].to_vec())
+        }
+        ETH_P_IPV6 => (54, frame[20], frame[22..54].to_vec()),
+        other => panic!("deliverable: EtherType {other:#06x} is not IP"),
+    };
+    let len = frame.len() - l4;
+    pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, proto]);
+    let at = match proto {
+        17 => l4 + 6,
+        6 => l4 + 16,
+        p => panic!("deliverable: IP protocol {p} is neither UDP nor TCP"),
+    };
+    frame[at..at + 2].fill(0);
+    pseudo.extend_from_slice(&frame[l4..]);
+    let c = inet_checksum(&pseudo);
+    // UDP sends a computed 0 as 0xffff (0 means "no checksum").
+    let c = if c == 0 && proto == 17 { 0xffff } else { c };
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    frame
+}

@@ -10,6 +10,9 @@ pub mod collector;
 pub mod frames;
 pub mod netns;
 pub mod tap;
+pub mod tun;
+pub mod txring;
+pub mod vlan_push;
 
 /// Panics with the reason if this process cannot load BPF programs. The kernel tests must run
 /// (CI runs as root); they never pass by skipping.

@@ -138,3 +138,80 @@ impl Drop for NetPair {
         }
     }
 }
+
+/// What an interface's own counters say it received and sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+impl LinkStats {
+    /// The counters of `ifname` in namespace `ns` now (`ip netns exec` mounts that namespace's
+    /// sysfs).
+    pub fn read(ns: &str, ifname: &str) -> LinkStats {
+        let files = ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes"]
+            .map(|f| format!("/sys/class/net/{ifname}/statistics/{f}"));
+        let out = NetPair::command(ns, "cat")
+            .args(&files)
+            .output()
+            .expect("running cat");
+        assert!(
+            out.status.success(),
+            "reading the counters of {ifname}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(|s| s.parse().expect("a counter"))
+            .collect();
+        LinkStats {
+            rx_packets: v[0],
+            rx_bytes: v[1],
+            tx_packets: v[2],
+            tx_bytes: v[3],
+        }
+    }
+
+    /// Each counter minus `earlier`'s.
+    pub fn since(&self, earlier: &LinkStats) -> LinkStats {
+        LinkStats {
+            rx_packets: self.rx_packets - earlier.rx_packets,
+            rx_bytes: self.rx_bytes - earlier.rx_bytes,
+            tx_packets: self.tx_packets - earlier.tx_packets,
+            tx_bytes: self.tx_bytes - earlier.tx_bytes,
+        }
+    }
+}
+
+/// The MAC address of `ifname` in namespace `ns`.
+pub fn mac(ns: &str, ifname: &str) -> [u8; 6] {
+    let out = NetPair::command(ns, "cat")
+        .arg(format!("/sys/class/net/{ifname}/address"))
+        .output()
+        .expect("running cat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).expect("a MAC address"))
+        .collect();
+    bytes.try_into().expect("six bytes")
+}
+
+/// Runs `ethtool -K ifname settings...` in namespace `ns`.
+pub fn ethtool_k(ns: &str, ifname: &str, settings: &[&str]) {
+    let out = NetPair::command(ns, "ethtool")
+        .args(["-K", ifname])
+        .args(settings)
+        .output()
+        .expect("running ethtool (package ethtool; `cargo xtask setup` installs it)");
+    assert!(
+        out.status.success(),
+        "ethtool -K {ifname} {}: {}",
+        settings.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

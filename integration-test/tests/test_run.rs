@@ -12,7 +12,7 @@ use ayaflow::ebpf::{
 use ayaflow_common::{
     counters::Counter,
     event::{EVENT_FLAG_FRAGMENT, EVENT_FLAG_PARSE_ERROR, PacketEvent},
-    flow::{Direction, FlowKey},
+    flow::{Direction, ETH_TYPE_8023, FlowKey},
 };
 use integration_test::{frames::*, require_bpf};
 
@@ -289,6 +289,67 @@ fn non_ip_frames_keep_their_ethertype() {
     );
 }
 
+/// IEEE 802.3 frames carry a length where Ethernet II has an EtherType (STP's BPDUs: length 38,
+/// then LLC 42 42 03): non-IP under one name (`ETH_TYPE_8023`), not "EtherType 0x0026"; also
+/// behind a VLAN tag, and at the largest length.
+#[test]
+fn ieee_802_3_length_frames_are_non_ip_without_an_ethertype() {
+    let mut bpdu = vec![0x42, 0x42, 0x03];
+    bpdu.resize(38, 0);
+    for (name, frame) in [
+        ("stp", eth(38, &bpdu)),
+        ("tagged", eth_vlan(&[(0x8100, 7)], 38, &bpdu)),
+        ("length 1500", eth(1500, &[0xaa; 1500])),
+    ] {
+        eprintln!("case: {name}");
+        let r = run(Direction::Ingress, &frame, None);
+        let e = PacketEvent {
+            vlan_id: if name == "tagged" { 7 } else { 0 },
+            ..event(key(ETH_TYPE_8023, 0, [0; 16], 0, [0; 16], 0), frame.len())
+        };
+        assert_one(&r, e, Counter::NonIp, false);
+    }
+    // 0x0600 is the first EtherType (the kernel's ETH_P_802_3_MIN): kept as it is.
+    let f = eth(0x0600, &[0; 46]);
+    let r = run(Direction::Ingress, &f, None);
+    assert_one(
+        &r,
+        event(key(0x0600, 0, [0; 16], 0, [0; 16], 0), f.len()),
+        Counter::NonIp,
+        false,
+    );
+}
+
+/// `hops` destination-options headers, then TCP.
+fn ipv6_chain_then_tcp(hops: usize) -> Vec<u8> {
+    let mut chain = tcp(5000, 80, 0x02, &[]);
+    let mut next = 6;
+    for _ in 0..hops {
+        chain = ipv6_ext(next, 0, &chain);
+        next = 60;
+    }
+    eth(ETH_P_IPV6, &ipv6(next, A6, B6, &chain))
+}
+
+/// Up to 8 extension headers are walked (README); a ninth makes the chain bogus.
+#[test]
+fn ipv6_chains_of_up_to_eight_extension_headers_are_accepted() {
+    let f = ipv6_chain_then_tcp(8);
+    let r = run(Direction::Ingress, &f, None);
+    let e = PacketEvent {
+        tcp_flags: 0x02,
+        ..event(key(0x86dd, 6, A6.octets(), 5000, B6.octets(), 80), f.len())
+    };
+    assert_one(&r, e, Counter::Tcp, false);
+    let f = ipv6_chain_then_tcp(9);
+    let r = run(Direction::Ingress, &f, None);
+    let e = PacketEvent {
+        flags: EVENT_FLAG_PARSE_ERROR,
+        ..event(key(0x86dd, 6, A6.octets(), 0, B6.octets(), 0), f.len())
+    };
+    assert_one(&r, e, Counter::Tcp, true);
+}
+
 #[test]
 fn gso_aggregate_counts_every_segment_and_its_headers() {
     // 3 segments of 1000 payload bytes each, one set of headers (14 + 20 + 20) in the skb.
@@ -305,6 +366,58 @@ fn gso_aggregate_counts_every_segment_and_its_headers() {
         ..event(key(0x0800, 6, v4(A4), 1, v4(B4), 2), wire)
     };
     assert_one(&r, e, Counter::Tcp, false);
+}
+
+/// An encapsulated GSO aggregate (VXLAN on 4789 or 8472, Geneve with options): every segment
+/// repeats the outer headers, the tunnel header and the inner headers; the key is the outer
+/// flow. A single tunnel frame counts its length; UDP GSO to another port only the outer headers.
+#[test]
+fn encapsulated_gso_counts_the_inner_headers_of_every_segment() {
+    let inner = eth(
+        ETH_P_IP,
+        &ipv4(6, B4, A4, &[], 0, &tcp(7, 8, 0x10, &[0; 3000])),
+    );
+    let inner_hdrs = 14 + 20 + 20;
+    let vxlan = |port: u16, body: &[u8]| {
+        let mut t = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+        t.extend_from_slice(body);
+        eth(ETH_P_IP, &ipv4(17, A4, B4, &[], 0, &udp(50000, port, &t)))
+    };
+    let mut geneve_hdr = vec![0x02, 0, 0x65, 0x58, 0, 0, 42, 0];
+    geneve_hdr.extend_from_slice(&[0; 8]); // 2 words of options
+    geneve_hdr.extend_from_slice(&inner);
+    let geneve = eth(
+        ETH_P_IP,
+        &ipv4(17, A4, B4, &[], 0, &udp(50000, 6081, &geneve_hdr)),
+    );
+    let outer = 14 + 20 + 8;
+    for (name, frame, port, per_segment) in [
+        ("vxlan", vxlan(4789, &inner), 4789, outer + 8 + inner_hdrs),
+        (
+            "vxlan linux port",
+            vxlan(8472, &inner),
+            8472,
+            outer + 8 + inner_hdrs,
+        ),
+        ("geneve", geneve, 6081, outer + 16 + inner_hdrs),
+        ("udp gso", vxlan(9000, &inner), 9000, outer),
+    ] {
+        eprintln!("case: {name}");
+        let ctx = SkBuffCtx::default().gso_segs(3).gso_size(1000);
+        let r = run(Direction::Ingress, &frame, Some(&ctx));
+        let e = PacketEvent {
+            packets: 3,
+            ..event(
+                key(0x0800, 17, v4(A4), 50000, v4(B4), port),
+                frame.len() + 2 * per_segment,
+            )
+        };
+        assert_one(&r, e, Counter::Udp, false);
+    }
+    let single = vxlan(4789, &inner);
+    let r = run(Direction::Ingress, &single, None);
+    let e = event(key(0x0800, 17, v4(A4), 50000, v4(B4), 4789), single.len());
+    assert_one(&r, e, Counter::Udp, false);
 }
 
 /// Truncated at every header, bad IHL, bogus IPv6 chain: counted, flagged, passed, and the

@@ -9,14 +9,16 @@ use anyhow::{Result, bail};
 use crate::{cargo, setup, status};
 
 /// The tools of the comparison (tcpdump, softflowd, pmacct), the API load generator (wrk),
-/// perf (samples each observer's share of the kernel's packet path) and Chromium (opens the web
-/// UI for section 5; also a test package).
+/// perf (samples each observer's share of the kernel's packet path), iperf3 (the real-TCP
+/// section's bulk transfers) and Chromium (opens the web UI for section 5; also a test
+/// package).
 const BENCH_PACKAGES: &[&str] = &[
     "tcpdump",
     "softflowd",
     "pmacct",
     "wrk",
     "linux-perf",
+    "iperf3",
     "chromium",
 ];
 

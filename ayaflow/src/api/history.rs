@@ -3,7 +3,7 @@
 //! Query: `limit` (1-10000, default 100), `before` (cursor: the previous page's
 //! `next_cursor`), `from`/`to` (Unix seconds, half-open), `addr` (IPv4/IPv6, matches source or
 //! destination), `port` (0-65535, source or destination), `proto` (`TCP`, `UDP`, `ICMP`,
-//! `ICMPv6`, `IP-<n>`, `ETH-0x<hex>`), `direction` (`ingress`/`egress`), `kind` (`raw` or
+//! `ICMPv6`, `IP-<n>`, `ETH-0x<hex>`, `LLC`), `direction` (`ingress`/`egress`), `kind` (`raw` or
 //! `aggregated`; default: what the agent stores). Response:
 //! `{"kind": "raw", "rows": [...], "next_cursor": 1234}` (`next_cursor` is null on the last page).
 //! Row shapes: see `store/mod.rs`.
@@ -66,7 +66,7 @@ pub fn parse_query(
         port: p.number("port", 0, u16::MAX)?,
         proto: p.parsed(
             "proto",
-            "TCP, UDP, ICMP, ICMPv6, IP-<number> or ETH-0x<hex>",
+            "TCP, UDP, ICMP, ICMPv6, IP-<number>, ETH-0x<hex> or LLC",
             Protocol::parse,
         )?,
         direction: p.parsed("direction", "ingress or egress", parse_direction)?,

@@ -123,7 +123,7 @@ pub struct Endpoints {
     pub src: String,
     /// Like `src`.
     pub dst: String,
-    /// `TCP`, `UDP`, `ICMP`, `ICMPv6`, `IP-<n>` or `ETH-0x<hex>`.
+    /// `TCP`, `UDP`, `ICMP`, `ICMPv6`, `IP-<n>`, `ETH-0x<hex>` or `LLC`.
     pub proto: String,
 }
 

@@ -34,6 +34,7 @@ use ayaflow_common::{
     globals,
 };
 pub use error::LoadError;
+pub use interface::Framing;
 
 use crate::flow::direction_name;
 
@@ -93,12 +94,23 @@ pub struct KernelProgram {
     pins: Option<pin::Pins>,
 }
 
-fn program_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Ingress => globals::PROG_INGRESS,
-        Direction::Egress => globals::PROG_EGRESS,
+/// The program of hook `d` for links of framing `f`.
+fn program_name(d: Direction, f: Framing) -> &'static str {
+    match (d, f) {
+        (Direction::Ingress, Framing::Ethernet) => globals::PROG_INGRESS,
+        (Direction::Egress, Framing::Ethernet) => globals::PROG_EGRESS,
+        (Direction::Ingress, Framing::Ip) => globals::PROG_INGRESS_L3,
+        (Direction::Egress, Framing::Ip) => globals::PROG_EGRESS_L3,
     }
 }
+
+/// Every program of the object: both hooks, both framings.
+const PROGRAMS: [(Direction, Framing); 4] = [
+    (Direction::Ingress, Framing::Ethernet),
+    (Direction::Egress, Framing::Ethernet),
+    (Direction::Ingress, Framing::Ip),
+    (Direction::Egress, Framing::Ip),
+];
 
 fn attach_type(d: Direction) -> TcAttachType {
     match d {
@@ -155,8 +167,8 @@ impl KernelProgram {
             .map_max_entries(globals::MAP_FLOWS_USED, slots.div_ceil(64))
             .load(OBJECT)
             .map_err(|e| LoadError::from_aya("loading the eBPF object", e))?;
-        for d in Direction::ALL {
-            let name = program_name(d);
+        for (d, f) in PROGRAMS {
+            let name = program_name(d, f);
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| LoadError::Other {
@@ -185,7 +197,8 @@ impl KernelProgram {
     }
 
     /// Attaches the classifier of each of `directions` to `interface` (TCX links on kernels
-    /// that have them, a clsact qdisc + netlink filter otherwise). On error nothing stays
+    /// that have them, a clsact qdisc + netlink filter otherwise): the `_l3` programs if its
+    /// frames start at the IP header ([`interface::framing`]). On error nothing stays
     /// attached: links made so far are dropped with `self`.
     ///
     /// With pins, a hook whose link is pinned gets this program through that link, atomically;
@@ -196,16 +209,17 @@ impl KernelProgram {
                 name: interface.to_string(),
             });
         };
+        let framing = interface::framing(interface);
         let mut wanted = Vec::new();
         for &d in directions {
-            let name = program_name(d);
+            let name = program_name(d, framing);
             if let Some(path) = self
                 .pins
                 .as_ref()
                 .map(|p| p.link_path(interface, ifindex, d))
             {
                 wanted.push(path.clone());
-                if self.adopt_link(interface, d, &path) {
+                if self.adopt_link(interface, d, framing, &path) {
                     continue;
                 }
             }
@@ -233,7 +247,12 @@ impl KernelProgram {
                 pin_link(prog, id, interface, path)?;
             }
             self.attached.push((interface.to_string(), d));
-            tracing::info!(interface, hook = direction_name(d), "attached");
+            tracing::info!(
+                interface,
+                hook = direction_name(d),
+                program = name,
+                "attached"
+            );
         }
         if let Some(p) = &self.pins {
             p.remove_other_links(&wanted)?;
@@ -244,13 +263,19 @@ impl KernelProgram {
     /// Gives hook `d` of `interface` this program through its pinned link at `path`, if there
     /// is one that still works (`bpf_link_update`: the hook never runs without a program).
     /// A stale pin (its interface gone, a link of another kind) is removed: false then.
-    fn adopt_link(&mut self, interface: &str, d: Direction, path: &std::path::Path) -> bool {
+    fn adopt_link(
+        &mut self,
+        interface: &str,
+        d: Direction,
+        framing: Framing,
+        path: &std::path::Path,
+    ) -> bool {
         if !path.exists() {
             return false;
         }
         let prog: &mut SchedClassifier = self
             .ebpf
-            .program_mut(program_name(d))
+            .program_mut(program_name(d, framing))
             .expect("checked in load")
             .try_into()
             .expect("checked in load");
@@ -286,11 +311,16 @@ impl KernelProgram {
         &self.attached
     }
 
-    /// The loaded program of one hook, for `test_run::test_run`.
+    /// The loaded program of one hook (for Ethernet framing), for `test_run::test_run`.
     pub fn program_fd(&self, d: Direction) -> BorrowedFd<'_> {
+        self.program_fd_for(d, Framing::Ethernet)
+    }
+
+    /// The loaded program of one hook for links of framing `f`.
+    pub fn program_fd_for(&self, d: Direction, f: Framing) -> BorrowedFd<'_> {
         let prog: &SchedClassifier = self
             .ebpf
-            .program(program_name(d))
+            .program(program_name(d, f))
             .expect("checked in load")
             .try_into()
             .expect("checked in load");
@@ -422,9 +452,14 @@ fn check_not_attached(interface: &str, d: Direction) -> Result<(), LoadError> {
             return Ok(());
         }
     };
+    // Either framing's program is an ayaflow on this hook.
+    let ours = [
+        program_name(d, Framing::Ethernet),
+        program_name(d, Framing::Ip),
+    ];
     match progs
         .iter()
-        .find(|p| p.name_as_str() == Some(program_name(d)))
+        .find(|p| p.name_as_str().is_some_and(|n| ours.contains(&n)))
     {
         Some(p) => Err(LoadError::AlreadyAttached {
             interface: interface.to_string(),

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use ayaflow_common::flow::Direction;
 
-use crate::flow::{FiveTuple, Protocol, TCP_FIN, TCP_RST};
+use crate::flow::{FiveTuple, TCP_FIN, TCP_RST};
 
 use super::{EndReason, FlowRecord};
 
@@ -86,7 +86,7 @@ impl FlowCache {
     /// Adds `o` to its flow. Frames that are not IP are not exported (no template has room for
     /// them) and are ignored.
     pub fn add(&mut self, o: &Observation) {
-        if matches!(o.tuple.proto, Protocol::Ether(_)) || o.packets == 0 {
+        if !o.tuple.proto.is_ip() || o.packets == 0 {
             return;
         }
         let key = (o.tuple, o.direction);

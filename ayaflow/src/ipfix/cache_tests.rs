@@ -1,4 +1,5 @@
 use super::*;
+use crate::flow::Protocol;
 
 const S: u64 = 1_000_000_000;
 

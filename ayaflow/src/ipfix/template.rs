@@ -85,7 +85,7 @@ pub const RECORD_LEN_V6: usize = record_len(&FIELDS_V6);
 
 /// Which template a record uses; `None` for frames that are not IP (not exported).
 pub fn template_of(r: &FlowRecord) -> Option<u16> {
-    if matches!(r.tuple.proto, Protocol::Ether(_)) {
+    if !r.tuple.proto.is_ip() {
         return None;
     }
     match (r.tuple.src, r.tuple.dst) {
@@ -130,7 +130,7 @@ fn protocol_number(p: Protocol) -> u8 {
         Protocol::Icmp => 1,
         Protocol::Icmpv6 => 58,
         Protocol::Ip(n) => n,
-        Protocol::Ether(_) => 0,
+        Protocol::Ether(_) | Protocol::Llc => 0,
     }
 }
 

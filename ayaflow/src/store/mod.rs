@@ -20,8 +20,8 @@
 //! five-tuple, direction and window) holds one SQLite row per window row. Rows hold integers
 //! only and point at a row of `tuples`, which holds every distinct five-tuple and direction
 //! once. There, addresses are stored as their canonical text (`10.0.0.1`, `fd00::1`),
-//! protocols by name (`TCP`, `UDP`, `ICMP`, `ICMPv6`, `IP-<n>`, `ETH-0x<hex>`), directions as
-//! `ingress`/`egress`. See `schema.rs` for columns and indexes.
+//! protocols by name (`TCP`, `UDP`, `ICMP`, `ICMPv6`, `IP-<n>`, `ETH-0x<hex>`, `LLC`),
+//! directions as `ingress`/`egress`. See `schema.rs` for columns and indexes.
 //!
 //! # Writing
 //!

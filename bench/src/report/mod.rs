@@ -291,6 +291,12 @@ pub fn render(args: &Args, plan: &Plan, res: &Results) -> String {
     if !res.capture.is_empty() {
         section_capture(w, cmd, plan, res);
     }
+    if !res.inplace.is_empty() {
+        crate::inplace::render(w, cmd, &res.inplace);
+    }
+    if !res.tcp.is_empty() {
+        crate::tcp::render(w, cmd, &res.tcp);
+    }
     section_storage(w, cmd, plan, res);
     if let Some(u) = &res.ui {
         section_ui(w, cmd, u);

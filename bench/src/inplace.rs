@@ -1,0 +1,115 @@
+//! Section `inplace`: the classifier's cost per packet on linear and on paged frames, in situ.
+//!
+//! The same 1,000 IPv4 flows as section 2, once from `sendmmsg` (each frame one linear skb) and
+//! once from a TX ring (each skb linear only up to the Ethernet header, the rest in page
+//! fragments), through the empty classifier, ayaFlow in flow mode and ayaFlow in raw mode;
+//! rounds interleaved, the kernel's BPF statistics on throughout (run time / run count of the
+//! program on `if_b`'s TCX ingress). Before issue 17 the classifier pulled a paged frame's
+//! headers into the linear part (`bpf_skb_pull_data`); it now copies the headers it reads.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    capture::{self, RunResult},
+    median,
+    netns::Pair,
+    observer::{BpfStats, Observer},
+    sender::Traffic,
+};
+
+pub const OBSERVERS: [Observer; 4] = [
+    Observer::EmptyTc,
+    Observer::TouchTc,
+    Observer::AyaFlows,
+    Observer::AyaRaw,
+];
+
+/// The two kinds of frames.
+pub fn traffic() -> [Traffic; 2] {
+    [false, true].map(|paged| Traffic {
+        v6: false,
+        flows: 1000,
+        paged,
+    })
+}
+
+/// `rounds` rounds of `packets` packets per (frames, observer), statistics on.
+pub fn run(
+    pair: &Pair,
+    agent: &Path,
+    scratch: &Path,
+    rounds: usize,
+    packets: u64,
+) -> Result<Vec<RunResult>> {
+    let _stats = BpfStats::enable()?;
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        for t in traffic() {
+            for o in OBSERVERS {
+                crate::interrupted()?;
+                let r = capture::run_one(pair, agent, scratch, o, t, packets, round)
+                    .with_context(|| format!("{} on {}, round {round}", o.name(), t.name()))?;
+                eprintln!(
+                    "bench: inplace round {round} {:<12} {:<13} delivered {} counted {:?} bpf {:?} ns/pkt",
+                    t.name(),
+                    o.name(),
+                    r.delivered,
+                    r.counted,
+                    r.bpf_ns_per_pkt
+                );
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The section's table: per frames and observer, the median ns per packet with the spread,
+/// and paged ÷ linear.
+pub fn render(w: &mut String, cmd: &str, runs: &[RunResult]) {
+    let rounds = runs.iter().map(|r| r.round).max().map_or(0, |m| m + 1);
+    let _ = writeln!(
+        w,
+        "### Linear and paged frames, in place\n\nThe v4-1k frames of section 2 sent twice: with \
+         `sendmmsg` (every skb linear) and from an AF_PACKET TX ring (`v4-1k-paged`: each skb linear \
+         up to the Ethernet header only, the rest page fragments of the ring, as trafgen sends). \
+         The classifier's run time per packet on `if_b`'s ingress from the kernel's BPF statistics \
+         (on throughout: they add two clock reads per run, which the empty classifier shows), \
+         median of {rounds} interleaved rounds of {} packets, min–max in brackets. Paged frames are \
+         parsed from copies of the headers they carry (`bpf_skb_load_bytes`), never pulled.\n\n\
+         Reproduce: `{cmd} -- --sections inplace`\n\n\
+         | observer | linear ns/pkt | paged ns/pkt | paged ÷ linear | counted = delivered |\n\
+         | --- | ---: | ---: | ---: | --- |",
+        runs.first().map_or(0, |r| r.sent)
+    );
+    let [linear, paged] = traffic().map(|t| t.name());
+    let cell = |o: Observer, t: &str| -> (f64, String) {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.observer == o.name() && r.traffic == t)
+            .filter_map(|r| r.bpf_ns_per_pkt)
+            .collect();
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(l, h), x| (l.min(*x), h.max(*x)));
+        let m = median(&v);
+        (m, format!("{m:.0} ({lo:.0}–{hi:.0})"))
+    };
+    for o in OBSERVERS {
+        let (l, ls) = cell(o, &linear);
+        let (p, ps) = cell(o, &paged);
+        let exact = runs
+            .iter()
+            .filter(|r| r.observer == o.name() && o.is_ayaflow())
+            .all(|r| r.counted == Some(r.delivered));
+        let exact = if o.is_ayaflow() {
+            if exact { "yes, every run" } else { "**no**" }
+        } else {
+            "-"
+        };
+        let _ = writeln!(w, "| {} | {ls} | {ps} | {:.2} | {exact} |", o.name(), p / l);
+    }
+    let _ = writeln!(w);
+}
