@@ -42,7 +42,7 @@ use crate::{
     ipfix::{self, ExportConfig, IpfixExport},
     metrics::{Family, MetricsSource},
     pipeline::{Pipeline, PipelineStats},
-    shutdown::{Shutdown, signal_received},
+    shutdown::{Shutdown, Signals},
     storage::{Storage, StorageConfig, StorageStats},
     store::HistoryKind,
     sync::lock,
@@ -61,6 +61,8 @@ const FINAL_WINDOWS_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs the agent until a signal arrives; returns once everything is flushed and detached.
 pub async fn run(config: Config) -> Result<()> {
+    // Caught from here on: a signal right after start-up still flushes and exits cleanly.
+    let mut signals = Signals::install().context("installing signal handlers")?;
     let started_at = std::time::Instant::now();
     // First: a bad token file stops the agent before it attaches anything.
     let api_token = config
@@ -255,8 +257,8 @@ pub async fn run(config: Config) -> Result<()> {
     let mut ring_done = false;
     let mut sweep_done = false;
     let capture_failure = tokio::select! {
-        signal = signal_received() => {
-            tracing::info!("{} received: shutting down", signal.context("installing signal handlers")?);
+        signal = signals.received() => {
+            tracing::info!("{signal} received: shutting down");
             None
         }
         r = &mut ring_task => {

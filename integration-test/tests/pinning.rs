@@ -48,6 +48,17 @@ fn start(pair: &NetPair, dir: &Path, pins: &Path, extra: &[&str]) -> Agent {
     Agent::start_on_b(pair, &dir.join("h.db"), &args)
 }
 
+/// SIGTERM; the agent must exit 0 (its log in the failure message).
+fn stop_agent(agent: Agent) {
+    let log = agent.stderr_path.clone();
+    let status = agent.terminate();
+    assert!(
+        status.success(),
+        "the agent exited with {status}:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
 /// The agent's metric `sample`, recorded in `seen` (every value read, in order).
 fn read(agent: &Agent, sample: &str, seen: &mut Vec<u64>) -> u64 {
     let (_, body) = agent.get("/metrics").expect("metrics");
@@ -72,7 +83,7 @@ fn counting_continues_across_sigterm_and_sigkill_restarts() {
         (read(&agent, UDP_INGRESS, &mut seen) > 200).then_some(())
     });
     read(&agent, PACKETS_INGRESS, &mut totals);
-    assert!(agent.terminate().success());
+    stop_agent(agent);
     // The gap: no agent runs, the program counts on.
     std::thread::sleep(Duration::from_secs(1));
 
@@ -117,7 +128,7 @@ fn counting_continues_across_sigterm_and_sigkill_restarts() {
     let log = agent.log();
     assert!(log.contains("adopting the pinned maps"), "{log}");
     assert!(log.contains("attached through the pinned link"), "{log}");
-    assert!(agent.terminate().success());
+    stop_agent(agent);
     detach_leaves_nothing(&fs.pins());
 }
 
@@ -136,7 +147,7 @@ fn an_upgrade_replaces_the_program_in_place_and_a_layout_change_starts_clean() {
         (read(&agent, UDP_INGRESS, &mut seen) > 200).then_some(())
     });
     let before = link_prog_ids(&fs.pins());
-    assert!(agent.terminate().success());
+    stop_agent(agent);
     // Another program (flow mode: another load-time constant), the same maps.
     let agent = start(&pair, dir.path(), &fs.pins(), &["--capture-mode", "flows"]);
     let after = link_prog_ids(&fs.pins());
@@ -156,7 +167,7 @@ fn an_upgrade_replaces_the_program_in_place_and_a_layout_change_starts_clean() {
     wait_for(30, &format!("{sent} datagrams counted"), || {
         (read(&agent, UDP_INGRESS, &mut seen) == sent).then_some(())
     });
-    assert!(agent.terminate().success());
+    stop_agent(agent);
 
     // Another ring buffer size: the maps cannot be reused; the agent says so and starts clean.
     let agent = start(
@@ -174,7 +185,7 @@ fn an_upgrade_replaces_the_program_in_place_and_a_layout_change_starts_clean() {
         read(&agent, UDP_INGRESS, &mut seen) < sent,
         "counters started again"
     );
-    assert!(agent.terminate().success());
+    stop_agent(agent);
     detach_leaves_nothing(&fs.pins());
 }
 
@@ -186,7 +197,7 @@ fn flow_mode_finds_the_flows_of_the_gap() {
     let dir = tempfile::tempdir().unwrap();
     let flows = ["--capture-mode", "flows", "--aggregation-window", "5"];
     let agent = start(&pair, dir.path(), &fs.pins(), &flows);
-    assert!(agent.terminate().success());
+    stop_agent(agent);
     // While no agent runs: 300 datagrams of a new connection.
     burst(&pair, 7100, 300, 60);
     let agent = start(&pair, dir.path(), &fs.pins(), &flows);
@@ -204,7 +215,7 @@ fn flow_mode_finds_the_flows_of_the_gap() {
     // Ethernet 14 + IPv4 20 + UDP 8 + 60.
     assert_eq!(live["stats"]["bytes_count"], 300 * 102, "{live}");
     // SIGTERM flushes the open window: the gap's flow is in the history, exactly.
-    assert!(agent.terminate().success());
+    stop_agent(agent);
     let windows = ayaflow::store::Store::open_read_only(dir.path().join("h.db"))
         .unwrap()
         .query_history(&ayaflow::store::HistoryQuery {
@@ -232,7 +243,7 @@ fn raw_mode_reads_the_events_of_the_gap_from_the_pinned_ring() {
     let fs = Bpffs::mount();
     let dir = tempfile::tempdir().unwrap();
     let agent = start(&pair, dir.path(), &fs.pins(), &[]);
-    assert!(agent.terminate().success());
+    stop_agent(agent);
     burst(&pair, 7200, 300, 20);
     let agent = start(&pair, dir.path(), &fs.pins(), &[]);
     // Each event the program wrote into the ring while no agent ran becomes a history row.
@@ -246,7 +257,7 @@ fn raw_mode_reads_the_events_of_the_gap_from_the_pinned_ring() {
         metric(&body, "ayaflow_ringbuf_drops_total{direction=\"ingress\"}"),
         Some(0)
     );
-    assert!(agent.terminate().success());
+    stop_agent(agent);
     detach_leaves_nothing(&fs.pins());
 }
 
@@ -270,7 +281,7 @@ fn a_pin_path_off_bpffs_and_a_second_agent_are_refused() {
     let agent = start(&pair, dir.path(), &fs.pins(), &[]);
     let stderr = refused(&pair, &fs.pins(), &dir.path().join("h2.db"));
     assert!(stderr.contains("another ayaflow uses the pins"), "{stderr}");
-    assert!(agent.terminate().success());
+    stop_agent(agent);
     detach_leaves_nothing(&fs.pins());
 }
 
