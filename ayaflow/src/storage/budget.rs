@@ -89,19 +89,21 @@ impl Writer {
 
     /// Before a transaction of `rows` rows: deletes the oldest history until the file's share
     /// of the budget has room for them. Returns the file's used bytes (for
-    /// [`Writer::learn_row_bytes`]), or `None` after a failure (counted, backoff set).
+    /// [`Writer::learn_row_bytes`]; 0 without a budget, which measures nothing), or `None` after
+    /// a failure (counted, backoff set).
     pub(super) fn make_room(&mut self, rows: usize) -> Option<u64> {
         let share = self.applied_limits.and_then(|l| l.file_share());
         let store = self.store.as_mut()?;
+        // Without a budget nothing is measured: no query added to the write path.
+        let Some(share) = share else {
+            return Some(0);
+        };
         let mut used = match store.used_bytes() {
             Ok(u) => u,
             Err(e) => {
                 self.failed(&e);
                 return None;
             }
-        };
-        let Some(share) = share else {
-            return Some(used);
         };
         let need = (rows as u64).saturating_mul(self.row_bytes);
         let mut deleted = 0usize;
@@ -140,6 +142,9 @@ impl Writer {
     /// bytes: the bytes a row took, remembered so the next transaction's room is right. A
     /// larger row size is taken at once, a smaller one an eighth at a time.
     pub(super) fn learn_row_bytes(&mut self, used_before: u64, rows: usize) {
+        if self.applied_limits.and_then(|l| l.budget).is_none() {
+            return;
+        }
         self.truncate_wal_past_its_share();
         let Some(used) = self.store.as_ref().and_then(|s| s.used_bytes().ok()) else {
             return;
