@@ -202,6 +202,13 @@ fn a_closed_window_larger_than_the_storage_queue_is_stored_whole() {
         sent,
         "the hook saw every datagram once"
     );
+    // The events counter moves when a batch is read, the window's rows when it is added: wait
+    // for the last batch to reach the aggregator (or the window to close, which fails below).
+    let text = wait_for(60, "the last events in the open window", || {
+        let t = metrics(&agent);
+        let closed = (unix_now() as u64) >= window_start + WINDOW;
+        (m(&t, WINDOW_ROWS) >= sent || closed).then_some(t)
+    });
     assert_eq!(m(&text, OVERFLOW), 0, "no key went to the overflow row");
     let held = m(&text, WINDOW_ROWS);
     assert!(
