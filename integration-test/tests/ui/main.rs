@@ -8,8 +8,8 @@
 //!   filters (also from the keyboard); the charts advance with the stream, which alone drives
 //!   the page (no polling); a hidden tab closes its stream.
 //! - `history.rs`: paging walks every row of a known set exactly once; the chart and the CSV
-//!   hold what the range and the table show; aggregated windows at a phone's width (Firefox: 500 px, its narrowest), where
-//!   neither view is wider than the screen.
+//!   hold what the range and the table show; aggregated windows at a phone's width (in
+//!   Firefox 500 px, its narrowest window), where neither view is wider than the screen.
 //! - `access.rs`: a peer outside the allowlist gets 403 for the page and each of its files;
 //!   with a token, the page asks for it and then streams.
 //! - `screenshots.rs` (ignored; `cargo xtask screenshots`): the README's pictures in docs/,
