@@ -1,6 +1,7 @@
 //! Idempotent set-up: Debian packages, then `bpf-linker` built against the LLVM of the chosen
-//! BPF toolchain into the project's `.tools/`, and for the tests a Python venv in `.tools/venv`
-//! with the deployment linters. Says what it installs; installs nothing twice.
+//! BPF toolchain into the project's `.tools/`, and for the tests `geckodriver` (Firefox's
+//! WebDriver, which Debian does not package) into `.tools/bin` and a Python venv in
+//! `.tools/venv` with the deployment linters. Says what it installs; installs nothing twice.
 
 use std::{
     path::{Path, PathBuf},
@@ -16,6 +17,9 @@ use crate::status;
 /// The Dockerfile builds the same version (a unit test below keeps them equal).
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The `geckodriver` release the web UI tests drive Firefox ESR with (from crates.io).
+pub const GECKODRIVER_VERSION: &str = "0.37.1";
+
 /// Debian packages of the build: the BPF toolchain and what bpf-linker links against. The
 /// Dockerfile's build stage installs the same list (checked below).
 pub const BUILD_PACKAGES: &[&str] = &[
@@ -30,8 +34,9 @@ pub const BUILD_PACKAGES: &[&str] = &[
 /// Debian packages of the tests: ip and tc (iproute2), ping, ethtool, bpftool; Prometheus and
 /// promtool for the dashboard and metrics tests; libfaketime to step the agent's clock (alone);
 /// nfdump (nfcapd, a real IPFIX collector), tshark and tcpdump for the export tests;
-/// python3-venv for the venv below; Chromium and its WebDriver for the web UI tests
-/// (`integration-test/tests/ui`), with the fonts its screenshots are drawn in.
+/// python3-venv for the venv below; Chromium and its WebDriver, and Firefox ESR (its WebDriver is
+/// [`geckodriver`]), for the web UI tests (`integration-test/tests/ui`), with the fonts the
+/// screenshots are drawn in.
 pub const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
@@ -45,6 +50,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "python3-venv",
     "chromium",
     "chromium-driver",
+    "firefox-esr",
     "fonts-dejavu-core",
     // The windows tests read the history file with the sqlite3 shell.
     "sqlite3",
@@ -73,6 +79,7 @@ pub fn all() -> Result<BpfToolchain> {
     if Path::new("/usr/bin/apt-get").exists() {
         apt_install(TEST_PACKAGES)?;
     }
+    geckodriver()?;
     python_tools()?;
     Ok(toolchain)
 }
@@ -146,6 +153,42 @@ fn python_tools() -> Result<()> {
         Command::new(&python)
             .args(["-m", "pip", "install", "--quiet"])
             .args(&missing),
+    )
+}
+
+/// Builds [`GECKODRIVER_VERSION`] of geckodriver into the project's `.tools/bin` unless that
+/// version is there.
+fn geckodriver() -> Result<()> {
+    let bin = ayaflow_build::tools_bin_dir();
+    let exe = bin.join("geckodriver");
+    let installed = Command::new(&exe).arg("--version").output().is_ok_and(|o| {
+        // "geckodriver 0.37.1", maybe followed by " (<commit> <date>)".
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|v| v == GECKODRIVER_VERSION)
+    });
+    if installed {
+        return Ok(());
+    }
+    let root = bin.parent().expect("tools/bin has a parent");
+    eprintln!(
+        "xtask: building geckodriver {GECKODRIVER_VERSION} into {} (about 2 minutes, once)",
+        root.display()
+    );
+    status(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "geckodriver",
+                "--version",
+                GECKODRIVER_VERSION,
+                "--locked",
+                "--force",
+                "--root",
+            ])
+            .arg(root)
+            .env_remove("RUSTUP_TOOLCHAIN"),
     )
 }
 

@@ -55,6 +55,7 @@ const ASSETS: &[Asset] = &[
     asset!("index.html", "text/html; charset=utf-8"),
     asset!("app.css", "text/css; charset=utf-8"),
     asset!("icon.svg", "image/svg+xml"),
+    asset!("errors.js", JS),
     asset!("main.js", JS),
     asset!("api.js", JS),
     asset!("format.js", JS),

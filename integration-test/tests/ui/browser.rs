@@ -1,6 +1,7 @@
-//! Headless Chromium driven over WebDriver (chromedriver, Debian `chromium-driver`) inside a
-//! test namespace, so the browser reaches the agent's API on that namespace's loopback and
-//! nothing else: the namespaces have no route out.
+//! Headless Chromium (chromedriver, Debian `chromium-driver`) or Firefox ESR (geckodriver,
+//! built into the project's `.tools/bin` by `cargo xtask setup`; Debian `firefox-esr`) driven
+//! over WebDriver inside a test namespace, so the browser reaches the agent's API on that
+//! namespace's loopback and nothing else: the namespaces have no route out.
 //!
 //! Everything here runs on a thread that has joined the namespace ([`in_browser_ns`]): the
 //! WebDriver client's sockets, opened by the runtime on that thread, live there too.
@@ -9,7 +10,7 @@ use std::{
     future::Future,
     net::TcpStream,
     os::unix::process::CommandExt as _,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Stdio},
 };
 
@@ -18,8 +19,112 @@ use serde_json::{Value, json};
 
 use integration_test::{netns::NetPair, wait_for};
 
-/// chromedriver's port on the namespace's loopback.
+/// The WebDriver server's port on the namespace's loopback.
 const DRIVER_PORT: u16 = 9515;
+
+/// The narrowest window Firefox makes, CSS pixels.
+pub const FIREFOX_MIN_WIDTH: u32 = 500;
+
+/// The browsers the UI is tested in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Chromium,
+    Firefox,
+}
+
+impl Kind {
+    /// The WebDriver server of this browser, with what installs it.
+    fn driver(self) -> (PathBuf, &'static str) {
+        match self {
+            Kind::Chromium => (
+                "chromedriver".into(),
+                "Debian chromium-driver; `cargo xtask setup` installs it",
+            ),
+            Kind::Firefox => {
+                // `cargo xtask setup` builds it into the project's tools; else PATH's.
+                let ours =
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/geckodriver");
+                let path = if ours.is_file() {
+                    ours
+                } else {
+                    "geckodriver".into()
+                };
+                (
+                    path,
+                    "geckodriver from crates.io in .tools/bin; `cargo xtask setup` installs it",
+                )
+            }
+        }
+    }
+
+    /// The capabilities of a headless session with a `width` x `height` window, its profile in
+    /// `profile` and downloads going to `downloads` without a prompt.
+    fn capabilities(self, width: u32, height: u32, profile: &Path, downloads: &Path) -> Value {
+        match self {
+            Kind::Chromium => json!({
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": "/usr/bin/chromium",
+                    "args": [
+                        "--headless=new",
+                        // Root in a test: Chromium's sandbox needs an unprivileged user.
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--disable-dev-shm-usage",
+                        format!("--window-size={width},{height}"),
+                        format!("--user-data-dir={}", profile.display()),
+                        // Nothing of the browser's own (updates, sync, safe browsing) is wanted.
+                        "--no-first-run",
+                        "--disable-background-networking",
+                        "--disable-component-update",
+                        "--disable-sync",
+                        "--disable-default-apps",
+                        "--disable-extensions",
+                        "--hide-scrollbars",
+                        "--force-color-profile=srgb",
+                    ],
+                    "prefs": {
+                        "download.default_directory": downloads.display().to_string(),
+                        "download.prompt_for_download": false,
+                    },
+                },
+                "goog:loggingPrefs": {"browser": "ALL"},
+            }),
+            Kind::Firefox => json!({
+                "browserName": "firefox",
+                "moz:firefoxOptions": {
+                    "binary": "/usr/bin/firefox-esr",
+                    "args": [
+                        "-headless",
+                        format!("--width={width}"),
+                        format!("--height={height}"),
+                        // geckodriver uses this profile in place, its prefs written into it.
+                        "-profile",
+                        profile.display().to_string(),
+                    ],
+                    "prefs": {
+                        // Downloads: to `downloads`, no dialog, CSV saved as it comes.
+                        "browser.download.dir": downloads.display().to_string(),
+                        "browser.download.folderList": 2,
+                        "browser.download.useDownloadDir": true,
+                        "browser.download.always_ask_before_handling_new_types": false,
+                        "browser.download.manager.showWhenStarting": false,
+                        "browser.helperApps.neverAsk.saveToDisk": "text/csv",
+                        // Nothing of the browser's own (updates, telemetry, safe browsing,
+                        // captive portal probes) is wanted; geckodriver turns off the rest.
+                        "app.update.disabledForTesting": true,
+                        "datareporting.policy.dataSubmissionEnabled": false,
+                        "toolkit.telemetry.enabled": false,
+                        "browser.safebrowsing.malware.enabled": false,
+                        "browser.safebrowsing.phishing.enabled": false,
+                        "network.captive-portal-service.enabled": false,
+                        "network.connectivity-service.enabled": false,
+                    },
+                },
+            }),
+        }
+    }
+}
 
 /// Runs `f` to completion on a single-threaded runtime on a thread inside namespace `ns`.
 pub fn in_browser_ns<T, F>(ns: &str, f: impl FnOnce() -> F + Send + 'static) -> T
@@ -36,18 +141,21 @@ where
     })
 }
 
-/// A chromedriver process and one browser session; both end on drop.
+/// A WebDriver server process and one browser session; both end on drop.
 pub struct Browser {
     pub client: Client,
+    pub kind: Kind,
     _driver: Driver,
     _profile: tempfile::TempDir,
 }
 
 impl Browser {
-    /// Starts chromedriver in `ns` (call from [`in_browser_ns`] with the same `ns`) and a
-    /// headless Chromium with a `width` x `height` window, downloads going to `downloads`.
-    pub async fn start(ns: &str, width: u32, height: u32, downloads: &Path) -> Browser {
-        let driver = NetPair::command(ns, "chromedriver")
+    /// Starts the WebDriver server of `kind` in `ns` (call from [`in_browser_ns`] with the same
+    /// `ns`) and a headless browser whose page is `width` x `height` (in Firefox at least
+    /// [`FIREFOX_MIN_WIDTH`] wide), downloads going to `downloads`.
+    pub async fn start(kind: Kind, ns: &str, width: u32, height: u32, downloads: &Path) -> Browser {
+        let (program, installed) = kind.driver();
+        let driver = NetPair::command(ns, &program.display().to_string())
             .arg(format!("--port={DRIVER_PORT}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -55,49 +163,19 @@ impl Browser {
             // Its own process group, which the browser it starts joins: see `Driver`.
             .process_group(0)
             .spawn()
-            .expect(
-                "starting chromedriver (Debian chromium-driver; `cargo xtask setup` installs it)",
-            );
+            .unwrap_or_else(|e| panic!("starting {} ({installed}): {e}", program.display()));
         let driver = Driver(driver);
-        wait_for(30, "chromedriver to listen", || {
+        wait_for(30, "the WebDriver server to listen", || {
             TcpStream::connect(("127.0.0.1", DRIVER_PORT)).ok()
         });
         let profile = tempfile::tempdir().expect("a temp dir for the browser profile");
-        let caps = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless=new",
-                    // Root in a test: Chromium's sandbox needs an unprivileged user.
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    format!("--window-size={width},{height}"),
-                    format!("--user-data-dir={}", profile.path().display()),
-                    // Nothing of the browser's own (updates, sync, safe browsing) is wanted.
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--disable-default-apps",
-                    "--disable-extensions",
-                    "--hide-scrollbars",
-                    "--force-color-profile=srgb",
-                ],
-                "prefs": {
-                    "download.default_directory": downloads.display().to_string(),
-                    "download.prompt_for_download": false,
-                },
-            },
-            "goog:loggingPrefs": {"browser": "ALL"},
-        });
+        let caps = kind.capabilities(width, height, profile.path(), downloads);
         let caps = caps.as_object().expect("an object").clone();
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&format!("http://127.0.0.1:{DRIVER_PORT}"))
             .await
-            .expect("a WebDriver session with headless Chromium");
+            .unwrap_or_else(|e| panic!("a WebDriver session with headless {kind:?}: {e}"));
         // The window includes the browser's own frame: size it so the page gets
         // `width` x `height` (what the screenshots are).
         client
@@ -117,8 +195,25 @@ impl Browser {
             .set_window_size(w, h)
             .await
             .expect("resizing the window");
+        let inner = client
+            .execute("return [window.innerWidth, window.innerHeight];", vec![])
+            .await
+            .expect("reading the viewport");
+        // Firefox makes no window narrower than 500 CSS pixels (headless too, whatever the
+        // pixel ratio): its "phone" is that wide.
+        let min = if kind == Kind::Firefox {
+            FIREFOX_MIN_WIDTH
+        } else {
+            0
+        };
+        assert_eq!(
+            inner,
+            json!([width.max(min), height]),
+            "{kind:?}'s viewport"
+        );
         Browser {
             client,
+            kind,
             _driver: driver,
             _profile: profile,
         }
@@ -157,26 +252,39 @@ impl Browser {
         }
     }
 
-    /// The browser's console and network log since the last call: (level, message).
-    pub async fn log(&self) -> Vec<(String, String)> {
-        let entries = self
-            .client
-            .issue_cmd(BrowserLog)
-            .await
-            .expect("chromedriver returns the browser log");
-        entries
+    /// The errors the page met (`ui/errors.js` keeps them: uncaught exceptions, unhandled
+    /// rejections, failed loads, CSP violations, `console.error`), and in Chromium also its log's
+    /// (level SEVERE, since the last call: failed requests too), but for those containing one of
+    /// `allowed`.
+    pub async fn errors(&self, allowed: &[&str]) -> Vec<String> {
+        let page = self
+            .js(
+                "return window.ayaflowErrors || ['no window.ayaflowErrors: /ui/errors.js did not run'];",
+                vec![],
+            )
+            .await;
+        let mut out: Vec<String> = page
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|e| {
-                        (
-                            e["level"].as_str().unwrap_or("").to_string(),
-                            e["message"].as_str().unwrap_or("").to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+            .expect("an array")
+            .iter()
+            .map(|e| format!("page: {}", e.as_str().unwrap_or_default()))
+            .collect();
+        if self.kind == Kind::Chromium {
+            let log = self
+                .client
+                .issue_cmd(BrowserLog)
+                .await
+                .expect("chromedriver returns the browser log");
+            out.extend(
+                log.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e["level"] == "SEVERE")
+                    .map(|e| format!("log: {}", e["message"].as_str().unwrap_or_default())),
+            );
+        }
+        out.retain(|m| !allowed.iter().any(|a| m.contains(a)));
+        out
     }
 
     /// A PNG of the viewport.
@@ -185,20 +293,20 @@ impl Browser {
     }
 }
 
-/// chromedriver and every browser process it started, killed on drop: chromedriver does not
-/// take its browser with it when killed, so the whole process group goes (ours: chromedriver's
-/// group, made for it), then any descendant that left it.
+/// The WebDriver server and every browser process it started, killed on drop: neither
+/// chromedriver nor geckodriver takes its browser with it when killed, so the whole process
+/// group goes (ours: the server's group, made for it), then any descendant that left it.
 struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
         let pgid = self.0.id() as i32;
         let mut ours = descendants(pgid);
-        // SAFETY: signals the process group we created for chromedriver.
+        // SAFETY: signals the process group we created for the server.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
         ours.extend(descendants(pgid));
         for pid in ours {
-            // SAFETY: a descendant of chromedriver, which we started.
+            // SAFETY: a descendant of the server, which we started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let _ = self.0.kill();

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use super::{
     FOREIGN_RESOURCES, PAGE, UDP_OVERHEAD,
-    browser::{Browser, in_browser_ns},
-    errors, rows_script, send_udp,
+    browser::{Browser, Kind, in_browser_ns},
+    rows_script, send_udp,
 };
 
 /// Datagrams of the known set (one raw row each): more than two pages of 100.
@@ -25,8 +25,7 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-#[test]
-fn history_pages_walk_every_row_once_and_the_chart_and_csv_hold_what_is_shown() {
+fn history_pages_walk_every_row_once_and_the_chart_and_csv_hold_what_is_shown(kind: Kind) {
     require_bpf();
     let pair = NetPair::new(false);
     let dir = tempfile::tempdir().unwrap();
@@ -43,7 +42,7 @@ fn history_pages_walk_every_row_once_and_the_chart_and_csv_hold_what_is_shown() 
     let downloads = tempfile::tempdir().unwrap();
     let ns = pair.ns_b.clone();
     in_browser_ns(&ns.clone(), move || async move {
-        let b = Browser::start(&ns, 1366, 800, downloads.path()).await;
+        let b = Browser::start(kind, &ns, 1366, 800, downloads.path()).await;
         b.client
             .goto(&format!("{PAGE}#history"))
             .await
@@ -231,11 +230,10 @@ fn history_pages_walk_every_row_once_and_the_chart_and_csv_hold_what_is_shown() 
         assert_eq!(again, first_page);
 
         assert_eq!(b.js(FOREIGN_RESOURCES, vec![]).await, serde_json::json!([]));
-        let log = b.log().await;
         assert_eq!(
-            errors(&log, &[]),
+            b.errors(&[]).await,
             Vec::<String>::new(),
-            "console errors (whole log: {log:?})"
+            "errors in the page"
         );
     });
     drop(agent);
@@ -245,8 +243,7 @@ fn history_pages_walk_every_row_once_and_the_chart_and_csv_hold_what_is_shown() 
 /// Aggregated history, at a phone's width: the page picks the agent's kind, the chart and the
 /// table hold the known connection's windows, the CSV has the windows' columns, and neither
 /// view is wider than the screen.
-#[test]
-fn aggregated_history_at_a_phone_width() {
+fn aggregated_history_at_a_phone_width(kind: Kind) {
     require_bpf();
     let pair = NetPair::new(false);
     let dir = tempfile::tempdir().unwrap();
@@ -271,7 +268,7 @@ fn aggregated_history_at_a_phone_width() {
     let downloads = tempfile::tempdir().unwrap();
     let ns = pair.ns_b.clone();
     in_browser_ns(&ns.clone(), move || async move {
-        let b = Browser::start(&ns, 390, 844, downloads.path()).await;
+        let b = Browser::start(kind, &ns, 390, 844, downloads.path()).await;
         let narrow = "return document.documentElement.scrollWidth <= window.innerWidth;";
         b.client.goto(PAGE).await.expect("the page loads");
         b.until(
@@ -375,13 +372,16 @@ fn aggregated_history_at_a_phone_width() {
             ]
         );
         assert_eq!(csv.len() - 1, table.as_array().unwrap().len());
-        let log = b.log().await;
         assert_eq!(
-            errors(&log, &[]),
+            b.errors(&[]).await,
             Vec::<String>::new(),
-            "console errors (whole log: {log:?})"
+            "errors in the page"
         );
     });
     drop(agent);
     drop(pair);
 }
+
+in_both_browsers!(history_pages_walk_every_row_once_and_the_chart_and_csv_hold_what_is_shown);
+
+in_both_browsers!(aggregated_history_at_a_phone_width);

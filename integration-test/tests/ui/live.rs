@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::{
     FOREIGN_RESOURCES, PAGE, Steady, UDP_OVERHEAD,
-    browser::{Browser, in_browser_ns},
-    errors, rows_script, send_udp,
+    browser::{Browser, Kind, in_browser_ns},
+    rows_script, send_udp,
 };
 use std::time::Duration;
 
@@ -39,8 +39,7 @@ fn stream_clients(agent: &Agent) -> Option<u64> {
     metric(&text, "ayaflow_stream_clients")
 }
 
-#[test]
-fn the_live_view_shows_known_connections_exactly_sorts_filters_and_follows_the_stream() {
+fn the_live_view_shows_known_connections_exactly_sorts_filters_and_follows_the_stream(kind: Kind) {
     require_bpf();
     let pair = NetPair::new(false);
     let dir = tempfile::tempdir().unwrap();
@@ -64,7 +63,7 @@ fn the_live_view_shows_known_connections_exactly_sorts_filters_and_follows_the_s
     let pair = std::sync::Arc::new(pair);
     let p = pair.clone();
     in_browser_ns(&ns.clone(), move || async move {
-        let b = Browser::start(&ns, 1366, 800, downloads.path()).await;
+        let b = Browser::start(kind, &ns, 1366, 800, downloads.path()).await;
         b.client.goto(PAGE).await.expect("the page loads");
         let rows = rows_script("conn-table");
 
@@ -375,13 +374,16 @@ fn the_live_view_shows_known_connections_exactly_sorts_filters_and_follows_the_s
                 "{f} in {loaded}"
             );
         }
-        let log = b.log().await;
         assert_eq!(
-            errors(&log, &[]),
+            b.errors(&[]).await,
             Vec::<String>::new(),
-            "console errors (whole log: {log:?})"
+            "errors in the page"
         );
     });
     drop(agent);
     drop(pair);
 }
+
+in_both_browsers!(
+    the_live_view_shows_known_connections_exactly_sorts_filters_and_follows_the_stream
+);

@@ -1,18 +1,41 @@
-//! The web UI in a real browser: headless Chromium over WebDriver (`browser.rs`) against the
-//! real agent on a veth in a test namespace, seeing known traffic from the other end.
+//! The web UI in real browsers: headless Chromium and Firefox ESR over WebDriver
+//! (`browser.rs`) against the real agent on a veth in a test namespace, seeing known traffic
+//! from the other end. Each test below runs once in each (`<test>::chromium`,
+//! `<test>::firefox`), the access test without a browser once.
 //!
 //! - `live.rs`: the page loads with no console error and no request to another origin; the
 //!   live table shows the known connections with exactly their packets and bytes, sorts and
 //!   filters (also from the keyboard); the charts advance with the stream, which alone drives
 //!   the page (no polling); a hidden tab closes its stream.
 //! - `history.rs`: paging walks every row of a known set exactly once; the chart and the CSV
-//!   hold what the range and the table show; aggregated windows at a phone's width, where
-//!   neither view is wider than the screen.
+//!   hold what the range and the table show; aggregated windows at a phone's width (in
+//!   Firefox 500 px, its narrowest window), where neither view is wider than the screen.
 //! - `access.rs`: a peer outside the allowlist gets 403 for the page and each of its files;
 //!   with a token, the page asks for it and then streams.
-//! - `screenshots.rs` (ignored; `cargo xtask screenshots`): the README's pictures in docs/.
+//! - `screenshots.rs` (ignored; `cargo xtask screenshots`): the README's pictures in docs/,
+//!   taken in Chromium.
 //!
 //! Nothing waits a fixed time: every step polls a condition with a deadline.
+
+/// Module `$test` with `#[test] fn chromium()` and `#[test] fn firefox()`, each running
+/// `$test(kind)` of the enclosing module in that browser.
+macro_rules! in_both_browsers {
+    ($test:ident) => {
+        mod $test {
+            use crate::browser::Kind;
+
+            #[test]
+            fn chromium() {
+                super::$test(Kind::Chromium)
+            }
+
+            #[test]
+            fn firefox() {
+                super::$test(Kind::Firefox)
+            }
+        }
+    };
+}
 
 mod access;
 mod browser;
@@ -91,15 +114,6 @@ impl Drop for Steady {
             let _ = t.join();
         }
     }
-}
-
-/// The browser log's errors (level SEVERE), but for `allowed` substrings.
-fn errors(log: &[(String, String)], allowed: &[&str]) -> Vec<String> {
-    log.iter()
-        .filter(|(level, _)| level == "SEVERE")
-        .filter(|(_, m)| !allowed.iter().any(|a| m.contains(a)))
-        .map(|(_, m)| m.clone())
-        .collect()
 }
 
 /// Every resource the page loaded that is not on its own origin (none may be).

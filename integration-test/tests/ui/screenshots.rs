@@ -14,8 +14,8 @@ use integration_test::{
 
 use super::{
     PAGE, Steady,
-    browser::{Browser, in_browser_ns},
-    errors, send_udp,
+    browser::{Browser, Kind, in_browser_ns},
+    send_udp,
 };
 
 #[test]
@@ -50,7 +50,7 @@ fn screenshots() {
     let downloads = tempfile::tempdir().unwrap();
     in_browser_ns(&ns.clone(), move || async move {
         for (device, width, height) in [("laptop", 1366, 800), ("phone", 390, 844)] {
-            let b = Browser::start(&ns, width, height, downloads.path()).await;
+            let b = Browser::start(Kind::Chromium, &ns, width, height, downloads.path()).await;
             b.client.goto(PAGE).await.unwrap();
             b.until(
                 120,
@@ -76,8 +76,11 @@ fn screenshots() {
                 b.screenshot().await,
             )
             .unwrap();
-            let log = b.log().await;
-            assert_eq!(errors(&log, &[]), Vec::<String>::new(), "{log:?}");
+            assert_eq!(
+                b.errors(&[]).await,
+                Vec::<String>::new(),
+                "errors in the page"
+            );
             eprintln!("wrote {}/ui-{{live,history}}-{device}.png", out.display());
         }
     });
