@@ -1,7 +1,11 @@
-//! The per-CPU `COUNTERS` array: one [`CounterBlock`] per direction (index `Direction as u32`).
+//! The per-CPU `COUNTERS` array: one [`CounterBlock`] per interface and direction (index
+//! [`counter_index`]).
 //!
 //! Totals come from here, not from events, so they stay exact when the ring buffer overflows.
-//! One block per direction means one map lookup per packet for every counter it bumps.
+//! One block per interface and direction means one map lookup per packet for every counter it
+//! bumps. The agent gives each interface it attaches to a slot (`IFACE_SLOTS`, by ifindex);
+//! slot 0 counts packets of hooks whose interface has none (an interface the agent has not
+//! registered yet, or one left attached by a pinned agent), so nothing goes uncounted.
 
 /// One per-CPU `u64` counter, per direction.
 #[repr(u32)]
@@ -57,8 +61,23 @@ impl CounterBlock {
     }
 }
 
-/// Entries in the `COUNTERS` array: one per direction.
-pub const COUNTER_BLOCKS: u32 = 2;
+/// Interface slots of the `COUNTERS` array, slot 0 included: at most `INTERFACE_SLOTS - 1`
+/// interfaces are observed at once. 80 B × 2 directions × slots per CPU: 80 KiB per CPU.
+pub const INTERFACE_SLOTS: u32 = 512;
+
+/// Entries in the `COUNTERS` array: one per interface slot and direction.
+pub const COUNTER_BLOCKS: u32 = INTERFACE_SLOTS * 2;
+
+/// The `COUNTERS` entry of interface slot `slot` and direction `direction` (`Direction as u32`).
+#[inline(always)]
+pub fn counter_index(slot: u32, direction: u32) -> u32 {
+    slot * 2 + direction
+}
+
+/// Interfaces with an ifindex below this find their slot in the `IFACE_SLOTS` array (one
+/// lookup, no hashing); others in the `IFACE_SLOTS_HIGH` hash map. Indexes grow by one per
+/// interface created in a namespace, so a node with much pod churn passes it.
+pub const IFINDEX_DIRECT: u32 = 16384;
 
 #[cfg(feature = "user")]
 // SAFETY: an array of u64, no padding.

@@ -31,4 +31,4 @@ pub struct PacketEvent {
     pub vlan_id: u16,
     pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<PacketEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<PacketEvent>() == 72);

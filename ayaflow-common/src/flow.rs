@@ -66,8 +66,12 @@ pub struct FlowKey {
     pub protocol: u8,
     /// A [`Direction`] as `u8`.
     pub direction: u8,
+    /// The kernel's index of the interface whose hook saw the packet (`skb->ifindex`): the same
+    /// connection seen on two interfaces is two keys, each counted once.
+    pub ifindex: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
 const _: () = assert!(core::mem::align_of::<FlowKey>() == 8);
 
 /// A slot of the flow table ([`FlowSlot::state`]) that holds no connection.
@@ -123,8 +127,6 @@ pub struct FlowSlot {
     /// Packets (each GSO segment counted) and bytes on the wire (headers of every segment
     /// included) since the agent last took them, packed in one word ([`counts`]).
     pub counts: u64,
-    /// Unused: keeps the slot one cache line.
-    pub _reserved: u64,
 }
 const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
 const _: () = assert!(core::mem::offset_of!(FlowSlot, key) == 8);
@@ -210,7 +212,10 @@ pub mod counts {
     }
 }
 
-/// The flow table's index position for a key given as its five 64-bit words
+/// 64-bit words of a [`FlowKey`].
+pub const KEY_WORDS: usize = core::mem::size_of::<FlowKey>() / 8;
+
+/// The flow table's index position for a key given as its 64-bit words
 /// ([`FlowKey::words`]): where linear probing starts. The kernel program computes it; the agent
 /// never needs to (a slot's [`SlotClaim`] says where it is indexed). A seeded multiply-xor, a
 /// few instructions (the kernel's hash map spent about as long in `jhash` as in the rest of the
@@ -218,7 +223,7 @@ pub mod counts {
 /// advance; a run of [`FLOW_PROBES`] taken positions only sends the new connection to the ring
 /// buffer, counted.
 #[inline(always)]
-pub fn flow_hash(words: &[u64; 5], seed: u64) -> u32 {
+pub fn flow_hash(words: &[u64; KEY_WORDS], seed: u64) -> u32 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut h = seed;
     for w in words {
@@ -229,13 +234,13 @@ pub fn flow_hash(words: &[u64; 5], seed: u64) -> u32 {
 }
 
 impl FlowKey {
-    /// The key as five 64-bit words, each read from memory once (volatile): the kernel program
-    /// hashes and compares whole words, and this keeps LLVM from splitting the key into bytes
-    /// in registers (which it did, and rebuilt every word byte by byte).
+    /// The key as [`KEY_WORDS`] 64-bit words, each read from memory once (volatile): the
+    /// kernel program hashes and compares whole words, and this keeps LLVM from splitting the
+    /// key into bytes in registers (which it did, and rebuilt every word byte by byte).
     #[inline(always)]
-    pub fn words(&self) -> [u64; 5] {
+    pub fn words(&self) -> [u64; KEY_WORDS] {
         let p = (self as *const FlowKey).cast::<u64>();
-        // SAFETY: FlowKey is 40 bytes, 8-aligned, plain old data: five u64 words.
+        // SAFETY: FlowKey is 48 bytes, 8-aligned, plain old data: six u64 words.
         unsafe {
             [
                 core::ptr::read_volatile(p),
@@ -243,6 +248,7 @@ impl FlowKey {
                 core::ptr::read_volatile(p.add(2)),
                 core::ptr::read_volatile(p.add(3)),
                 core::ptr::read_volatile(p.add(4)),
+                core::ptr::read_volatile(p.add(5)),
             ]
         }
     }
@@ -335,6 +341,8 @@ mod tests {
                     ether_type: ETH_P_IP,
                     protocol: IPPROTO_UDP,
                     direction: 0,
+                    ifindex: 7,
+                    _pad: 0,
                 };
                 let start = flow_hash(&key.words(), seed);
                 let free = (0..FLOW_PROBES)

@@ -28,6 +28,8 @@ pub const MAP_FLOW_CLAIMS: &str = "FLOW_CLAIMS";
 pub const MAP_FLOW_INDEX: &str = "FLOW_INDEX";
 pub const MAP_FLOW_FREE: &str = "FLOW_FREE";
 pub const MAP_FLOW_FREE_TOP: &str = "FLOW_FREE_TOP";
+pub const MAP_IFACE_SLOTS: &str = "IFACE_SLOTS";
+pub const MAP_IFACE_SLOTS_HIGH: &str = "IFACE_SLOTS_HIGH";
 /// Program names.
 pub const PROG_INGRESS: &str = "tc_ingress";
 pub const PROG_EGRESS: &str = "tc_egress";

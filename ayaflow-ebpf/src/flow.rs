@@ -6,12 +6,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ayaflow_common::{
-    counters::Counter,
+    counters::{Counter, IFINDEX_DIRECT, counter_index},
     event::{EVENT_FLAG_FLOW_FALLBACK, EVENT_FLAG_PARSE_ERROR, PacketEvent},
     flow::{
         ETH_P_IP, ETH_P_IPV6, FLOW_PROBES, FlowKey, FlowSlot, INDEX_EMPTY, INDEX_RESERVED,
-        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, SLOT_LIVE, counts, flow_hash,
-        free_stack,
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, KEY_WORDS, SLOT_LIVE, counts,
+        flow_hash, free_stack,
     },
     globals::CAPTURE_MODE_FLOWS,
 };
@@ -19,6 +19,7 @@ use ayaflow_common::{
 use crate::{
     maps::{
         COUNTERS, EVENTS, FLOW_CLAIMS, FLOW_FREE, FLOW_FREE_TOP, FLOW_INDEX, FLOWS, FLOWS_USED,
+        IFACE_SLOTS, IFACE_SLOTS_HIGH,
     },
     parse::{Parsed, parse},
 };
@@ -52,6 +53,8 @@ static FLOW_SLOTS: u32 = 0;
 pub fn observe<const L3: bool>(ctx: &TcContext, direction: u8) {
     let mut p = Parsed::default();
     p.key.direction = direction;
+    // SAFETY: reading a field of the context the kernel handed us.
+    p.key.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if parse::<L3>(ctx, &mut p).is_err() {
         p.flags |= EVENT_FLAG_PARSE_ERROR;
     }
@@ -71,7 +74,7 @@ pub fn observe<const L3: bool>(ctx: &TcContext, direction: u8) {
         },
         _ => Counter::NonIp,
     };
-    let counters = COUNTERS.get_ptr_mut(direction as u32);
+    let counters = COUNTERS.get_ptr_mut(counter_index(interface_slot(p.key.ifindex), direction as u32));
     if let Some(c) = counters {
         // SAFETY: per-CPU slot of this CPU; TC runs with preemption off.
         let c = unsafe { &mut *c };
@@ -124,6 +127,17 @@ pub fn observe<const L3: bool>(ctx: &TcContext, direction: u8) {
             entry.submit(flags as u64);
         }
         None => bump(counters, Counter::RingbufDrops),
+    }
+}
+
+/// The `COUNTERS` slot the agent gave interface `ifindex`, 0 if none.
+#[inline(always)]
+fn interface_slot(ifindex: u32) -> u32 {
+    if ifindex < IFINDEX_DIRECT {
+        IFACE_SLOTS.get(ifindex).copied().unwrap_or(0)
+    } else {
+        // SAFETY: a plain lookup; the value is a u32 the agent writes whole.
+        unsafe { IFACE_SLOTS_HIGH.get(&ifindex) }.copied().unwrap_or(0)
     }
 }
 
@@ -187,13 +201,13 @@ fn add_to_flow(p: &Parsed, packets: u32, bytes: u32) -> bool {
     }
 }
 
-/// Whether the slot's key is `key` (as [`FlowKey::words`]): five 64-bit compares.
+/// Whether the slot's key is `key` (as [`FlowKey::words`]): six 64-bit compares.
 #[inline(always)]
-unsafe fn same_key(slot: *const FlowKey, b: &[u64; 5]) -> bool {
-    // SAFETY: an 8-aligned 40-byte key (FlowKey's layout); it does not change while the slot
+unsafe fn same_key(slot: *const FlowKey, b: &[u64; KEY_WORDS]) -> bool {
+    // SAFETY: an 8-aligned 48-byte key (FlowKey's layout); it does not change while the slot
     // is live.
-    let a = unsafe { &*slot.cast::<[u64; 5]>() };
-    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
+    let a = unsafe { &*slot.cast::<[u64; KEY_WORDS]>() };
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
 }
 
 /// Pops a free slot number off `FLOW_FREE`, or `None` if none is free (or another CPU, or the

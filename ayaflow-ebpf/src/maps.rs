@@ -3,10 +3,10 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use ayaflow_common::{
-    counters::{COUNTER_BLOCKS, CounterBlock},
+    counters::{COUNTER_BLOCKS, CounterBlock, IFINDEX_DIRECT, INTERFACE_SLOTS},
     flow::{FlowSlot, SlotClaim},
 };
 
@@ -16,16 +16,26 @@ use ayaflow_common::{
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
-/// Key: `Direction as u32`; value: a `CounterBlock` (10 × u64) per CPU: 2 × 80 B × nCPU.
+/// Key: `counter_index(interface slot, direction)`; value: a `CounterBlock` (10 × u64) per
+/// CPU: 1,024 × 80 B × nCPU.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(COUNTER_BLOCKS, 0);
+
+/// Key: ifindex below `IFINDEX_DIRECT`; value: the interface's slot of `COUNTERS`, 0 for none.
+/// Written by the agent when it attaches to or leaves an interface.
+#[map(name = "IFACE_SLOTS")]
+pub static IFACE_SLOTS: Array<u32> = Array::with_max_entries(IFINDEX_DIRECT, 0);
+
+/// `IFACE_SLOTS` for the interfaces with larger indexes (missing: slot 0).
+#[map(name = "IFACE_SLOTS_HIGH")]
+pub static IFACE_SLOTS_HIGH: HashMap<u32, u32> = HashMap::with_max_entries(INTERFACE_SLOTS, 0);
 
 /// Flow mode: the flow table's slots, `FlowSlot`s (64 B, one cache line each), in an array
 /// the agent maps into its memory. The agent sets the size (`--flow-map-size` rounded up to a
 /// power of two). The program finds a connection's slot through `FLOW_INDEX`, see `flow.rs`.
 ///
 /// Arrays rather than a BPF hash map, measured (BENCHMARKS.md): the hash map's lookup was half
-/// of flow mode's cost (`jhash` over the 40-byte key, then the bucket and the element), and its
+/// of flow mode's cost (`jhash` over the 40-byte key of the time, then the bucket and the element), and its
 /// sweep needed system calls, a userspace copy of every entry's last totals, and a syscall per
 /// removed entry. Shared by all CPUs and updated with atomic adds: a per-CPU value would
 /// multiply the table by the CPUs, and one flow's packets arrive on one CPU (RSS), so the

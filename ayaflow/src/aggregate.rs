@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use crate::flow::{Direction, FiveTuple, Protocol, WireHashMap};
+use crate::flow::{Direction, FiveTuple, InterfaceId, Protocol, WireHashMap};
 
 /// The key of a window's overflow rows: IP protocol 255 (reserved by IANA, so no real traffic
 /// carries it) between 0.0.0.0:0 and 0.0.0.0:0. Its packets and bytes are those of every key
@@ -34,6 +34,7 @@ pub const OVERFLOW_TUPLE: FiveTuple = FiveTuple {
     src_port: 0,
     dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     dst_port: 0,
+    interface: InterfaceId::NONE,
 };
 
 /// Entries of the open windows per live connection the table may hold (the default bound,

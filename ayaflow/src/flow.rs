@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 pub use ayaflow_common::flow::Direction;
 
+pub use crate::interfaces::InterfaceId;
+
 /// A hash map keyed by what arrives off the wire (addresses, ports, protocols): foldhash,
 /// randomly seeded per map, so a sender who does not know the seed cannot craft keys that all
 /// collide, and several times cheaper than std's SipHash-1-3 on these 40-byte keys (in flow
@@ -110,8 +112,10 @@ impl<'de> Deserialize<'de> for Protocol {
     }
 }
 
-/// One direction of a conversation as a packet carried it: protocol and both endpoints.
-/// Frames that are not IP have unspecified IPv4 addresses and port 0.
+/// One direction of a conversation as a packet carried it: protocol and both endpoints, and
+/// the interface it was seen on (the same conversation on a pod's veth and on the uplink is
+/// two tuples, each counted once). Frames that are not IP have unspecified IPv4 addresses and
+/// port 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FiveTuple {
     pub proto: Protocol,
@@ -119,6 +123,7 @@ pub struct FiveTuple {
     pub src_port: u16,
     pub dst: IpAddr,
     pub dst_port: u16,
+    pub interface: InterfaceId,
 }
 
 impl FiveTuple {
@@ -130,7 +135,13 @@ impl FiveTuple {
             src_port: self.dst_port,
             dst: self.src,
             dst_port: self.src_port,
+            interface: self.interface,
         }
+    }
+
+    /// The same tuple seen on `interface`.
+    pub fn on(self, interface: InterfaceId) -> FiveTuple {
+        FiveTuple { interface, ..self }
     }
 
     /// `addr:port`, with IPv6 as `[addr]:port`, as the API writes endpoints.
@@ -152,8 +163,9 @@ pub fn endpoint(addr: IpAddr, port: u16) -> String {
     }
 }
 
-impl From<&FlowKey> for FiveTuple {
-    fn from(k: &FlowKey) -> FiveTuple {
+impl FiveTuple {
+    /// The tuple of a kernel key seen on `interface` (the key's ifindex, resolved).
+    pub fn from_key(k: &FlowKey, interface: InterfaceId) -> FiveTuple {
         let addr = |b: &[u8; 16]| -> IpAddr {
             match k.ether_type {
                 ETH_P_IPV6 => IpAddr::V6(Ipv6Addr::from(*b)),
@@ -166,6 +178,7 @@ impl From<&FlowKey> for FiveTuple {
             src_port: k.src_port,
             dst: addr(&k.dst_addr),
             dst_port: k.dst_port,
+            interface,
         }
     }
 }
@@ -197,10 +210,11 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 impl Packet {
-    /// Converts a kernel event; `boot_to_unix_ns` is wall time minus CLOCK_BOOTTIME, in ns.
-    pub fn from_event(e: &PacketEvent, boot_to_unix_ns: u64) -> Packet {
+    /// Converts a kernel event seen on `interface` (its key's ifindex, resolved);
+    /// `boot_to_unix_ns` is wall time minus CLOCK_BOOTTIME, in ns.
+    pub fn from_event(e: &PacketEvent, boot_to_unix_ns: u64, interface: InterfaceId) -> Packet {
         Packet {
-            tuple: FiveTuple::from(&e.key),
+            tuple: FiveTuple::from_key(&e.key, interface),
             direction: Direction::from_u8(e.key.direction).unwrap_or(Direction::Ingress),
             ts_unix_ns: e.timestamp_ns.wrapping_add(boot_to_unix_ns),
             packets: e.packets,

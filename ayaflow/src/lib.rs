@@ -33,6 +33,7 @@ pub mod decode;
 pub mod ebpf;
 pub mod flow;
 pub mod hugepages;
+pub mod interfaces;
 pub mod ipfix;
 pub mod metrics;
 pub mod pipeline;

@@ -14,6 +14,7 @@ use crate::{
     api::ApiStats,
     connections::TableStats,
     ebpf::counters::Totals,
+    interfaces::follow::{FailureReason, FollowStats},
     flow::direction_name,
     ipfix::{CollectorStats, DropReason as ExportDropReason},
     metrics::{Family, Kind},
@@ -24,10 +25,12 @@ use crate::{
 
 /// What the agent's metrics are read from, gathered once per scrape.
 pub struct Readings<'a> {
-    /// The kernel's per-CPU counters summed; `None` if reading them failed, in which case
-    /// their families are left out of this scrape (Prometheus then sees a gap, not a wrong
-    /// value) and `kernel_read_errors` says why.
-    pub kernel: Option<Totals>,
+    /// The kernel's per-CPU counters summed, per interface name; `None` if reading them
+    /// failed, in which case their families are left out of this scrape (Prometheus then sees
+    /// a gap, not a wrong value) and `kernel_read_errors` says why.
+    pub kernel: Option<Vec<(Arc<str>, Totals)>>,
+    /// The link follower's counters.
+    pub interfaces: &'a FollowStats,
     /// Scrapes that could not read the kernel's counters, so far.
     pub kernel_read_errors: u64,
     /// Connections in the live table now.
@@ -48,15 +51,20 @@ pub struct Readings<'a> {
 /// encoder appends it); every loss and failure has its own counter.
 pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
     let mut out = Vec::new();
-    if let Some(t) = &r.kernel {
+    if let Some(per_interface) = &r.kernel {
         let per_direction = |c: Counter| -> Vec<(Vec<(&'static str, String)>, u64)> {
-            Direction::ALL
+            per_interface
                 .iter()
-                .map(|&d| {
-                    (
-                        vec![("direction", direction_name(d).to_string())],
-                        t.get(d, c),
-                    )
+                .flat_map(|(name, t)| {
+                    Direction::ALL.iter().map(move |&d| {
+                        (
+                            vec![
+                                ("direction", direction_name(d).to_string()),
+                                ("interface", name.to_string()),
+                            ],
+                            t.get(d, c),
+                        )
+                    })
                 })
                 .collect()
         };
@@ -96,32 +104,53 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
             });
         }
         let mut samples = Vec::new();
-        for d in Direction::ALL {
-            for (label, c) in [
-                ("tcp", Counter::Tcp),
-                ("udp", Counter::Udp),
-                ("icmp", Counter::Icmp),
-                ("other_ip", Counter::OtherIp),
-                ("non_ip", Counter::NonIp),
-            ] {
-                samples.push((
-                    vec![
-                        ("direction", direction_name(d).to_string()),
-                        ("protocol", label.to_string()),
-                    ],
-                    t.get(d, c),
-                ));
+        for (name, t) in per_interface {
+            for d in Direction::ALL {
+                for (label, c) in [
+                    ("tcp", Counter::Tcp),
+                    ("udp", Counter::Udp),
+                    ("icmp", Counter::Icmp),
+                    ("other_ip", Counter::OtherIp),
+                    ("non_ip", Counter::NonIp),
+                ] {
+                    samples.push((
+                        vec![
+                            ("direction", direction_name(d).to_string()),
+                            ("interface", name.to_string()),
+                            ("protocol", label.to_string()),
+                        ],
+                        t.get(d, c),
+                    ));
+                }
             }
         }
         out.push(Family {
             name: "ayaflow_protocol_packets",
-            help: "Packets by protocol and direction.",
+            help: "Packets by protocol, direction and interface.",
             kind: Kind::Counter,
             samples,
         });
     }
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    out.push(Family {
+        name: "ayaflow_interface_attach_failures",
+        help: "Interfaces the selection matched but the program could not observe, by reason: \
+               unsupported_link_type (skipped), no_slot (too many interfaces), already_attached \
+               (another ayaflow), error (see the log and /api/status).",
+        kind: Kind::Counter,
+        samples: FailureReason::ALL
+            .iter()
+            .zip(&r.interfaces.failures)
+            .map(|(reason, n)| (vec![("reason", reason.label().to_string())], load(n)))
+            .collect(),
+    });
     let single = [
+        (
+            "ayaflow_interfaces_attached",
+            "Interfaces the program is attached to now.",
+            Kind::Gauge,
+            load(&r.interfaces.attached),
+        ),
         (
             "ayaflow_kernel_read_errors",
             "Scrapes that could not read the kernel counters (their families were left out); see the log.",
@@ -368,6 +397,7 @@ mod tests {
         let (pipeline, api) = (PipelineStats::default(), ApiStats::default());
         let readings = |kernel| Readings {
             kernel,
+            interfaces: &FollowStats::default(),
             kernel_read_errors: 1,
             active_connections: 0,
             table: TableStats::default(),
@@ -377,7 +407,10 @@ mod tests {
             ipfix: &[],
         };
         let names = |fams: Vec<Family>| fams.iter().map(|f| f.name).collect::<Vec<_>>();
-        let with = names(agent_families(&readings(Some(Totals::default()))));
+        let with = names(agent_families(&readings(Some(vec![(
+            Arc::from("eth0"),
+            Totals::default(),
+        )]))));
         let without = names(agent_families(&readings(None)));
         assert!(with.contains(&"ayaflow_packets") && with.contains(&"ayaflow_bytes"));
         assert!(!without.contains(&"ayaflow_packets") && !without.contains(&"ayaflow_bytes"));
@@ -392,7 +425,8 @@ mod tests {
         let (pipeline, api) = (PipelineStats::default(), ApiStats::default());
         let stats = Arc::new(CollectorStats::new("c:4739"));
         let families = agent_families(&Readings {
-            kernel: Some(Totals::default()),
+            kernel: Some(vec![(Arc::from("eth0"), Totals::default())]),
+            interfaces: &FollowStats::default(),
             kernel_read_errors: 0,
             active_connections: 0,
             table: TableStats::default(),

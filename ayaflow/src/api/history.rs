@@ -3,8 +3,8 @@
 //! Query: `limit` (1-10000, default 100), `before` (cursor: the previous page's
 //! `next_cursor`), `from`/`to` (Unix seconds, half-open), `addr` (IPv4/IPv6, matches source or
 //! destination), `port` (0-65535, source or destination), `proto` (`TCP`, `UDP`, `ICMP`,
-//! `ICMPv6`, `IP-<n>`, `ETH-0x<hex>`, `LLC`), `direction` (`ingress`/`egress`), `kind` (`raw` or
-//! `aggregated`; default: what the agent stores). Response:
+//! `ICMPv6`, `IP-<n>`, `ETH-0x<hex>`, `LLC`), `direction` (`ingress`/`egress`), `interface`
+//! (a name, exact), `kind` (`raw` or `aggregated`; default: what the agent stores). Response:
 //! `{"kind": "raw", "rows": [...], "next_cursor": 1234}` (`next_cursor` is null on the last page).
 //! Row shapes: see `store/mod.rs`.
 //!
@@ -70,8 +70,13 @@ pub fn parse_query(
             Protocol::parse,
         )?,
         direction: p.parsed("direction", "ingress or egress", parse_direction)?,
+        interface: p.parsed(
+            "interface",
+            "an interface name of 1 to 15 characters",
+            |s| (!s.is_empty() && s.len() < 16).then(|| s.to_string()),
+        )?,
     };
-    p.finish("limit, before, from, to, addr, port, proto, direction, kind")?;
+    p.finish("limit, before, from, to, addr, port, proto, direction, interface, kind")?;
     if let (Some(from), Some(to)) = (query.from_unix_s, query.to_unix_s)
         && to < from
     {

@@ -125,6 +125,9 @@ pub struct Endpoints {
     pub dst: String,
     /// `TCP`, `UDP`, `ICMP`, `ICMPv6`, `IP-<n>`, `ETH-0x<hex>` or `LLC`.
     pub proto: String,
+    /// The interface the connection was seen on (a connection that crosses two observed
+    /// interfaces is listed once per interface).
+    pub interface: String,
 }
 
 /// Counters of one connection; times are Unix seconds, rounded down.
@@ -147,6 +150,7 @@ impl From<&ConnectionSnapshot> for LiveConnection {
                 src: c.tuple.src_endpoint(),
                 dst: c.tuple.dst_endpoint(),
                 proto: c.tuple.proto.to_string(),
+                interface: c.tuple.interface.to_string(),
             },
             stats: Stats {
                 packets_count: c.packets,

@@ -21,6 +21,7 @@ use axum::{Json, extract::State};
 use serde::Serialize;
 
 use super::{AppState, live};
+pub use crate::interfaces::status::{InterfaceState, InterfaceStatus};
 use crate::{
     config::{CaptureMode, DirectionChoice},
     store::HistoryKind,
@@ -56,31 +57,6 @@ impl Default for Status {
             interfaces: Arc::new(Vec::new),
         }
     }
-}
-
-/// One observed interface.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct InterfaceStatus {
-    /// The interface's name (`ip link`).
-    pub name: String,
-    /// Its index in the agent's network namespace.
-    pub ifindex: u32,
-    /// Whether the program is attached to it.
-    pub state: InterfaceState,
-    /// Unix seconds since which `state` holds.
-    pub since_unix: i64,
-    /// Why the interface is not attached; `None` (null) while it is.
-    pub reason: Option<String>,
-}
-
-/// Whether the program observes an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InterfaceState {
-    /// The program is attached to the interface's hooks.
-    Attached,
-    /// Not attached (gone, or attaching failed); `reason` says why.
-    Detached,
 }
 
 /// The `/api/status` document. Field names are the documented API: fields may be added, never

@@ -1,9 +1,9 @@
-//! Reads the per-CPU `COUNTERS` array: the exact totals (every packet and byte, per direction,
-//! plus parse errors, ring-buffer drops and flow-map fallbacks).
+//! Reads the per-CPU `COUNTERS` array: the exact totals (every packet and byte, per interface
+//! slot and direction, plus parse errors, ring-buffer drops and flow-map fallbacks).
 
 use aya::maps::{Map, MapData, PerCpuArray};
 use ayaflow_common::{
-    counters::{Counter, CounterBlock},
+    counters::{Counter, CounterBlock, INTERFACE_SLOTS, counter_index},
     flow::Direction,
 };
 
@@ -26,6 +26,15 @@ impl Totals {
     pub fn sum(&self, c: Counter) -> u64 {
         Direction::ALL.iter().map(|&d| self.get(d, c)).sum()
     }
+
+    /// Adds `other` counter by counter.
+    pub fn add(&mut self, other: &Totals) {
+        for (mine, theirs) in self.by_direction.iter_mut().zip(&other.by_direction) {
+            for (a, b) in mine.values.iter_mut().zip(theirs.values) {
+                *a = a.wrapping_add(b);
+            }
+        }
+    }
 }
 
 /// Shared read access to `COUNTERS` (reading needs only `&self`).
@@ -40,11 +49,21 @@ impl CounterReader {
         Ok(CounterReader { map })
     }
 
-    /// Reads and sums every CPU's counters now.
+    /// Reads and sums every CPU's counters of every interface slot now (a lookup per slot and
+    /// direction: the agent reads only the slots in use, with [`CounterReader::read_slot`]).
     pub fn read(&self) -> Result<Totals, aya::maps::MapError> {
         let mut t = Totals::default();
+        for slot in 0..INTERFACE_SLOTS {
+            t.add(&self.read_slot(slot)?);
+        }
+        Ok(t)
+    }
+
+    /// Reads and sums every CPU's counters of interface slot `slot`.
+    pub fn read_slot(&self, slot: u32) -> Result<Totals, aya::maps::MapError> {
+        let mut t = Totals::default();
         for d in Direction::ALL {
-            let per_cpu = self.map.get(&(d as u32), 0)?;
+            let per_cpu = self.map.get(&counter_index(slot, d as u32), 0)?;
             for block in per_cpu.iter() {
                 for (sum, v) in t.by_direction[d as usize]
                     .values

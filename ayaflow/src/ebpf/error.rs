@@ -22,6 +22,9 @@ pub enum LoadError {
         "no interface to attach to: there is no default route and no up, non-loopback interface; pass one with --interface"
     )]
     NoDefaultInterface,
+    /// The interface got no counter slot: every slot taken, or the map could not be written.
+    #[error("interface {interface}: {reason}")]
+    InterfaceSlot { interface: String, reason: String },
     #[error(
         "{action}: permission denied ({source}); run as root (sudo) or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (in a container: --cap-add or privileged)"
     )]

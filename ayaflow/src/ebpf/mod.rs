@@ -12,6 +12,7 @@ mod error;
 pub mod interface;
 pub mod pin;
 pub mod ring;
+pub mod slots;
 pub mod sweep;
 pub mod test_run;
 
@@ -22,7 +23,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, RingBuf},
+    maps::{Map, MapData, RingBuf},
     programs::{
         ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -88,10 +89,25 @@ fn random_seed() -> u64 {
 /// The loaded (and possibly attached) classifier with its maps.
 pub struct KernelProgram {
     ebpf: Ebpf,
-    /// Hooks attached so far, as (interface, direction).
-    attached: Vec<(String, Direction)>,
+    /// Hooks attached now.
+    attached: Vec<Hook>,
     /// The pins in use, with `--pin`.
     pins: Option<pin::Pins>,
+    /// Which counter slot counts which interface.
+    slots: slots::InterfaceSlots,
+}
+
+/// One hook this program is attached to.
+#[derive(Debug)]
+struct Hook {
+    interface: String,
+    ifindex: u32,
+    direction: Direction,
+    framing: Framing,
+    /// The link, while this process owns it (not pinned).
+    link: Option<SchedClassifierLinkId>,
+    /// Where the link is pinned, with `--pin`.
+    pin: Option<PathBuf>,
 }
 
 /// The program of hook `d` for links of framing `f`.
@@ -184,11 +200,22 @@ impl KernelProgram {
                 e => LoadError::from_aya(format!("loading {name}"), e),
             })?;
         }
+        let slots = slots::InterfaceSlots::new(
+            dup_map(&ebpf, globals::MAP_IFACE_SLOTS)?,
+            dup_map(&ebpf, globals::MAP_IFACE_SLOTS_HIGH)?,
+            dup_map(&ebpf, globals::MAP_COUNTERS)?,
+        )?;
         Ok(KernelProgram {
             ebpf,
             attached: Vec::new(),
             pins,
+            slots,
         })
+    }
+
+    /// Which counter slot counts which interface.
+    pub fn slots(&mut self) -> &mut slots::InterfaceSlots {
+        &mut self.slots
     }
 
     /// Whether the program stays attached when this agent exits (`--pin`).
@@ -198,66 +225,165 @@ impl KernelProgram {
 
     /// Attaches the classifier of each of `directions` to `interface` (TCX links on kernels
     /// that have them, a clsact qdisc + netlink filter otherwise): the `_l3` programs if its
-    /// frames start at the IP header ([`interface::framing`]). On error nothing stays
-    /// attached: links made so far are dropped with `self`.
+    /// frames start at the IP header ([`interface::framing`]). On error the hooks of this
+    /// interface attached so far are detached again.
     ///
     /// With pins, a hook whose link is pinned gets this program through that link, atomically;
-    /// the others get a new link, pinned; pinned links of other hooks are removed.
-    pub fn attach(&mut self, interface: &str, directions: &[Direction]) -> Result<(), LoadError> {
+    /// the others get a new link, pinned. [`KernelProgram::remove_other_pinned_links`] removes
+    /// the pins of hooks no longer observed.
+    ///
+    /// Gives the interface a counter slot first ([`slots`]); a failure to get one is an error
+    /// of kind [`LoadError::InterfaceSlot`] and nothing is attached.
+    pub fn attach(&mut self, interface: &str, directions: &[Direction]) -> Result<u32, LoadError> {
         let Some(ifindex) = interface::index(interface) else {
             return Err(LoadError::NoInterface {
                 name: interface.to_string(),
             });
         };
         let framing = interface::framing(interface);
-        let mut wanted = Vec::new();
+        self.attach_index(interface, ifindex, framing, directions)?;
+        Ok(ifindex)
+    }
+
+    /// [`KernelProgram::attach`] for a known index and framing (the link watcher's).
+    pub fn attach_index(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        framing: Framing,
+        directions: &[Direction],
+    ) -> Result<(), LoadError> {
+        self.slots
+            .assign(ifindex)
+            .map_err(|e| LoadError::InterfaceSlot {
+                interface: interface.to_string(),
+                reason: e.to_string(),
+            })?;
+        let before = self.attached.len();
         for &d in directions {
-            let name = program_name(d, framing);
-            if let Some(path) = self
-                .pins
-                .as_ref()
-                .map(|p| p.link_path(interface, ifindex, d))
-            {
-                wanted.push(path.clone());
-                if self.adopt_link(interface, d, framing, &path) {
-                    continue;
+            if let Err(e) = self.attach_hook(interface, ifindex, framing, d) {
+                let ours: Vec<Hook> = self.attached.drain(before..).collect();
+                for hook in ours {
+                    self.detach_hook(hook);
                 }
+                self.slots.release(ifindex);
+                return Err(e);
             }
-            check_not_attached(interface, d)?;
-            // Legacy (netlink) attachment needs a clsact qdisc; TCX ignores it. An existing one
-            // is fine.
-            if let Err(e) = tc::qdisc_add_clsact(interface) {
-                tracing::debug!(
-                    "clsact qdisc on {interface}: {e} (expected if it exists or TCX is used)"
-                );
+        }
+        Ok(())
+    }
+
+    fn attach_hook(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        framing: Framing,
+        d: Direction,
+    ) -> Result<(), LoadError> {
+        let name = program_name(d, framing);
+        let pin = self
+            .pins
+            .as_ref()
+            .map(|p| p.link_path(interface, ifindex, d));
+        if let Some(path) = &pin
+            && self.adopt_link(interface, d, framing, path)
+        {
+            self.attached.push(Hook {
+                interface: interface.to_string(),
+                ifindex,
+                direction: d,
+                framing,
+                link: None,
+                pin,
+            });
+            return Ok(());
+        }
+        check_not_attached(interface, d)?;
+        // Legacy (netlink) attachment needs a clsact qdisc; TCX ignores it. An existing one
+        // is fine.
+        if let Err(e) = tc::qdisc_add_clsact(interface) {
+            tracing::debug!("clsact qdisc on {interface}: {e} (expected if it exists or TCX is used)");
+        }
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .expect("checked in load")
+            .try_into()
+            .expect("checked in load");
+        let id = prog.attach(interface, attach_type(d)).map_err(|e| {
+            LoadError::from_aya(
+                format!("attaching {name} to {interface} {}", direction_name(d)),
+                e,
+            )
+        })?;
+        let link = match &pin {
+            Some(path) => {
+                pin_link(prog, id, interface, path)?;
+                None
             }
+            None => Some(id),
+        };
+        self.attached.push(Hook {
+            interface: interface.to_string(),
+            ifindex,
+            direction: d,
+            framing,
+            link,
+            pin,
+        });
+        tracing::info!(interface, ifindex, hook = direction_name(d), program = name, "attached");
+        Ok(())
+    }
+
+    /// Detaches every hook of interface `ifindex` (gone, renamed out of the selection) and
+    /// releases its counter slot (see [`slots::InterfaceSlots::release`]). With pins, its
+    /// pinned links are removed. Returns whether it was attached.
+    pub fn detach_index(&mut self, ifindex: u32) -> bool {
+        let (ours, rest): (Vec<Hook>, Vec<Hook>) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition(|h| h.ifindex == ifindex);
+        self.attached = rest;
+        let found = !ours.is_empty();
+        for hook in ours {
+            tracing::info!(
+                interface = hook.interface,
+                ifindex,
+                hook = direction_name(hook.direction),
+                "detaching"
+            );
+            self.detach_hook(hook);
+        }
+        self.slots.release(ifindex);
+        found
+    }
+
+    fn detach_hook(&mut self, hook: Hook) {
+        if let Some(id) = hook.link {
             let prog: &mut SchedClassifier = self
                 .ebpf
-                .program_mut(name)
+                .program_mut(program_name(hook.direction, hook.framing))
                 .expect("checked in load")
                 .try_into()
                 .expect("checked in load");
-            let id = prog.attach(interface, attach_type(d)).map_err(|e| {
-                LoadError::from_aya(
-                    format!("attaching {name} to {interface} {}", direction_name(d)),
-                    e,
-                )
-            })?;
-            if let Some(path) = wanted.last().filter(|_| self.pins.is_some()) {
-                pin_link(prog, id, interface, path)?;
+            // Fails when the interface is gone, which detached it already.
+            if let Err(e) = prog.detach(id) {
+                tracing::debug!(interface = hook.interface, "detaching: {e}");
             }
-            self.attached.push((interface.to_string(), d));
-            tracing::info!(
-                interface,
-                hook = direction_name(d),
-                program = name,
-                "attached"
-            );
         }
-        if let Some(p) = &self.pins {
-            p.remove_other_links(&wanted)?;
+        if let Some(path) = &hook.pin
+            && let Err(e) = std::fs::remove_file(path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(link = %path.display(), "removing a pinned link: {e}");
         }
-        Ok(())
+    }
+
+    /// With pins: removes the pinned links of hooks this agent does not observe (an interface
+    /// gone or re-created while no agent ran, a hook no longer selected).
+    pub fn remove_other_pinned_links(&self) -> Result<(), LoadError> {
+        let Some(p) = &self.pins else { return Ok(()) };
+        let wanted: Vec<PathBuf> = self.attached.iter().filter_map(|h| h.pin.clone()).collect();
+        p.remove_other_links(&wanted)
     }
 
     /// Gives hook `d` of `interface` this program through its pinned link at `path`, if there
@@ -285,7 +411,6 @@ impl KernelProgram {
             .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
         match adopted {
             Ok(_) => {
-                self.attached.push((interface.to_string(), d));
                 tracing::info!(
                     interface,
                     hook = direction_name(d),
@@ -306,9 +431,11 @@ impl KernelProgram {
         }
     }
 
-    /// The hooks attached, as (interface, direction).
-    pub fn attached(&self) -> &[(String, Direction)] {
-        &self.attached
+    /// The hooks attached, as (interface, ifindex, direction).
+    pub fn attached(&self) -> impl Iterator<Item = (&str, u32, Direction)> + '_ {
+        self.attached
+            .iter()
+            .map(|h| (h.interface.as_str(), h.ifindex, h.direction))
     }
 
     /// The loaded program of one hook (for Ethernet framing), for `test_run::test_run`.
@@ -366,17 +493,35 @@ impl KernelProgram {
 impl Drop for KernelProgram {
     fn drop(&mut self) {
         let pinned = self.pins.is_some();
-        for (interface, d) in &self.attached {
+        for h in &self.attached {
+            let (interface, hook) = (&h.interface, direction_name(h.direction));
             match pinned {
-                true => tracing::info!(
-                    interface,
-                    hook = direction_name(*d),
-                    "left attached (pinned)"
-                ),
-                false => tracing::info!(interface, hook = direction_name(*d), "detaching"),
+                true => tracing::info!(interface, hook, "left attached (pinned)"),
+                false => tracing::info!(interface, hook, "detaching"),
             }
         }
     }
+}
+
+/// A second handle on map `name` of the loaded object (a duplicate of its descriptor), for an
+/// owner besides the one that takes the map.
+fn dup_map(ebpf: &Ebpf, name: &str) -> Result<Map, LoadError> {
+    let err = |e: String| LoadError::Other {
+        action: format!("opening map {name}"),
+        source: anyhow::anyhow!(e),
+    };
+    let map = ebpf.map(name).ok_or_else(|| err("missing from the object".into()))?;
+    let data = match map {
+        Map::Array(d) | Map::PerCpuArray(d) | Map::HashMap(d) => d,
+        _ => return Err(err("not an array or hash map".into())),
+    };
+    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| err(e.to_string()))?;
+    let dup = MapData::from_fd(fd).map_err(|e| err(e.to_string()))?;
+    Ok(match map {
+        Map::Array(_) => Map::Array(dup),
+        Map::PerCpuArray(_) => Map::PerCpuArray(dup),
+        _ => Map::HashMap(dup),
+    })
 }
 
 /// Pins the new TCX link `id` of `prog` at `path`, so it outlives this agent.

@@ -48,12 +48,15 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Bumped whenever a pinned map's content changes meaning (the layout of `FlowSlot`,
 /// `CounterBlock`, `PacketEvent`, the free stack's encoding...) while its size stays the same,
 /// so an agent never reads maps a different build wrote differently.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// The maps that are pinned: the counters (so `ayaflow_packets_total` never goes back), the ring
 /// buffer (events written while no agent runs), the flow table and its companions.
 pub const PINNED_MAPS: &[&str] = &[
     globals::MAP_COUNTERS,
+    // Which interface each counter slot counts: adopted with the counters.
+    globals::MAP_IFACE_SLOTS,
+    globals::MAP_IFACE_SLOTS_HIGH,
     globals::MAP_EVENTS,
     globals::MAP_FLOWS,
     globals::MAP_FLOWS_USED,
@@ -290,7 +293,7 @@ mod tests {
         assert_ne!(layout_name(&a), layout_name(&c));
         // The capture mode changes the program, not the maps: they are adopted.
         assert_eq!(layout_name(&a), layout_name(&d));
-        assert!(layout_name(&a).starts_with("maps-v1-ring8388608-slots65536-"));
+        assert!(layout_name(&a).starts_with("maps-v2-ring8388608-slots65536-"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::{clock::clock_ns, decode, flow::Packet};
+use crate::{clock::clock_ns, decode, flow::Packet, interfaces::IfindexNames};
 
 /// Packets handed to the sink at once: large enough to amortise locking downstream, small
 /// enough to keep latency to the live view low.
@@ -54,6 +54,7 @@ pub const FLOW_MODE_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::f
 /// [`FLOW_MODE_DRAIN_INTERVAL`]).
 pub async fn run(
     ring: RingBuf<MapData>,
+    names: &IfindexNames,
     sink: &mut impl PacketSink,
     shutdown: impl std::future::Future<Output = ()>,
     drain_interval: std::time::Duration,
@@ -70,7 +71,7 @@ pub async fn run(
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                if drain(guard.get_inner_mut(), &mut batch, sink, DRAIN_LIMIT) == Drained::All {
+                if drain(guard.get_inner_mut(), names, &mut batch, sink, DRAIN_LIMIT) == Drained::All {
                     guard.clear_ready();
                 } else {
                     // More is waiting: readiness stays set, so the loop comes back to it once
@@ -80,10 +81,10 @@ pub async fn run(
                 }
             }
             _ = timer.tick() => {
-                drain(fd.get_mut(), &mut batch, sink, DRAIN_LIMIT);
+                drain(fd.get_mut(), names, &mut batch, sink, DRAIN_LIMIT);
             }
             () = &mut shutdown => {
-                while drain(fd.get_mut(), &mut batch, sink, DRAIN_LIMIT) == Drained::Limit {}
+                while drain(fd.get_mut(), names, &mut batch, sink, DRAIN_LIMIT) == Drained::Limit {}
                 return Ok(());
             }
         }
@@ -99,9 +100,11 @@ pub enum Drained {
     Limit,
 }
 
-/// Hands up to `limit` of the records now in `ring` to `sink`, in batches.
+/// Hands up to `limit` of the records now in `ring` to `sink`, in batches; `names` says which
+/// interface each key's ifindex is.
 pub fn drain(
     ring: &mut RingBuf<MapData>,
+    names: &IfindexNames,
     batch: &mut Vec<Packet>,
     sink: &mut impl PacketSink,
     limit: usize,
@@ -110,6 +113,7 @@ pub fn drain(
     let mut malformed = 0;
     let mut taken = 0;
     let mut drained = Drained::All;
+    let mut names = names.reader();
     loop {
         if taken == limit {
             drained = Drained::Limit;
@@ -118,7 +122,7 @@ pub fn drain(
         let Some(item) = ring.next() else { break };
         taken += 1;
         match decode::packet_event(&item) {
-            Some(e) => batch.push(Packet::from_event(&e, offset)),
+            Some(e) => batch.push(Packet::from_event(&e, offset, names.get(e.key.ifindex))),
             None => malformed += 1,
         }
         drop(item);

@@ -31,6 +31,7 @@ use std::{
 };
 
 use aya::maps::Map;
+use crate::interfaces::{IfindexNames, IfindexReader};
 use ayaflow_common::flow::{
     Direction, FlowKey, FlowSlot, INDEX_EMPTY, SLOT_DRAINING, SLOT_EMPTY, SLOT_LIVE, SlotClaim,
     counts, free_stack,
@@ -181,6 +182,8 @@ pub struct FlowSweeper {
     /// Bit `i % 64` of word `i / 64` is set while slot `i` may hold a connection.
     used: Mapped<u64>,
     seen: Vec<Seen>,
+    /// Which interface each key's ifindex is.
+    names: IfindexNames,
     /// The TCP flags already reported for each slot. The kernel ORs a connection's flags into
     /// its slot for as long as the slot lives; a delta carries only the bits new since the
     /// slot's last delta, so that a SYN seen in one sweep is not seen again with the FIN of a
@@ -220,6 +223,7 @@ impl FlowSweeper {
         }
         Ok(FlowSweeper {
             seen: vec![Seen::New; n],
+            names: IfindexNames::default(),
             reported_flags: vec![0; n],
             table,
             claims,
@@ -263,6 +267,8 @@ impl FlowSweeper {
         self.used_slots(&mut slots);
         let mut drained = std::mem::take(&mut self.drained);
         drained.clear();
+        let names = self.names.clone();
+        let mut names = names.reader();
         for &i in &slots {
             // SAFETY: `i` is a slot of the mapping; fields the kernel changes are accessed
             // atomically, the others only while the state forbids the kernel to change them (a
@@ -274,7 +280,7 @@ impl FlowSweeper {
                         Seen::Active(t) => t,
                         _ => clock,
                     };
-                    if let Some(mut d) = s.take() {
+                    if let Some(mut d) = s.take(&mut names) {
                         self.date(i, &mut d, last_seen_unix_ns);
                         self.report_new_flags(i, &mut d);
                         if self.seen[i] == Seen::New {
@@ -328,7 +334,7 @@ impl FlowSweeper {
             // SAFETY: as above.
             let s = unsafe { SlotRef::new(self.table.at(i)) };
             // Late additions: from programs that matched the slot just before it was drained.
-            if let Some(mut d) = s.take() {
+            if let Some(mut d) = s.take(&mut names) {
                 self.date(i, &mut d, last_seen_unix_ns);
                 self.report_new_flags(i, &mut d);
                 known.push(d);
@@ -438,6 +444,12 @@ impl FlowSweeper {
         slots
     }
 
+    /// Resolves the keys' interfaces with `names` (the agent's link follower fills it); by
+    /// default an ifindex shows as `if<ifindex>`.
+    pub fn set_interface_names(&mut self, names: IfindexNames) {
+        self.names = names;
+    }
+
     /// Slots holding a connection (live or draining), for tests and metrics.
     pub fn tracked(&self) -> usize {
         self.seen.iter().filter(|s| **s != Seen::New).count()
@@ -494,7 +506,7 @@ impl SlotRef {
     /// Takes the sums added since the last take, with what the slot says about its connection
     /// (times are left at zero for the caller); `None` if nothing was added. One exchange takes
     /// both sums (`ayaflow_common::flow::counts`), so they always agree.
-    fn take(&self) -> Option<FlowDelta> {
+    fn take(&self, names: &mut IfindexReader<'_>) -> Option<FlowDelta> {
         // SAFETY: fields of this slot; the key does not change while the slot is live or
         // draining; flags and ICMP bytes are read as one atomic word.
         unsafe {
@@ -509,7 +521,7 @@ impl SlotRef {
             let extras = AtomicU32::from_ptr((&raw mut (*self.0).tcp_flags).cast::<u32>())
                 .load(Ordering::Relaxed);
             Some(FlowDelta {
-                tuple: FiveTuple::from(&key),
+                tuple: FiveTuple::from_key(&key, names.get(key.ifindex)),
                 direction: Direction::from_u8(key.direction).unwrap_or(Direction::Ingress),
                 packets,
                 bytes,

@@ -1,6 +1,7 @@
 //! Rows as stored, checked and decoded into the types callers see.
 
 use super::*;
+use crate::interfaces::InterfaceId;
 
 /// Key columns of a row as SQLite returns them (`NULL`s if its `tuple_id` has no key).
 pub(super) struct StoredKey {
@@ -11,6 +12,7 @@ pub(super) struct StoredKey {
     pub(super) src_port: Option<i64>,
     pub(super) dst: Option<String>,
     pub(super) dst_port: Option<i64>,
+    pub(super) interface: Option<String>,
 }
 
 impl StoredKey {
@@ -24,6 +26,7 @@ impl StoredKey {
             src_port: None,
             dst: None,
             dst_port: None,
+            interface: None,
         }
     }
 
@@ -41,22 +44,34 @@ impl StoredKey {
             src_port: r.get(at + 3)?,
             dst: r.get(at + 4)?,
             dst_port: r.get(at + 5)?,
+            interface: r.get(at + 6)?,
         })
     }
 
     pub(super) fn decode(self, d: &Decoder<'_>) -> Result<(FiveTuple, Direction), StoreError> {
-        let (Some(direction), Some(proto), Some(src), Some(src_port), Some(dst), Some(dst_port)) = (
+        let (
+            Some(direction),
+            Some(proto),
+            Some(src),
+            Some(src_port),
+            Some(dst),
+            Some(dst_port),
+            Some(interface),
+        ) = (
             self.direction,
             self.proto,
             self.src,
             self.src_port,
             self.dst,
             self.dst_port,
-        ) else {
+            self.interface,
+        )
+        else {
             return Err(d.bad(format!("tuple_id {}, which no key has", self.tuple_id)));
         };
         Ok((
-            d.tuple(&proto, &src, src_port, &dst, dst_port)?,
+            d.tuple(&proto, &src, src_port, &dst, dst_port)?
+                .on(InterfaceId::intern(&interface)),
             d.direction(&direction)?,
         ))
     }
@@ -195,6 +210,7 @@ impl Decoder<'_> {
             src_port: self.int(src_port, "src_port")?,
             dst: self.addr(dst)?,
             dst_port: self.int(dst_port, "dst_port")?,
+            interface: InterfaceId::NONE,
         })
     }
 }

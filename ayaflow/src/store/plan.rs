@@ -8,7 +8,8 @@ use super::*;
 pub(super) const PROBE_ROWS: i64 = 1024;
 
 /// Key columns read back from `tuples` (aliased `k`), after the row's own columns.
-pub(super) const KEY_COLUMNS: &str = "k.direction, k.proto, k.src, k.src_port, k.dst, k.dst_port";
+pub(super) const KEY_COLUMNS: &str =
+    "k.direction, k.proto, k.src, k.src_port, k.dst, k.dst_port, k.interface";
 
 pub(super) const RAW_COLUMNS: &str = "r.id, r.tuple_id, r.ts_unix_ns, r.packets, r.bytes, r.tcp_flags, \
      r.icmp_type, r.icmp_code, r.flags, r.vlan_id";
@@ -61,7 +62,12 @@ pub(super) fn key_conditions(
     prefix: &str,
     first: usize,
 ) -> Option<(String, Vec<Value>)> {
-    if q.addr.is_none() && q.port.is_none() && q.proto.is_none() && q.direction.is_none() {
+    if q.addr.is_none()
+        && q.port.is_none()
+        && q.proto.is_none()
+        && q.direction.is_none()
+        && q.interface.is_none()
+    {
         return None;
     }
     let mut sql = String::new();
@@ -92,6 +98,9 @@ pub(super) fn key_conditions(
             " AND $.direction = ?N",
             Value::Text(direction_name(d).to_owned()),
         );
+    }
+    if let Some(i) = &q.interface {
+        bind(" AND $.interface = ?N", Value::Text(i.clone()));
     }
     Some((sql, args))
 }

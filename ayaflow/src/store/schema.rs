@@ -245,6 +245,23 @@ const MIGRATIONS: &[&str] = &[
         SELECT w.id, w.window_start, w.window_end, k.proto, k.src, k.src_port, k.dst,
                k.dst_port, k.direction, w.packets, w.bytes
         FROM windows AS w CROSS JOIN tuples AS k ON k.id = w.tuple_id;",
+    // 5: keys carry the interface they were seen on ('' for rows from before).
+    "ALTER TABLE tuples ADD COLUMN interface TEXT NOT NULL DEFAULT '';
+    DROP INDEX tuples_key;
+    CREATE UNIQUE INDEX tuples_key
+        ON tuples (src, dst, src_port, dst_port, proto, direction, interface);
+
+    DROP VIEW packets_view;
+    DROP VIEW windows_view;
+    CREATE VIEW packets_view AS
+        SELECT p.id, p.ts_unix_ns, k.direction, k.proto, k.src, k.src_port, k.dst, k.dst_port,
+               p.packets, p.bytes, p.tcp_flags, p.icmp_type, p.icmp_code, p.flags, p.vlan_id,
+               k.interface
+        FROM packets AS p CROSS JOIN tuples AS k ON k.id = p.tuple_id;
+    CREATE VIEW windows_view AS
+        SELECT w.id, w.window_start, w.window_end, k.proto, k.src, k.src_port, k.dst,
+               k.dst_port, k.direction, w.packets, w.bytes, k.interface
+        FROM windows AS w CROSS JOIN tuples AS k ON k.id = w.tuple_id;",
 ];
 
 /// `bucket = id >> BUCKET_SHIFT` in `packets` and `windows` (see [`MIGRATIONS`], version 2).

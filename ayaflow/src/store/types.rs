@@ -45,6 +45,8 @@ pub struct HistoryQuery {
     pub proto: Option<Protocol>,
     /// Only rows seen by this hook.
     pub direction: Option<Direction>,
+    /// Only rows seen on the interface of this name.
+    pub interface: Option<String>,
 }
 
 impl Default for HistoryQuery {
@@ -60,6 +62,7 @@ impl Default for HistoryQuery {
             port: None,
             proto: None,
             direction: None,
+            interface: None,
         }
     }
 }
@@ -123,11 +126,12 @@ pub struct RowCounts {
 impl Serialize for RawRecord {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let p = &self.packet;
-        let mut m = s.serialize_struct("RawRecord", 12)?;
+        let mut m = s.serialize_struct("RawRecord", 13)?;
         m.serialize_field("id", &self.id)?;
         m.serialize_field("timestamp", &(p.ts_unix_ns / NANOS_PER_SEC))?;
         m.serialize_field("timestamp_ns", &p.ts_unix_ns)?;
         m.serialize_field("direction", direction_name(p.direction))?;
+        m.serialize_field("interface", &p.tuple.interface)?;
         m.serialize_field("proto", &p.tuple.proto)?;
         m.serialize_field("src", &p.tuple.src_endpoint())?;
         m.serialize_field("dst", &p.tuple.dst_endpoint())?;
@@ -143,11 +147,12 @@ impl Serialize for RawRecord {
 impl Serialize for WindowRecord {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let w = &self.window;
-        let mut m = s.serialize_struct("WindowRecord", 9)?;
+        let mut m = s.serialize_struct("WindowRecord", 10)?;
         m.serialize_field("id", &self.id)?;
         m.serialize_field("window_start", &w.window_start_unix)?;
         m.serialize_field("window_end", &w.window_end_unix)?;
         m.serialize_field("direction", direction_name(w.direction))?;
+        m.serialize_field("interface", &w.tuple.interface)?;
         m.serialize_field("proto", &w.tuple.proto)?;
         m.serialize_field("src", &w.tuple.src_endpoint())?;
         m.serialize_field("dst", &w.tuple.dst_endpoint())?;

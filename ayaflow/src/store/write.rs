@@ -145,21 +145,31 @@ pub(super) fn tuple_row_id(conn: &Connection, key: &TupleKey) -> rusqlite::Resul
     let found = conn
         .prepare_cached(
             "SELECT id FROM tuples WHERE src = ?1 AND dst = ?2 AND src_port = ?3 \
-             AND dst_port = ?4 AND proto = ?5 AND direction = ?6",
+             AND dst_port = ?4 AND proto = ?5 AND direction = ?6 AND interface = ?7",
         )?
-        .query_row(params![src, dst, t.src_port, t.dst_port, proto, dir], |r| {
-            r.get(0)
-        })
+        .query_row(
+            params![src, dst, t.src_port, t.dst_port, proto, dir, &*t.interface.name()],
+            |r| r.get(0),
+        )
         .optional()?;
     if let Some(id) = found {
         return Ok(id);
     }
     let id = next_id(conn, "tuples")?;
     conn.prepare_cached(
-        "INSERT INTO tuples (id, src, dst, src_port, dst_port, proto, direction) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO tuples (id, src, dst, src_port, dst_port, proto, direction, interface) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![id, src, dst, t.src_port, t.dst_port, proto, dir])?;
+    .execute(params![
+        id,
+        src,
+        dst,
+        t.src_port,
+        t.dst_port,
+        proto,
+        dir,
+        &*t.interface.name()
+    ])?;
     Ok(id)
 }
 
@@ -180,11 +190,12 @@ pub(super) fn insert_tuples(conn: &Connection, keys: &[(TupleKey, i64)]) -> rusq
                 t.proto.to_string(),
                 direction_name(*direction),
                 *id,
+                t.interface.name(),
             )
         })
         .collect();
     rows.sort_unstable();
-    let columns = ("src, dst, src_port, dst_port, proto, direction", 7);
+    let columns = ("src, dst, src_port, dst_port, proto, direction, interface", 8);
     insert_many(conn, "tuples", columns, &rows, |stmt, at, r| {
         stmt.raw_bind_parameter(at + 1, r.6)?;
         stmt.raw_bind_parameter(at + 2, &r.0)?;
@@ -192,7 +203,8 @@ pub(super) fn insert_tuples(conn: &Connection, keys: &[(TupleKey, i64)]) -> rusq
         stmt.raw_bind_parameter(at + 4, r.2)?;
         stmt.raw_bind_parameter(at + 5, r.3)?;
         stmt.raw_bind_parameter(at + 6, &r.4)?;
-        stmt.raw_bind_parameter(at + 7, r.5)
+        stmt.raw_bind_parameter(at + 7, r.5)?;
+        stmt.raw_bind_parameter(at + 8, &*r.7)
     })
 }
 
@@ -209,7 +221,10 @@ impl TupleIds {
                 return Ok(None);
             }
             let mut stmt = conn
-                .prepare("SELECT id, direction, proto, src, src_port, dst, dst_port FROM tuples")
+                .prepare(
+                    "SELECT id, direction, proto, src, src_port, dst, dst_port, interface \
+                     FROM tuples",
+                )
                 .map_err(sql)?;
             let mut rows = stmt.query([]).map_err(sql)?;
             let mut ids = HashMap::with_capacity_and_hasher(count as usize, KeyHasher::default());

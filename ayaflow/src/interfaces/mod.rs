@@ -1,0 +1,77 @@
+//! The interfaces the agent observes: their names as ids carried by every row ([`names`]), and
+//! which kernel ifindex is which name ([`IfindexNames`]), for decoding the kernel's keys.
+
+pub mod counters;
+pub mod follow;
+mod names;
+pub mod status;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+pub use names::{InterfaceId, MAX_NAMES, OVERFLOW_NAME};
+
+/// Which interface id each kernel ifindex is, shared by whoever decodes kernel keys (the ring
+/// reader, the flow sweep) and the link follower that fills it.
+///
+/// An ifindex stays mapped after its interface goes: events read after the removal still
+/// carry it (the kernel hands out indexes cyclically, so it is not reused soon). Entries are
+/// bounded by [`MAX_NAMES`]-many interfaces: the oldest are dropped past it.
+#[derive(Clone, Debug, Default)]
+pub struct IfindexNames(Arc<RwLock<HashMap<u32, InterfaceId>>>);
+
+impl IfindexNames {
+    /// Records that `ifindex` is interface `name`.
+    pub fn set(&self, ifindex: u32, name: &str) -> InterfaceId {
+        let id = InterfaceId::intern(name);
+        let mut m = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= MAX_NAMES && !m.contains_key(&ifindex) {
+            // Indexes grow: the smallest ones are the oldest interfaces.
+            if let Some(&oldest) = m.keys().min() {
+                m.remove(&oldest);
+            }
+        }
+        m.insert(ifindex, id);
+        id
+    }
+
+    /// The id of `ifindex`: its name, or `if<ifindex>` for an index never recorded (a hook
+    /// left attached by a pinned agent, an interface the agent has not seen yet).
+    pub fn get(&self, ifindex: u32) -> InterfaceId {
+        if let Some(&id) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(&ifindex) {
+            return id;
+        }
+        self.set(ifindex, &format!("if{ifindex}"))
+    }
+
+    /// A resolver for a batch of keys: it asks the shared map once per distinct ifindex.
+    pub fn reader(&self) -> IfindexReader<'_> {
+        IfindexReader {
+            names: self,
+            seen: Vec::new(),
+        }
+    }
+}
+
+/// See [`IfindexNames::reader`].
+pub struct IfindexReader<'a> {
+    names: &'a IfindexNames,
+    /// The indexes of this batch so far: a handful, so a scan beats a hash.
+    seen: Vec<(u32, InterfaceId)>,
+}
+
+impl IfindexReader<'_> {
+    /// As [`IfindexNames::get`].
+    pub fn get(&mut self, ifindex: u32) -> InterfaceId {
+        if let Some(&(_, id)) = self.seen.iter().find(|(i, _)| *i == ifindex) {
+            return id;
+        }
+        let id = self.names.get(ifindex);
+        if self.seen.len() < 64 {
+            self.seen.push((ifindex, id));
+        }
+        id
+    }
+}
