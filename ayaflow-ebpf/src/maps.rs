@@ -10,8 +10,8 @@ use ayaflow_common::{
     flow::{FlowSlot, SlotClaim},
 };
 
-/// Per-packet events for userspace (`PacketEvent`, 64 B + 8 B ring header each).
-/// 8 MiB holds ~116k events: about 0.3 s of a 0.4 Mpps flood if userspace stalls. The agent
+/// Per-packet events for userspace (`PacketEvent`, 72 B + 8 B ring header each).
+/// 8 MiB holds ~105k events: about 0.3 s of a 0.4 Mpps flood if userspace stalls. The agent
 /// overrides the size from `--ring-buffer-bytes`; every failed reservation is counted.
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);

@@ -36,12 +36,13 @@ use crate::{
     connections::{ConnectionSnapshot, ConnectionTable, SortKey},
     ebpf::{
         self, KernelProgram, LoadError, LoadOptions,
-        counters::CounterReader,
+        counters::Totals,
         sweep::{self, FlowSweeper},
     },
     ipfix::{self, ExportConfig, IpfixExport},
     metrics::{Family, MetricsSource},
     pipeline::{Pipeline, PipelineStats},
+    interfaces::{IfindexNames, counters::InterfaceCounters, follow::Follower},
     shutdown::{Shutdown, Signals},
     storage::{Storage, StorageConfig, StorageStats},
     store::HistoryKind,
@@ -70,26 +71,7 @@ pub async fn run(config: Config) -> Result<()> {
         .as_deref()
         .map(read_api_token)
         .transpose()?;
-    let interface = match &config.interface {
-        Some(i) => i.clone(),
-        None => {
-            let i = ebpf::interface::default_interface().ok_or(LoadError::NoDefaultInterface)?;
-            tracing::info!(interface = %i, "no --interface given: using the default route's interface");
-            if !ebpf::interface::is_ethernet(&i) {
-                tracing::warn!(
-                    interface = %i,
-                    link_type = ?ebpf::interface::link_type(&i),
-                    "the default interface has no Ethernet header (a tunnel, VPN or point-to-point \
-                     link): its frames are parsed from the IP header and carry no MAC or VLAN; \
-                     pass --interface to observe another one"
-                );
-            }
-            i
-        }
-    };
-    if ebpf::interface::index(&interface).is_none() {
-        return Err(LoadError::NoInterface { name: interface }.into());
-    }
+    let selection = interfaces::run::resolve(&config.interface)?;
     let mut storage_config = StorageConfig::new(&config.db_path);
     storage_config.retention = config.data_retention;
     storage_config.max_db_bytes = config.max_db_bytes;
@@ -114,31 +96,36 @@ pub async fn run(config: Config) -> Result<()> {
         pin_path: config.pin.then(|| config.pin_path.clone()),
     })?;
     let pinned = program.pinned();
-    program.attach(&interface, &config.direction.directions())?;
-    let attached = api::InterfaceStatus {
-        name: interface.clone(),
-        ifindex: ebpf::interface::index(&interface).unwrap_or(0),
-        state: api::InterfaceState::Attached,
-        since_unix: (unix_now_ns() / NANOS_PER_SEC) as i64,
-        reason: None,
-    };
+    let names = IfindexNames::default();
     let ring = program.take_events()?;
     let sweeper = if flows {
-        Some(program.take_flows()?)
+        let mut s = program.take_flows()?;
+        s.set_interface_names(names.clone());
+        Some(s)
     } else {
         None
     };
-    let counters = Arc::new(program.take_counters()?);
+    let counters = Arc::new(InterfaceCounters::new(Arc::new(program.take_counters()?)));
+    // Attached from here on; the follower owns the program until shutdown.
+    let (stop_follow_tx, follow_shutdown) = Shutdown::new();
+    let follower = Follower::new(
+        program,
+        selection.clone(),
+        config.direction.directions().to_vec(),
+        names.clone(),
+        counters.clone(),
+    );
+    let (follow, follow_task) = interfaces::run::start(follower, pinned, follow_shutdown).await?;
 
     let (ipfix, ipfix_task) = match ipfix_export(&config) {
         Some(export) => {
-            let ifindex = ebpf::interface::index(&interface).unwrap_or(0);
+
             tracing::info!(
                 collectors = ?export.collectors,
                 observation_domain = export.observation_domain,
                 "IPFIX export on"
             );
-            let (x, task) = IpfixExport::start(&export, ifindex);
+            let (x, task) = IpfixExport::start(&export, names.clone());
             (Some(x), Some(task))
         }
         None => (None, None),
@@ -180,6 +167,7 @@ pub async fn run(config: Config) -> Result<()> {
     let kernel_totals = counters.clone();
     let source = AgentMetrics {
         counters,
+        interfaces: follow.stats.clone(),
         table,
         pipeline: pipeline.stats.clone(),
         storage: storage.stats(),
@@ -195,14 +183,14 @@ pub async fn run(config: Config) -> Result<()> {
         Some(token) => state.with_api_token(token),
         None => state,
     };
-    // One interface, attached for the agent's life; an interface watcher would update a shared
-    // list here instead.
+    let follow_view = follow.clone();
     let state = state.with_status(api::Status {
         version: env!("CARGO_PKG_VERSION"),
         capture_mode: config.capture_mode,
         direction: config.direction,
         started_at,
-        interfaces: Arc::new(move || vec![attached.clone()]),
+        interfaces: Arc::new(move || follow_view.interfaces()),
+        interfaces_ready: follow.named_ready.clone(),
     });
 
     let addr = SocketAddr::new(config.bind_address, config.port);
@@ -240,13 +228,14 @@ pub async fn run(config: Config) -> Result<()> {
     let windows_task = tokio::spawn(store_windows(pipeline.clone(), shutdown.clone()));
     let mut sink = pipeline.clone();
     let ring_shutdown = capture_shutdown.clone();
+    let ring_names = names.clone();
     let drain_interval = if flows {
         ebpf::ring::FLOW_MODE_DRAIN_INTERVAL
     } else {
         ebpf::ring::DRAIN_INTERVAL
     };
     let mut ring_task = tokio::spawn(async move {
-        ebpf::ring::run(ring, &mut sink, ring_shutdown.wait(), drain_interval).await
+        ebpf::ring::run(ring, &ring_names, &mut sink, ring_shutdown.wait(), drain_interval).await
     });
 
     let mut sweep_task =
@@ -287,7 +276,9 @@ pub async fn run(config: Config) -> Result<()> {
     }
     bounded("stopping the live stream", stream_task).await;
 
-    drop(program);
+    let _ = stop_follow_tx.send(true);
+    // Dropping the program detaches every hook not pinned.
+    drop(bounded("stopping the interface follower", follow_task).await);
     if pinned {
         // Still counting, into the pinned maps: what comes after the final drain and sweep is
         // there for the next agent.
@@ -392,8 +383,8 @@ async fn bounded<T>(what: &str, mut task: tokio::task::JoinHandle<T>) -> Option<
 
 /// Logs what the kernel counted, once nothing can add to it any more (after the detach): with
 /// every packet in the history (raw mode, no drop), the rows add up to these numbers.
-fn log_final_totals(counters: &CounterReader) {
-    match counters.read() {
+fn log_final_totals(counters: &InterfaceCounters) {
+    match counters.total().map(|t: Totals| t) {
         Ok(t) => tracing::info!(
             ingress_packets = t.get(ayaflow_common::flow::Direction::Ingress, Counter::Packets),
             egress_packets = t.get(ayaflow_common::flow::Direction::Egress, Counter::Packets),
@@ -490,7 +481,7 @@ fn spawn_sweeper(
 /// The live view: the connection table plus the kernel's totals.
 struct Live {
     table: Arc<Mutex<ConnectionTable>>,
-    counters: Arc<CounterReader>,
+    counters: Arc<InterfaceCounters>,
 }
 
 impl LiveSource for Live {
@@ -499,7 +490,7 @@ impl LiveSource for Live {
     }
 
     fn totals(&self) -> (u64, u64) {
-        match self.counters.read() {
+        match self.counters.total() {
             Ok(t) => (t.sum(Counter::Packets), t.sum(Counter::Bytes)),
             Err(e) => {
                 tracing::warn!("reading the kernel counters: {e}");
@@ -511,7 +502,8 @@ impl LiveSource for Live {
 
 /// Every metric of the agent, read at scrape time (the catalogue is `telemetry::agent_families`).
 struct AgentMetrics {
-    counters: Arc<CounterReader>,
+    counters: Arc<InterfaceCounters>,
+    interfaces: Arc<crate::interfaces::follow::FollowStats>,
     table: Arc<Mutex<ConnectionTable>>,
     pipeline: Arc<PipelineStats>,
     storage: Arc<StorageStats>,
@@ -537,6 +529,7 @@ impl MetricsSource for AgentMetrics {
         };
         agent_families(&Readings {
             kernel,
+            interfaces: &self.interfaces,
             kernel_read_errors: self.kernel_read_errors.load(Ordering::Relaxed),
             active_connections: active,
             table,

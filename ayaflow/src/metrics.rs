@@ -211,6 +211,42 @@ fn encode_text(families: &[Family]) -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
+/// The sum of the samples `selector` selects in a text exposition: `name` alone selects every
+/// series of `name`; `name{a="x",b="y"}` those whose labels include these (in any order), so
+/// `ayaflow_packets_total{direction="ingress"}` sums every interface. `None` if no series
+/// matches. For tests and benchmarks reading `/metrics`.
+pub fn sample_sum(text: &str, selector: &str) -> Option<u64> {
+    let (name, wanted) = split_sample(selector)?;
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((sample, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((n, labels)) = split_sample(sample) else {
+            continue;
+        };
+        if n == name
+            && wanted.iter().all(|w| labels.contains(w))
+            && let Ok(v) = value.trim().parse::<u64>()
+        {
+            *sum.get_or_insert(0) += v;
+        }
+    }
+    sum
+}
+
+/// `name{a="x",b="y"}` as its name and its `a="x"` pairs.
+fn split_sample(sample: &str) -> Option<(&str, Vec<&str>)> {
+    match sample.split_once('{') {
+        None => Some((sample.trim(), Vec::new())),
+        Some((name, rest)) => {
+            let inner = rest.strip_suffix('}')?;
+            // Label values here never hold commas (names, reasons, directions).
+            Some((name, inner.split(',').filter(|p| !p.is_empty()).collect()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

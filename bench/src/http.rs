@@ -51,13 +51,7 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-/// The value of the sample `name{labels}` (exactly as written) in an exposition text.
+/// The sum of the samples `name{labels}` selects (every series whose labels include these).
 pub fn metric(text: &str, sample: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(sample)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    ayaflow::metrics::sample_sum(text, sample)
 }

@@ -64,6 +64,7 @@ fn row(i: u64, n: u64, now_ns: u64) -> Packet {
             src_port: 1024 + (conv / 250) as u16,
             dst,
             dst_port: [443, 53, 80][(conv % 3) as usize],
+            interface: Default::default(),
         },
         direction: Direction::Ingress,
         ts_unix_ns: now_ns - span + span / n.max(1) * i,

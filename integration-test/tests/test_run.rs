@@ -58,6 +58,9 @@ fn key(ether_type: u16, protocol: u8, src: [u8; 16], sp: u16, dst: [u8; 16], dp:
         ether_type,
         protocol,
         direction: 0,
+        // BPF_PROG_TEST_RUN runs the program on the loopback device.
+        ifindex: 1,
+        _pad: 0,
     }
 }
 

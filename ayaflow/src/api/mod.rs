@@ -344,12 +344,17 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if state.ready.load(Ordering::Relaxed) {
+    if !state.ready.load(Ordering::Relaxed) {
+        Err(ApiError::unavailable(
+            "not ready",
+            "the program is not attached or the store is not open yet",
+        ))
+    } else if state.status.interfaces_ready.load(Ordering::Relaxed) {
         Ok("ready")
     } else {
         Err(ApiError::unavailable(
             "not ready",
-            "the program is not attached or the store is not open yet",
+            "an interface named by --interface is missing or not attached: see /api/status",
         ))
     }
 }

@@ -15,7 +15,10 @@
 //! ([`live::LOSS_COUNTERS`]) read at the same moment, summed over their labels, with their help
 //! text; each stream frame carries their values again (`losses` in `live.rs`).
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Instant,
+};
 
 use axum::{Json, extract::State};
 use serde::Serialize;
@@ -44,6 +47,9 @@ pub struct Status {
     pub started_at: Instant,
     /// The interfaces observed, read on every request.
     pub interfaces: InterfaceList,
+    /// False while an interface named by `--interface` is missing or not attached: `/readyz`
+    /// is then 503.
+    pub interfaces_ready: Arc<AtomicBool>,
 }
 
 impl Default for Status {
@@ -55,6 +61,7 @@ impl Default for Status {
             direction: DirectionChoice::Ingress,
             started_at: Instant::now(),
             interfaces: Arc::new(Vec::new),
+            interfaces_ready: Arc::new(AtomicBool::new(true)),
         }
     }
 }

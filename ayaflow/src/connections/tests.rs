@@ -17,7 +17,8 @@ fn tuple(proto: Protocol, src: (u8, u16), dst: (u8, u16)) -> FiveTuple {
         src_port: src.1,
         dst: v4(dst.0),
         dst_port: dst.1,
-    }
+    },
+    interface: Default::default(),
 }
 
 /// 10.0.0.1:40000 -> 10.0.0.2:443.
@@ -223,6 +224,7 @@ fn full_table_refuses_a_flood_without_growing() {
             src_port: u16::from_le_bytes([p0, p1]),
             dst: v4(2),
             dst_port: 443,
+            interface: Default::default(),
         };
         let mut p = packet(t5, Direction::Ingress, 2, 120, TCP_SYN);
         p.packets = 2;
@@ -273,6 +275,7 @@ fn churn_never_grows_the_map() {
                 src_port: 1000,
                 dst: v4(1),
                 dst_port: 53,
+                interface: Default::default(),
             };
             // Ages 0..128 ns against a 64 ns timeout: the expire below removes about half
             // of this round's entries, scattered over the map, and all older ones.
@@ -349,6 +352,7 @@ fn top_n_of_many_matches_a_full_sort() {
             src_port: 1000,
             dst: v4(1),
             dst_port: 53,
+            interface: Default::default(),
         };
         // Many ties: packet counts repeat every 97 connections.
         t.record_delta(t5, Direction::Ingress, u64::from(i % 97), 1, 1, 1, 0);

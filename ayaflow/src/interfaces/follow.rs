@@ -367,6 +367,11 @@ impl Follower {
             .store(self.attached.len() as u64, Ordering::Relaxed);
     }
 
+    /// Whether `name` is one the selection names (not a pattern): it must be attached.
+    pub fn is_named(&self, name: &str) -> bool {
+        self.selection.named().contains(&name)
+    }
+
     /// The interface id of an attached index (for tests).
     pub fn attached_id(&self, ifindex: u32) -> Option<InterfaceId> {
         self.attached.contains_key(&ifindex).then(|| self.names.get(ifindex))

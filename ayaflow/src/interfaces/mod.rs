@@ -4,6 +4,7 @@
 pub mod counters;
 pub mod follow;
 mod names;
+pub mod run;
 pub mod status;
 
 use std::{
@@ -12,38 +13,61 @@ use std::{
 };
 
 pub use names::{InterfaceId, MAX_NAMES, OVERFLOW_NAME};
+pub use status::{InterfaceState, InterfaceStatus};
 
 /// Which interface id each kernel ifindex is, shared by whoever decodes kernel keys (the ring
-/// reader, the flow sweep) and the link follower that fills it.
+/// reader, the flow sweep) and the link follower that fills it; and back, the index a name has
+/// now (for IPFIX records, which name interfaces by index).
 ///
 /// An ifindex stays mapped after its interface goes: events read after the removal still
 /// carry it (the kernel hands out indexes cyclically, so it is not reused soon). Entries are
 /// bounded by [`MAX_NAMES`]-many interfaces: the oldest are dropped past it.
 #[derive(Clone, Debug, Default)]
-pub struct IfindexNames(Arc<RwLock<HashMap<u32, InterfaceId>>>);
+pub struct IfindexNames(Arc<RwLock<Maps>>);
+
+#[derive(Debug, Default)]
+struct Maps {
+    by_index: HashMap<u32, InterfaceId>,
+    /// The latest index of each name.
+    by_id: HashMap<InterfaceId, u32>,
+}
 
 impl IfindexNames {
     /// Records that `ifindex` is interface `name`.
     pub fn set(&self, ifindex: u32, name: &str) -> InterfaceId {
         let id = InterfaceId::intern(name);
         let mut m = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= MAX_NAMES && !m.contains_key(&ifindex) {
+        if m.by_index.len() >= MAX_NAMES && !m.by_index.contains_key(&ifindex) {
             // Indexes grow: the smallest ones are the oldest interfaces.
-            if let Some(&oldest) = m.keys().min() {
-                m.remove(&oldest);
+            if let Some(&oldest) = m.by_index.keys().min()
+                && let Some(old) = m.by_index.remove(&oldest)
+                && m.by_id.get(&old) == Some(&oldest)
+            {
+                m.by_id.remove(&old);
             }
         }
-        m.insert(ifindex, id);
+        m.by_index.insert(ifindex, id);
+        m.by_id.insert(id, ifindex);
         id
     }
 
     /// The id of `ifindex`: its name, or `if<ifindex>` for an index never recorded (a hook
     /// left attached by a pinned agent, an interface the agent has not seen yet).
     pub fn get(&self, ifindex: u32) -> InterfaceId {
-        if let Some(&id) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(&ifindex) {
-            return id;
-        }
-        self.set(ifindex, &format!("if{ifindex}"))
+        let known = self
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_index
+            .get(&ifindex)
+            .copied();
+        known.unwrap_or_else(|| self.set(ifindex, &format!("if{ifindex}")))
+    }
+
+    /// The index interface `id` has (or last had), if it was seen.
+    pub fn index_of(&self, id: InterfaceId) -> Option<u32> {
+        let m = self.0.read().unwrap_or_else(|e| e.into_inner());
+        m.by_id.get(&id).copied()
     }
 
     /// A resolver for a batch of keys: it asks the shared map once per distinct ifindex.

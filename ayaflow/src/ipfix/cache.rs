@@ -10,7 +10,10 @@ use std::collections::HashMap;
 
 use ayaflow_common::flow::Direction;
 
-use crate::flow::{FiveTuple, TCP_FIN, TCP_RST};
+use crate::{
+    flow::{FiveTuple, TCP_FIN, TCP_RST},
+    interfaces::IfindexNames,
+};
 
 use super::{EndReason, FlowRecord};
 
@@ -51,9 +54,9 @@ pub struct FlowCache {
     capacity: usize,
     active_ns: u64,
     idle_ns: u64,
-    /// The capture interface's index: `ingressInterface` of ingress records, `egressInterface`
-    /// of egress ones.
-    ifindex: u32,
+    /// The index of each record's interface: `ingressInterface` of ingress records,
+    /// `egressInterface` of egress ones.
+    names: IfindexNames,
     /// Records due before the next expiry (end of flow, lack of resources).
     due: Vec<FlowRecord>,
     /// Records sent at once because the cache was full.
@@ -61,13 +64,13 @@ pub struct FlowCache {
 }
 
 impl FlowCache {
-    pub fn new(capacity: usize, active_ns: u64, idle_ns: u64, ifindex: u32) -> FlowCache {
+    pub fn new(capacity: usize, active_ns: u64, idle_ns: u64, names: IfindexNames) -> FlowCache {
         FlowCache {
             entries: HashMap::default(),
             capacity: capacity.max(1),
             active_ns,
             idle_ns,
-            ifindex,
+            names,
             due: Vec::new(),
             overflow_records: 0,
         }
@@ -129,16 +132,16 @@ impl FlowCache {
     /// counts start again).
     pub fn take_due(&mut self, now_ns: u64, out: &mut Vec<FlowRecord>) {
         out.append(&mut self.due);
-        let (active, idle, ifindex) = (self.active_ns, self.idle_ns, self.ifindex);
+        let (active, idle, names) = (self.active_ns, self.idle_ns, &self.names);
         self.entries.retain(|key, e| {
             if now_ns.saturating_sub(e.end_ns) >= idle {
                 if e.packets > 0 {
-                    out.push(make_record(ifindex, key, e, EndReason::Idle));
+                    out.push(make_record(names, key, e, EndReason::Idle));
                 }
                 return false;
             }
             if e.packets > 0 && now_ns.saturating_sub(e.period_ns) >= active {
-                out.push(make_record(ifindex, key, e, EndReason::Active));
+                out.push(make_record(names, key, e, EndReason::Active));
                 e.packets = 0;
                 e.bytes = 0;
                 e.tcp_flags = 0;
@@ -151,16 +154,16 @@ impl FlowCache {
     /// At shutdown: every flow's last record ("forced end"), the cache emptied.
     pub fn take_all(&mut self, out: &mut Vec<FlowRecord>) {
         out.append(&mut self.due);
-        let ifindex = self.ifindex;
+        let names = &self.names;
         for (key, e) in self.entries.drain() {
             if e.packets > 0 {
-                out.push(make_record(ifindex, &key, &e, EndReason::Forced));
+                out.push(make_record(names, &key, &e, EndReason::Forced));
             }
         }
     }
 
     fn record(&self, key: &(FiveTuple, Direction), e: &Entry, reason: EndReason) -> FlowRecord {
-        make_record(self.ifindex, key, e, reason)
+        make_record(&self.names, key, e, reason)
     }
 }
 
@@ -193,12 +196,13 @@ impl Entry {
 }
 
 fn make_record(
-    ifindex: u32,
+    names: &IfindexNames,
     (tuple, direction): &(FiveTuple, Direction),
     e: &Entry,
     end_reason: EndReason,
 ) -> FlowRecord {
     let ingress = *direction == Direction::Ingress;
+    let ifindex = names.index_of(tuple.interface).unwrap_or(0);
     FlowRecord {
         tuple: *tuple,
         packets: e.packets,

@@ -11,6 +11,7 @@ fn obs(port: u16, direction: Direction, t: u64, packets: u64, flags: u8) -> Obse
             src_port: port,
             dst: "10.0.0.2".parse().unwrap(),
             dst_port: 443,
+            interface: Default::default(),
         },
         direction,
         packets,
@@ -25,7 +26,10 @@ fn obs(port: u16, direction: Direction, t: u64, packets: u64, flags: u8) -> Obse
 }
 
 fn cache(capacity: usize) -> FlowCache {
-    FlowCache::new(capacity, 10 * S, 5 * S, 3)
+    // The tuples here have no interface name: index 3.
+    let names = crate::interfaces::IfindexNames::default();
+    names.set(3, "");
+    FlowCache::new(capacity, 10 * S, 5 * S, names)
 }
 
 #[test]

@@ -138,6 +138,7 @@ mod tests {
                 src_port: port,
                 dst: dst.parse().unwrap(),
                 dst_port: 80,
+                interface: Default::default(),
             },
             packets: 1,
             bytes: 60,

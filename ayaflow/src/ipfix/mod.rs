@@ -34,6 +34,7 @@ pub use message::MIN_MTU;
 use crate::{
     ebpf::sweep::FlowDelta,
     flow::{FiveTuple, Packet},
+    interfaces::IfindexNames,
     sync::lock,
 };
 
@@ -125,11 +126,11 @@ pub struct IpfixExport {
 }
 
 impl IpfixExport {
-    /// Starts the exporter task. `ifindex`: the capture interface, reported as the records'
-    /// ingress or egress interface.
+    /// Starts the exporter task. `names`: the index of each record's interface, reported as
+    /// its ingress or egress interface.
     pub fn start(
         config: &ExportConfig,
-        ifindex: u32,
+        names: IfindexNames,
     ) -> (Arc<IpfixExport>, tokio::task::JoinHandle<()>) {
         let collectors: Vec<_> = config
             .collectors
@@ -152,7 +153,7 @@ impl IpfixExport {
                 config.max_flows,
                 config.active_timeout.as_nanos() as u64,
                 config.idle_timeout.as_nanos() as u64,
-                ifindex,
+                names,
             )),
             next_expiry_ns: AtomicU64::new(0),
             queue: Mutex::new(Some(tx)),

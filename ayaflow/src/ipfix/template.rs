@@ -178,6 +178,7 @@ mod tests {
                 src_port: 5353,
                 dst: dst.parse().unwrap(),
                 dst_port: 53,
+                interface: Default::default(),
             },
             packets: 3,
             bytes: 300,

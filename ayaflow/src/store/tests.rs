@@ -10,6 +10,7 @@ pub(super) fn packet(i: u32) -> Packet {
             src_port: 40_000,
             dst: IpAddr::V6(Ipv6Addr::LOCALHOST),
             dst_port: 443,
+            interface: Default::default(),
         },
         direction: Direction::Egress,
         ts_unix_ns: 1_700_000_000_000_000_000 + u64::from(i),
@@ -159,6 +160,7 @@ fn spread_packet(i: u64) -> Packet {
             src_port: 1000 + (i % 8) as u16,
             dst,
             dst_port: [443, 53, 1003, 80][(i % 4) as usize],
+            interface: Default::default(),
         },
         direction: if i.is_multiple_of(2) {
             Direction::Ingress

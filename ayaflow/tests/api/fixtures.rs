@@ -19,7 +19,8 @@ pub(crate) fn tuple(
         src_port,
         dst: ip(dst),
         dst_port,
-    }
+    },
+    interface: Default::default(),
 }
 
 pub(crate) fn packet(

@@ -23,6 +23,7 @@ pub(super) fn packet(i: u64) -> Packet {
             src_port: 1000 + (i % 5) as u16,
             dst: IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)),
             dst_port: 53,
+            interface: Default::default(),
         },
         direction: if i.is_multiple_of(2) {
             Direction::Ingress
@@ -100,6 +101,7 @@ pub(super) fn extremes() -> Vec<Packet> {
             0xffff, 0xffff, 0xffff, 0xffff, 0, 0, 0, 0xffff,
         )),
         dst_port: u16::MAX,
+        interface: Default::default(),
     };
     let arp = FiveTuple {
         proto: Protocol::Ether(0x0806),
@@ -107,6 +109,7 @@ pub(super) fn extremes() -> Vec<Packet> {
         src_port: 0,
         dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         dst_port: 0,
+        interface: Default::default(),
     };
     let mut rows = Vec::new();
     for (i, ts) in [0, 1, T, T - 5, T + 3, i64::MAX as u64 - 1, i64::MAX as u64]
