@@ -70,22 +70,31 @@ pub async fn run(config: Config) -> Result<()> {
         .as_deref()
         .map(read_api_token)
         .transpose()?;
-    let interface = match &config.interface {
-        Some(i) => i.clone(),
-        None => {
-            let i = ebpf::interface::default_interface().ok_or(LoadError::NoDefaultInterface)?;
-            tracing::info!(interface = %i, "no --interface given: using the default route's interface");
-            if !ebpf::interface::is_ethernet(&i) {
-                tracing::warn!(
-                    interface = %i,
-                    link_type = ?ebpf::interface::link_type(&i),
-                    "the default interface has no Ethernet header (a tunnel, VPN or point-to-point \
-                     link): its frames are parsed from the IP header and carry no MAC or VLAN; \
-                     pass --interface to observe another one"
-                );
-            }
-            i
+    let default = if config.interfaces.has_auto() {
+        let i = ebpf::interface::default_interface().ok_or(LoadError::NoDefaultInterface)?;
+        tracing::info!(interface = %i, "--interface auto: using the default route's interface");
+        if !ebpf::interface::is_ethernet(&i) {
+            tracing::warn!(
+                interface = %i,
+                link_type = ?ebpf::interface::link_type(&i),
+                "the default interface has no Ethernet header (a tunnel, VPN or point-to-point \
+                 link): its frames are parsed from the IP header and carry no MAC or VLAN; \
+                 pass --interface to observe another one"
+            );
         }
+        Some(i)
+    } else {
+        None
+    };
+    let selection = config.interfaces.clone().resolve_auto(default);
+    // TODO(issue 19): attach to every selected interface and follow `links`; until then the
+    // first plain name is the one interface attached.
+    let Some(interface) = selection.named().first().map(|n| (*n).to_owned()) else {
+        anyhow::bail!(
+            "--interface {} selects no interface by name; patterns are not followed yet, so \
+             name one interface (or use auto)",
+            config.interfaces
+        );
     };
     if ebpf::interface::index(&interface).is_none() {
         return Err(LoadError::NoInterface { name: interface }.into());
