@@ -68,11 +68,11 @@ pub struct Parsed {
     /// Bytes of a VLAN tag held as skb metadata rather than in the frame (rx/tx VLAN offload):
     /// 4 or 0. On the wire every frame (every GSO segment) carries it.
     pub offloaded_tag: u8,
-    /// Makes the size a multiple of 8, so zeroing is seven 64-bit stores rather than a call to
+    /// Makes the size a multiple of 8, so zeroing is eight 64-bit stores rather than a call to
     /// a byte-wise `memset` loop.
     _pad: [u8; 5],
 }
-const _: () = assert!(size_of::<Parsed>() == 56);
+const _: () = assert!(size_of::<Parsed>() == 64);
 
 /// The frame ended before a header it announced, or a header was invalid.
 pub struct Malformed;

@@ -31,18 +31,19 @@ use ayaflow_common::{counters::Counter, globals};
 use crate::{
     aggregate::Aggregator,
     api::{self, AppState, LiveSource},
-    clock::{NANOS_PER_SEC, unix_now_ns},
+    clock::unix_now_ns,
     config::{CaptureMode, Config},
     connections::{ConnectionSnapshot, ConnectionTable, SortKey},
     ebpf::{
-        self, KernelProgram, LoadError, LoadOptions,
+        self, KernelProgram, LoadOptions,
         counters::Totals,
         sweep::{self, FlowSweeper},
     },
+    interfaces,
+    interfaces::{IfindexNames, counters::InterfaceCounters, follow::Follower},
     ipfix::{self, ExportConfig, IpfixExport},
     metrics::{Family, MetricsSource},
     pipeline::{Pipeline, PipelineStats},
-    interfaces::{IfindexNames, counters::InterfaceCounters, follow::Follower},
     shutdown::{Shutdown, Signals},
     storage::{Storage, StorageConfig, StorageStats},
     store::HistoryKind,
@@ -71,7 +72,7 @@ pub async fn run(config: Config) -> Result<()> {
         .as_deref()
         .map(read_api_token)
         .transpose()?;
-    let selection = interfaces::run::resolve(&config.interface)?;
+    let selection = interfaces::run::resolve(&config.interfaces)?;
     let mut storage_config = StorageConfig::new(&config.db_path);
     storage_config.retention = config.data_retention;
     storage_config.max_db_bytes = config.max_db_bytes;
@@ -119,7 +120,6 @@ pub async fn run(config: Config) -> Result<()> {
 
     let (ipfix, ipfix_task) = match ipfix_export(&config) {
         Some(export) => {
-
             tracing::info!(
                 collectors = ?export.collectors,
                 observation_domain = export.observation_domain,
@@ -235,7 +235,14 @@ pub async fn run(config: Config) -> Result<()> {
         ebpf::ring::DRAIN_INTERVAL
     };
     let mut ring_task = tokio::spawn(async move {
-        ebpf::ring::run(ring, &ring_names, &mut sink, ring_shutdown.wait(), drain_interval).await
+        ebpf::ring::run(
+            ring,
+            &ring_names,
+            &mut sink,
+            ring_shutdown.wait(),
+            drain_interval,
+        )
+        .await
     });
 
     let mut sweep_task =

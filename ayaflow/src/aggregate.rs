@@ -219,6 +219,7 @@ mod tests {
             src_port: 1000 + u16::from(n),
             dst: IpAddr::V6(Ipv6Addr::LOCALHOST),
             dst_port: 443,
+            interface: InterfaceId::NONE,
         }
     }
 

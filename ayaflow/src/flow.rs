@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use ayaflow_common::flow::Direction;
 
-pub use crate::interfaces::InterfaceId;
+pub use crate::ifname::InterfaceId;
 
 /// A hash map keyed by what arrives off the wire (addresses, ports, protocols): foldhash,
 /// randomly seeded per map, so a sender who does not know the seed cannot craft keys that all

@@ -17,6 +17,7 @@
 //!
 //! - `agent`: wires it all and runs it (start-up, shutdown order); `config` + `cli`: every
 //!   option, declared once; `shutdown`: signals.
+//! - `links`: the namespace's interfaces, followed over rtnetlink as they come and go.
 //! - `decode` + `flow`: length-checked kernel records -> the domain `Packet`, `FiveTuple`.
 //! - Leaves used everywhere: `clock` (time), `sync` (locks), `ratelimit` (log lines),
 //!   `metrics` (the encoder), `hugepages` (the binary's allocator).
@@ -33,8 +34,10 @@ pub mod decode;
 pub mod ebpf;
 pub mod flow;
 pub mod hugepages;
+pub mod ifname;
 pub mod interfaces;
 pub mod ipfix;
+pub mod links;
 pub mod metrics;
 pub mod pipeline;
 pub mod ratelimit;

@@ -14,8 +14,8 @@ use crate::{
     api::ApiStats,
     connections::TableStats,
     ebpf::counters::Totals,
-    interfaces::follow::{FailureReason, FollowStats},
     flow::direction_name,
+    interfaces::follow::{FailureReason, FollowStats},
     ipfix::{CollectorStats, DropReason as ExportDropReason},
     metrics::{Family, Kind},
     pipeline::PipelineStats,
@@ -395,9 +395,10 @@ mod tests {
     #[test]
     fn unreadable_kernel_counters_leave_their_families_out_and_are_counted() {
         let (pipeline, api) = (PipelineStats::default(), ApiStats::default());
+        let follow = FollowStats::default();
         let readings = |kernel| Readings {
             kernel,
-            interfaces: &FollowStats::default(),
+            interfaces: &follow,
             kernel_read_errors: 1,
             active_connections: 0,
             table: TableStats::default(),

@@ -41,11 +41,15 @@ fn metrics(agent: &Agent) -> String {
 /// Waits until the agent's ingress count of `name` equals the interface's own received
 /// packets (plus `before`, what earlier interfaces of that name counted), and returns it.
 fn settled_ingress(agent: &Agent, ns: &str, name: &str, before: u64) -> u64 {
-    wait_for(30, &format!("{name}'s ingress count to match rx_packets"), || {
-        let rx = LinkStats::read(ns, name).rx_packets + before;
-        let counted = metric(&metrics(agent), &ingress(name))?;
-        (counted == rx && rx == LinkStats::read(ns, name).rx_packets + before).then_some(rx)
-    })
+    wait_for(
+        30,
+        &format!("{name}'s ingress count to match rx_packets"),
+        || {
+            let rx = LinkStats::read(ns, name).rx_packets + before;
+            let counted = metric(&metrics(agent), &ingress(name))?;
+            (counted == rx && rx == LinkStats::read(ns, name).rx_packets + before).then_some(rx)
+        },
+    )
 }
 
 /// Sends `n` UDP datagrams from namespace `ns` to `dst`.
@@ -86,9 +90,11 @@ fn a_named_interface_deleted_and_recreated_is_counted_again_exactly() {
     let (_, old_index) = status_of(&agent, &pair.if_b).expect("listed");
 
     ip(&["-n", &pair.ns_a, "link", "del", &pair.if_a]);
-    wait_for(30, "/readyz 503 while the named interface is missing", || {
-        agent.get("/readyz").filter(|(code, _)| *code == 503)
-    });
+    wait_for(
+        30,
+        "/readyz 503 while the named interface is missing",
+        || agent.get("/readyz").filter(|(code, _)| *code == 503),
+    );
     assert_eq!(
         status_of(&agent, &pair.if_b).map(|s| s.0).as_deref(),
         Some("missing")
@@ -100,7 +106,14 @@ fn a_named_interface_deleted_and_recreated_is_counted_again_exactly() {
     );
 
     let created = Instant::now();
-    veth(&pair.ns_a, &pair.ns_b, &pair.if_a, &pair.if_b, "192.0.2.1", ADDR_B4);
+    veth(
+        &pair.ns_a,
+        &pair.ns_b,
+        &pair.if_a,
+        &pair.if_b,
+        "192.0.2.1",
+        ADDR_B4,
+    );
     let new_index = wait_for(30, "the re-created interface attached", || {
         status_of(&agent, &pair.if_b).filter(|(s, _)| s == "attached")
     })
@@ -176,7 +189,12 @@ fn a_pattern_follows_veths_that_come_go_and_are_renamed_each_counted_under_its_o
     wait_for(30, &format!("{p1} detached"), || {
         status_of(&agent, &p1).filter(|(s, _)| s == "detached")
     });
-    send(&pair.ns_a, "198.51.100.5".parse().unwrap(), "198.51.100.6".parse().unwrap(), 50);
+    send(
+        &pair.ns_a,
+        "198.51.100.5".parse().unwrap(),
+        "198.51.100.6".parse().unwrap(),
+        50,
+    );
     // Renamed back into it under another name: attached and counted from then.
     let back = format!("p{tag}9");
     let before = LinkStats::read(&pair.ns_b, &out).rx_packets;
@@ -184,10 +202,23 @@ fn a_pattern_follows_veths_that_come_go_and_are_renamed_each_counted_under_its_o
     wait_for(30, &format!("{back} attached"), || {
         status_of(&agent, &back).filter(|(s, _)| s == "attached")
     });
-    send(&pair.ns_a, "198.51.100.5".parse().unwrap(), "198.51.100.6".parse().unwrap(), 70);
+    send(
+        &pair.ns_a,
+        "198.51.100.5".parse().unwrap(),
+        "198.51.100.6".parse().unwrap(),
+        70,
+    );
     let text = metrics(&agent);
-    assert_eq!(metric(&text, &ingress(&p1)), Some(c1), "a gone name's series stays");
-    assert_eq!(metric(&text, &ingress(&out)), None, "never observed under {out}");
+    assert_eq!(
+        metric(&text, &ingress(&p1)),
+        Some(c1),
+        "a gone name's series stays"
+    );
+    assert_eq!(
+        metric(&text, &ingress(&out)),
+        None,
+        "never observed under {out}"
+    );
     let c9 = wait_for(30, &format!("{back}'s count"), || {
         let rx = LinkStats::read(&pair.ns_b, &back).rx_packets - before;
         (metric(&metrics(&agent), &ingress(&back))? == rx).then_some(rx)
@@ -222,9 +253,9 @@ fn a_pattern_follows_veths_that_come_go_and_are_renamed_each_counted_under_its_o
 
 /// The links of process `pid`, as `bpftool link list` shows them.
 fn links_of(pid: u32) -> usize {
-    let out = integration_test::agent::run(std::process::Command::new("bpftool").args([
-        "-j", "link", "list",
-    ]));
+    let out = integration_test::agent::run(
+        std::process::Command::new("bpftool").args(["-j", "link", "list"]),
+    );
     let links: serde_json::Value = serde_json::from_str(&out).expect("bpftool's JSON");
     links
         .as_array()
@@ -286,8 +317,7 @@ fn two_hundred_veths_created_and_removed_twice_leave_no_link_and_bounded_memory(
         let started = Instant::now();
         batch("add");
         wait_for(120, &format!("{VETHS} veths attached"), || {
-            (metric(&metrics(&agent), "ayaflow_interfaces_attached")? == VETHS as u64)
-                .then_some(())
+            (metric(&metrics(&agent), "ayaflow_interfaces_attached")? == VETHS as u64).then_some(())
         });
         let attach = started.elapsed();
         assert_eq!(links_of(pid), VETHS, "one ingress link per veth");

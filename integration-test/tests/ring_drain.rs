@@ -58,7 +58,13 @@ fn a_drain_stops_at_its_limit_and_the_next_one_takes_the_rest() {
 
     let (mut batch, mut sink) = (Vec::new(), Count::default());
     assert_eq!(
-        ring::drain(&mut events, &Default::default(), &mut batch, &mut sink, DRAIN_LIMIT),
+        ring::drain(
+            &mut events,
+            &Default::default(),
+            &mut batch,
+            &mut sink,
+            DRAIN_LIMIT
+        ),
         Drained::Limit
     );
     assert_eq!(
@@ -66,7 +72,13 @@ fn a_drain_stops_at_its_limit_and_the_next_one_takes_the_rest() {
         "one drain hands on its limit, no more"
     );
     assert_eq!(
-        ring::drain(&mut events, &Default::default(), &mut batch, &mut sink, DRAIN_LIMIT),
+        ring::drain(
+            &mut events,
+            &Default::default(),
+            &mut batch,
+            &mut sink,
+            DRAIN_LIMIT
+        ),
         Drained::All
     );
     assert_eq!(sink.packets, sent, "the next drain takes the rest");

@@ -21,6 +21,18 @@ pub enum ConfigError {
         /// What would be accepted.
         expected: String,
     },
+    /// A value valid on its own that contradicts another option's.
+    #[error("{option} = {value} (from {origin}): {problem}")]
+    Conflict {
+        /// The option as spelled in its source.
+        option: String,
+        /// The offending value, quoted when it is not a plain word.
+        value: String,
+        /// `the command line`, `the environment`, or the YAML file's path.
+        origin: String,
+        /// What contradicts what, and what to change.
+        problem: String,
+    },
     /// The YAML file named by `--config` / `AYAFLOW_CONFIG` does not exist.
     #[error(
         "config file {} (from {given_by}) does not exist; check the path, or drop {given_by} \

@@ -7,7 +7,7 @@
 //! Precedence, per option: command line, then environment (clap already resolves these two),
 //! then YAML file, then default. Every option can be set back to its default from a higher
 //! source: `--quiet=false`, `--data-retention 0`, `--aggregation-window 0`, `--interface auto`,
-//! `--allowed-ips ''`.
+//! `--exclude-interface ''`, `--allowed-ips ''`.
 //!
 //! Nothing is silently ignored: an unknown YAML key, a `null` value, a value of the wrong type
 //! or out of range is a [`ConfigError`] naming the option as it was spelled in its source, the
@@ -18,6 +18,7 @@
 //!   environment, the YAML keys, the error messages and the README table come from it;
 //! - `value`: what a declaration holds, one option's winning value, and the parsers the
 //!   declarations use; `cli`: the flags and variables, built from the declarations;
+//! - `interfaces`: which interfaces `--interface` and `--exclude-interface` select;
 //! - `yaml`: the YAML file, its keys, and the deprecated spellings still read;
 //! - `readme`: the README's configuration table, rendered from the declarations;
 //! - `error`: [`ConfigError`].
@@ -46,12 +47,14 @@ use crate::flow::Direction;
 
 pub mod cli;
 mod error;
+mod interfaces;
 pub mod options;
 mod readme;
 mod value;
 mod yaml;
 
 pub use error::ConfigError;
+pub use interfaces::{InterfaceMatch, InterfaceSelection};
 pub use readme::configuration_table;
 
 use self::{
@@ -130,9 +133,9 @@ pub enum CaptureMode {
 /// [`Config::from_yaml_str`] in tests); [`Config::default`] is every option at its default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Interface to attach to; `None` means the interface of the default route, resolved when
-    /// attaching.
-    pub interface: Option<String>,
+    /// Interfaces to attach to (`--interface` minus `--exclude-interface`); `auto` stands for
+    /// the default route's interface until the agent resolves it at start.
+    pub interfaces: InterfaceSelection,
     /// Port of the HTTP API, never 0.
     pub port: u16,
     /// Address the HTTP API listens on; `::` accepts IPv4 and IPv6.
@@ -189,7 +192,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            interface: None,
+            interfaces: InterfaceSelection::default(),
             port: DEFAULT_PORT,
             bind_address: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             db_path: PathBuf::from(DEFAULT_DB_PATH),

@@ -7,8 +7,8 @@ use std::{path::PathBuf, time::Duration};
 
 pub use super::value::{OptionSpec, Shape};
 use super::{
-    CaptureMode, DirectionChoice, MAX_FLOW_MAP_SIZE, MAX_MAX_CONNECTIONS, MAX_SECONDS,
-    value::{page_size, parse_net, valid_host_port, valid_interface_name},
+    CaptureMode, DirectionChoice, MAX_FLOW_MAP_SIZE, MAX_MAX_CONNECTIONS, MAX_SECONDS, interfaces,
+    value::{page_size, parse_net, valid_host_port},
 };
 use crate::storage::MIN_MAX_DB_BYTES;
 
@@ -21,23 +21,30 @@ pub static OPTIONS: &[OptionSpec] = &[
         env: "AYAFLOW_INTERFACE",
         old_yaml_keys: &[],
         value_name: "IFACE",
-        shape: Shape::Value,
-        help: "interface to attach to (`auto`: detect)",
-        default: "the default route's interface, else the first up non-loopback one",
-        expected: "an interface name of 1 to 15 characters without '/', ':' or spaces (see `ip \
-                   link`), or auto for the interface of the default route",
-        apply: |g, c| {
-            let Some(g) = g else { return Ok(()) };
-            let name = g.string()?;
-            c.interface = if name.eq_ignore_ascii_case("auto") {
-                None
-            } else if valid_interface_name(&name) {
-                Some(name)
-            } else {
-                return Err(g.invalid(g.shown()));
-            };
-            Ok(())
-        },
+        shape: Shape::List,
+        help: "interfaces to attach to: names and glob patterns (`eth0,veth*`), `auto` for the \
+               default route's",
+        default: "auto: the default route's interface, else the first up non-loopback one",
+        expected: "interface names of 1 to 15 characters without '/', ':' or spaces (see `ip \
+                   link`), glob patterns such as veth* or cali*, or auto for the interface of \
+                   the default route; comma-separated (in YAML a list or a comma-separated \
+                   string), at least one",
+        apply: interfaces::apply_include,
+    },
+    OptionSpec {
+        name: "exclude_interface",
+        short: None,
+        flag: "--exclude-interface",
+        env: "AYAFLOW_EXCLUDE_INTERFACE",
+        old_yaml_keys: &[],
+        value_name: "IFACE",
+        shape: Shape::List,
+        help: "interfaces left out of --interface: names and glob patterns (`veth9*`)",
+        default: "none",
+        expected: "interface names of 1 to 15 characters without '/', ':' or spaces, or glob \
+                   patterns such as veth*; comma-separated (in YAML a list or a \
+                   comma-separated string)",
+        apply: interfaces::apply_exclude,
     },
     OptionSpec {
         name: "port",

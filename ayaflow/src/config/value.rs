@@ -102,16 +102,33 @@ impl Given<'_> {
     }
 
     pub fn invalid_expecting(&self, value: String, expected: String) -> ConfigError {
-        let (option, origin) = match self.source {
-            Source::Flag => (self.opt.flag, "the command line"),
-            Source::Env => (self.opt.env, "the environment"),
-            Source::Yaml { origin, key } => (key, origin),
-        };
+        let (option, origin) = self.option_and_origin();
         ConfigError::Invalid {
             option: option.to_owned(),
             value,
             origin: origin.to_owned(),
             expected,
+        }
+    }
+
+    /// A value that is valid on its own but not together with another option's: `problem`
+    /// says why and what to do.
+    pub fn conflict(&self, value: String, problem: String) -> ConfigError {
+        let (option, origin) = self.option_and_origin();
+        ConfigError::Conflict {
+            option: option.to_owned(),
+            value,
+            origin: origin.to_owned(),
+            problem,
+        }
+    }
+
+    /// The option as spelled in its source, and that source as error messages name it.
+    fn option_and_origin(&self) -> (&str, &str) {
+        match self.source {
+            Source::Flag => (self.opt.flag, "the command line"),
+            Source::Env => (self.opt.env, "the environment"),
+            Source::Yaml { origin, key } => (key, origin),
         }
     }
 
@@ -204,6 +221,15 @@ impl Given<'_> {
                 })
                 .collect(),
             Raw::Yaml(other) => Err(self.invalid(show_yaml(other))),
+        }
+    }
+
+    /// Like [`Given::items`], also accepting a comma-separated YAML string (`interface:
+    /// "eth0,veth*"`), for options whose single value is commonly written as a string.
+    pub fn items_or_comma_text(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        match self.raw {
+            Raw::Yaml(Value::String(s)) => Ok(split_items(s.split(','))),
+            _ => self.items(),
         }
     }
 }

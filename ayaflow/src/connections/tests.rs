@@ -17,8 +17,8 @@ fn tuple(proto: Protocol, src: (u8, u16), dst: (u8, u16)) -> FiveTuple {
         src_port: src.1,
         dst: v4(dst.0),
         dst_port: dst.1,
-    },
-    interface: Default::default(),
+        interface: Default::default(),
+    }
 }
 
 /// 10.0.0.1:40000 -> 10.0.0.2:443.
@@ -456,7 +456,7 @@ fn record_delta_accumulates() {
 #[test]
 fn documented_entry_size() {
     // The module docs derive the memory per connection from these; update them together.
-    assert_eq!(std::mem::size_of::<FiveTuple>(), 42);
+    assert_eq!(std::mem::size_of::<FiveTuple>(), 48);
     assert_eq!(std::mem::size_of::<Entry>(), 56);
     assert_eq!(std::mem::size_of::<(FiveTuple, Entry)>(), 104);
     // 65,536 entries get 131,072 slots, of which the map fills at most 7/8.

@@ -302,7 +302,9 @@ impl KernelProgram {
         // Legacy (netlink) attachment needs a clsact qdisc; TCX ignores it. An existing one
         // is fine.
         if let Err(e) = tc::qdisc_add_clsact(interface) {
-            tracing::debug!("clsact qdisc on {interface}: {e} (expected if it exists or TCX is used)");
+            tracing::debug!(
+                "clsact qdisc on {interface}: {e} (expected if it exists or TCX is used)"
+            );
         }
         let prog: &mut SchedClassifier = self
             .ebpf
@@ -331,7 +333,13 @@ impl KernelProgram {
             link,
             pin,
         });
-        tracing::info!(interface, ifindex, hook = direction_name(d), program = name, "attached");
+        tracing::info!(
+            interface,
+            ifindex,
+            hook = direction_name(d),
+            program = name,
+            "attached"
+        );
         Ok(())
     }
 
@@ -510,12 +518,18 @@ fn dup_map(ebpf: &Ebpf, name: &str) -> Result<Map, LoadError> {
         action: format!("opening map {name}"),
         source: anyhow::anyhow!(e),
     };
-    let map = ebpf.map(name).ok_or_else(|| err("missing from the object".into()))?;
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| err("missing from the object".into()))?;
     let data = match map {
         Map::Array(d) | Map::PerCpuArray(d) | Map::HashMap(d) => d,
         _ => return Err(err("not an array or hash map".into())),
     };
-    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| err(e.to_string()))?;
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| err(e.to_string()))?;
     let dup = MapData::from_fd(fd).map_err(|e| err(e.to_string()))?;
     Ok(match map {
         Map::Array(_) => Map::Array(dup),

@@ -7,7 +7,7 @@
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::{clock::clock_ns, decode, flow::Packet, interfaces::IfindexNames};
+use crate::{clock::clock_ns, decode, flow::Packet, ifname::IfindexNames};
 
 /// Packets handed to the sink at once: large enough to amortise locking downstream, small
 /// enough to keep latency to the live view low.

@@ -56,7 +56,9 @@ impl InterfaceSlots {
             released: Vec::new(),
             free: Vec::new(),
         };
-        slots.adopt().map_err(|e| LoadError::from_aya("reading IFACE_SLOTS", e))?;
+        slots
+            .adopt()
+            .map_err(|e| LoadError::from_aya("reading IFACE_SLOTS", e))?;
         Ok(slots)
     }
 
@@ -79,7 +81,10 @@ impl InterfaceSlots {
                 *t = true;
             }
         }
-        self.free = (1..INTERFACE_SLOTS).rev().filter(|&s| !taken[s as usize]).collect();
+        self.free = (1..INTERFACE_SLOTS)
+            .rev()
+            .filter(|&s| !taken[s as usize])
+            .collect();
         Ok(())
     }
 
@@ -145,7 +150,11 @@ impl InterfaceSlots {
         let mut t = Totals::default();
         for d in Direction::ALL {
             for block in self.counters.get(&counter_index(slot, d as u32), 0)?.iter() {
-                for (sum, v) in t.by_direction[d as usize].values.iter_mut().zip(block.values) {
+                for (sum, v) in t.by_direction[d as usize]
+                    .values
+                    .iter_mut()
+                    .zip(block.values)
+                {
                     *sum = sum.wrapping_add(v);
                 }
             }

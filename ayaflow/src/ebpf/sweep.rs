@@ -30,8 +30,8 @@ use std::{
     time::Duration,
 };
 
+use crate::ifname::{IfindexNames, IfindexReader};
 use aya::maps::Map;
-use crate::interfaces::{IfindexNames, IfindexReader};
 use ayaflow_common::flow::{
     Direction, FlowKey, FlowSlot, INDEX_EMPTY, SLOT_DRAINING, SLOT_EMPTY, SLOT_LIVE, SlotClaim,
     counts, free_stack,

@@ -71,7 +71,9 @@ impl InterfaceCounters {
         }
         s.retired.entry(id).or_default().add(totals);
         while s.retired_order.len() > MAX_RETIRED {
-            let Some(oldest) = s.retired_order.pop_front() else { break };
+            let Some(oldest) = s.retired_order.pop_front() else {
+                break;
+            };
             // A name counting again (re-created) keeps its series.
             if s.slots.iter().any(|&(_, i)| i == oldest) {
                 s.retired_order.push_back(oldest);
@@ -89,7 +91,10 @@ impl InterfaceCounters {
         let s = lock(&self.state);
         let mut by_id: HashMap<InterfaceId, Totals> = s.retired.clone();
         for &(slot, id) in &s.slots {
-            by_id.entry(id).or_default().add(&self.reader.read_slot(slot)?);
+            by_id
+                .entry(id)
+                .or_default()
+                .add(&self.reader.read_slot(slot)?);
         }
         let mut out: Vec<(Arc<str>, Totals)> =
             by_id.into_iter().map(|(id, t)| (id.name(), t)).collect();

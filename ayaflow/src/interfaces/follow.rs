@@ -207,7 +207,12 @@ impl Follower {
                 Some(l) if l.name != name => format!("renamed to {}", l.name),
                 Some(_) => "no longer selected".to_string(),
             };
-            tracing::info!(interface = name, ifindex, reason, "interface left: detaching");
+            tracing::info!(
+                interface = name,
+                ifindex,
+                reason,
+                "interface left: detaching"
+            );
             self.program.detach_index(ifindex);
             self.gone.push(InterfaceStatus {
                 name,
@@ -374,6 +379,8 @@ impl Follower {
 
     /// The interface id of an attached index (for tests).
     pub fn attached_id(&self, ifindex: u32) -> Option<InterfaceId> {
-        self.attached.contains_key(&ifindex).then(|| self.names.get(ifindex))
+        self.attached
+            .contains_key(&ifindex)
+            .then(|| self.names.get(ifindex))
     }
 }

@@ -9,7 +9,7 @@ use super::follow::{FollowView, Follower, LinkInfo};
 use crate::{
     config::InterfaceSelection,
     ebpf::{self, LoadError},
-    links::{self, LinkEvent},
+    links::{self, LinkEvent, LinkWatch},
     shutdown::Shutdown,
 };
 
@@ -63,7 +63,11 @@ pub async fn start(
     pinned: bool,
     shutdown: Shutdown,
 ) -> Result<(FollowView, tokio::task::JoinHandle<ebpf::KernelProgram>)> {
-    let (initial, mut events) = links::watch()
+    let LinkWatch {
+        links: initial,
+        mut events,
+        task: mut watcher,
+    } = links::watch_links(links::EVENTS_CAPACITY)
         .await
         .context("watching the network interfaces (rtnetlink)")?;
     follower.replace_all(initial.into_iter().map(link_info).collect());
@@ -92,9 +96,14 @@ pub async fn start(
                 event = events.recv() => match event {
                     Some(e) => apply(&mut follower, e),
                     None => {
+                        let why = match (&mut watcher).await {
+                            Ok(Err(e)) => e.to_string(),
+                            Ok(Ok(())) => "it ended".to_string(),
+                            Err(e) => e.to_string(),
+                        };
                         tracing::error!(
-                            "the link watcher stopped: interfaces that appear from now on are \
-                             not observed (restart the agent)"
+                            "the link watcher stopped ({why}): interfaces that appear or go from \
+                             now on are not followed (restart the agent); not ready"
                         );
                         follower.view().named_ready.store(false, Ordering::Relaxed);
                         (&mut stop).await;
@@ -112,9 +121,8 @@ pub async fn start(
 
 fn apply(follower: &mut Follower, event: LinkEvent) {
     match event {
-        LinkEvent::Added(l) | LinkEvent::Changed(l) => follower.upsert(link_info(l)),
+        LinkEvent::Added(l) | LinkEvent::Changed { now: l, .. } => follower.upsert(link_info(l)),
         LinkEvent::Removed { ifindex, .. } => follower.remove(ifindex),
-        LinkEvent::Resync(all) => follower.replace_all(all.into_iter().map(link_info).collect()),
     }
 }
 

@@ -32,4 +32,3 @@ pub enum InterfaceState {
     /// Was attached; went (deleted, moved, renamed) or left the selection; `reason` says which.
     Detached,
 }
-

@@ -12,7 +12,7 @@ use ayaflow_common::flow::Direction;
 
 use crate::{
     flow::{FiveTuple, TCP_FIN, TCP_RST},
-    interfaces::IfindexNames,
+    ifname::IfindexNames,
 };
 
 use super::{EndReason, FlowRecord};

@@ -27,7 +27,7 @@ fn obs(port: u16, direction: Direction, t: u64, packets: u64, flags: u8) -> Obse
 
 fn cache(capacity: usize) -> FlowCache {
     // The tuples here have no interface name: index 3.
-    let names = crate::interfaces::IfindexNames::default();
+    let names = crate::ifname::IfindexNames::default();
     names.set(3, "");
     FlowCache::new(capacity, 10 * S, 5 * S, names)
 }

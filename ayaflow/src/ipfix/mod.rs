@@ -34,7 +34,7 @@ pub use message::MIN_MTU;
 use crate::{
     ebpf::sweep::FlowDelta,
     flow::{FiveTuple, Packet},
-    interfaces::IfindexNames,
+    ifname::IfindexNames,
     sync::lock,
 };
 

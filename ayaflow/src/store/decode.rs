@@ -1,7 +1,7 @@
 //! Rows as stored, checked and decoded into the types callers see.
 
 use super::*;
-use crate::interfaces::InterfaceId;
+use crate::ifname::InterfaceId;
 
 /// Key columns of a row as SQLite returns them (`NULL`s if its `tuple_id` has no key).
 pub(super) struct StoredKey {

@@ -46,13 +46,39 @@ pub(super) fn insert_v2_packets(conn: &mut Connection, packets: &[Packet]) {
         conn.execute_batch("CREATE TEMP TABLE id_floors (name TEXT PRIMARY KEY, next_id INTEGER)")
             .expect("temp id_floors");
     }
+    // Nor an `interface` key column (version 5): keys go in as old agents wrote them.
+    let with_interface: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('tuples') WHERE name = 'interface'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("table_info");
     let tx = conn.transaction().expect("transaction");
+    let old_key = |p: &Packet| -> rusqlite::Result<i64> {
+        let (t, d) = (p.tuple, direction_name(p.direction));
+        let (proto, src, dst) = (t.proto.to_string(), t.src.to_string(), t.dst.to_string());
+        tx.execute(
+            "INSERT OR IGNORE INTO tuples (src, dst, src_port, dst_port, proto, direction) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            rusqlite::params![src, dst, t.src_port, t.dst_port, proto, d],
+        )?;
+        tx.query_row(
+            "SELECT id FROM tuples WHERE src = ?1 AND dst = ?2 AND src_port = ?3 \
+             AND dst_port = ?4 AND proto = ?5 AND direction = ?6",
+            rusqlite::params![src, dst, t.src_port, t.dst_port, proto, d],
+            |r| r.get(0),
+        )
+    };
     insert_rows(
         &tx,
         "packets",
         (RAW_INSERT_COLUMNS, RAW_INSERT_VALUES),
         packets,
-        |p| tuple_row_id(&tx, &(p.tuple, p.direction)),
+        |p| match with_interface {
+            true => tuple_row_id(&tx, &(p.tuple, p.direction)),
+            false => old_key(p),
+        },
         bind_packet,
     )
     .expect("version 2 rows");
@@ -114,8 +140,8 @@ fn every_filter_combination_is_valid_sql() {
     let (_dir, mut store) = temp_store();
     store.insert_packets(&[packet(1)]).expect("insert");
     for kind in [HistoryKind::Raw, HistoryKind::Aggregated] {
-        for mask in 0u8..128 {
-            let on = |bit: u8| mask & (1 << bit) != 0;
+        for mask in 0u16..256 {
+            let on = |bit: u16| mask & (1 << bit) != 0;
             let q = HistoryQuery {
                 kind,
                 limit: 10,
@@ -126,6 +152,8 @@ fn every_filter_combination_is_valid_sql() {
                 port: on(4).then_some(443),
                 proto: on(5).then_some(Protocol::Tcp),
                 direction: on(6).then_some(Direction::Egress),
+                // The fixtures' rows have no interface name.
+                interface: on(7).then(String::new),
             };
             let page = store.query_history(&q).expect("every combination runs");
             let want = usize::from(kind == HistoryKind::Raw);
@@ -227,6 +255,7 @@ fn every_plan_finds_exactly_the_matching_rows() {
                             port,
                             proto,
                             direction,
+                            interface: None,
                         });
                     }
                 }

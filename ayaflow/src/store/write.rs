@@ -148,7 +148,15 @@ pub(super) fn tuple_row_id(conn: &Connection, key: &TupleKey) -> rusqlite::Resul
              AND dst_port = ?4 AND proto = ?5 AND direction = ?6 AND interface = ?7",
         )?
         .query_row(
-            params![src, dst, t.src_port, t.dst_port, proto, dir, &*t.interface.name()],
+            params![
+                src,
+                dst,
+                t.src_port,
+                t.dst_port,
+                proto,
+                dir,
+                &*t.interface.name()
+            ],
             |r| r.get(0),
         )
         .optional()?;
@@ -195,7 +203,10 @@ pub(super) fn insert_tuples(conn: &Connection, keys: &[(TupleKey, i64)]) -> rusq
         })
         .collect();
     rows.sort_unstable();
-    let columns = ("src, dst, src_port, dst_port, proto, direction, interface", 8);
+    let columns = (
+        "src, dst, src_port, dst_port, proto, direction, interface",
+        8,
+    );
     insert_many(conn, "tuples", columns, &rows, |stmt, at, r| {
         stmt.raw_bind_parameter(at + 1, r.6)?;
         stmt.raw_bind_parameter(at + 2, &r.0)?;

@@ -19,8 +19,8 @@ pub(crate) fn tuple(
         src_port,
         dst: ip(dst),
         dst_port,
-    },
-    interface: Default::default(),
+        interface: ayaflow::ifname::InterfaceId::intern("eth0"),
+    }
 }
 
 pub(crate) fn packet(
@@ -197,6 +197,7 @@ pub(crate) fn raw_json(id: u64, p: &Packet) -> Value {
         "timestamp": p.ts_unix_ns / SEC,
         "timestamp_ns": p.ts_unix_ns,
         "direction": direction_name(p.direction),
+        "interface": &*p.tuple.interface.name(),
         "proto": p.tuple.proto.to_string(),
         "src": endpoint(p.tuple.src, p.tuple.src_port),
         "dst": endpoint(p.tuple.dst, p.tuple.dst_port),
@@ -215,6 +216,7 @@ pub(crate) fn window_json(id: u64, w: &WindowRow) -> Value {
         "window_start": w.window_start_unix,
         "window_end": w.window_end_unix,
         "direction": direction_name(w.direction),
+        "interface": &*w.tuple.interface.name(),
         "proto": w.tuple.proto.to_string(),
         "src": endpoint(w.tuple.src, w.tuple.src_port),
         "dst": endpoint(w.tuple.dst, w.tuple.dst_port),

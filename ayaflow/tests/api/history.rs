@@ -37,7 +37,7 @@ async fn history_raw_rows_exact_json_default_limit_and_kind() {
     assert_eq!(
         doc["rows"][0],
         json!({"id": 130, "timestamp": T + 129, "timestamp_ns": (T + 129) * SEC + 123_456_789,
-               "direction": "ingress", "proto": "UDP", "src": "10.0.0.3:5353",
+               "direction": "ingress", "interface": "eth0", "proto": "UDP", "src": "10.0.0.3:5353",
                "dst": "10.0.0.1:53", "packets": 1, "bytes": 189, "tcp_flags": 0,
                "icmp_type": 0, "icmp_code": 0})
     );
@@ -45,7 +45,7 @@ async fn history_raw_rows_exact_json_default_limit_and_kind() {
     assert_eq!(
         doc["rows"][3],
         json!({"id": 127, "timestamp": T + 126, "timestamp_ns": (T + 126) * SEC + 123_456_789,
-               "direction": "ingress", "proto": "ICMPv6", "src": "[fd00::1]:0",
+               "direction": "ingress", "interface": "eth0", "proto": "ICMPv6", "src": "[fd00::1]:0",
                "dst": "[fd00::2]:0", "packets": 1, "bytes": 186, "tcp_flags": 0,
                "icmp_type": 128, "icmp_code": 0})
     );
@@ -81,7 +81,7 @@ async fn history_aggregated_rows_and_the_agents_default_kind() {
         assert_eq!(
             doc["rows"][0],
             json!({"id": 12, "window_start": T + 660, "window_end": T + 720,
-                   "direction": "egress", "proto": "TCP", "src": "[fd00::2]:50000",
+                   "direction": "egress", "interface": "eth0", "proto": "TCP", "src": "[fd00::2]:50000",
                    "dst": "[fd00::3]:8080", "packets": 12, "bytes": 1200})
         );
         let want: Vec<Value> = windows

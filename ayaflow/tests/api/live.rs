@@ -21,17 +21,17 @@ async fn live_exact_json() {
     );
     let want = json!({
         "connections": [
-            {"connection": {"src": "192.168.1.5:443", "dst": "10.0.0.2:34560", "proto": "TCP"},
+            {"connection": {"src": "192.168.1.5:443", "dst": "10.0.0.2:34560", "proto": "TCP", "interface": "eth0"},
              "stats": {"packets_count": 4, "bytes_count": 3060,
                        "first_seen": T, "last_seen": T + 5,
                        "ingress_packets": 3, "ingress_bytes": 3000,
                        "egress_packets": 1, "egress_bytes": 60}},
-            {"connection": {"src": "[fd00::1]:5353", "dst": "[fd00::2]:53", "proto": "UDP"},
+            {"connection": {"src": "[fd00::1]:5353", "dst": "[fd00::2]:53", "proto": "UDP", "interface": "eth0"},
              "stats": {"packets_count": 2, "bytes_count": 200,
                        "first_seen": T + 2, "last_seen": T + 3,
                        "ingress_packets": 0, "ingress_bytes": 0,
                        "egress_packets": 2, "egress_bytes": 200}},
-            {"connection": {"src": "10.0.0.9:0", "dst": "10.0.0.1:0", "proto": "ICMP"},
+            {"connection": {"src": "10.0.0.9:0", "dst": "10.0.0.1:0", "proto": "ICMP", "interface": "eth0"},
              "stats": {"packets_count": 1, "bytes_count": 84,
                        "first_seen": T + 4, "last_seen": T + 4,
                        "ingress_packets": 1, "ingress_bytes": 84,

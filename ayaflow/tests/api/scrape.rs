@@ -36,6 +36,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_ringbuf_drops",
         "ayaflow_flow_fallbacks",
         "ayaflow_protocol_packets",
+        "ayaflow_interface_attach_failures",
         "ayaflow_kernel_read_errors",
         "ayaflow_connection_table_overflow_packets",
         "ayaflow_connection_table_overflow_connections",
@@ -60,6 +61,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_stream_clients_dropped",
     ];
     let gauges = [
+        "ayaflow_interfaces_attached",
         "ayaflow_active_connections",
         "ayaflow_window_rows",
         "ayaflow_storage_queued_rows",
@@ -111,13 +113,13 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         // PromQL sees the `_total` name: rate(ayaflow_packets_total[1m]).
         assert!(
             text.contains(&format!(
-                "\nayaflow_packets_total{{direction=\"{dir}\"}} {packets}\n"
+                "\nayaflow_packets_total{{direction=\"{dir}\",interface=\"eth0\"}} {packets}\n"
             )),
             "{text}"
         );
         assert!(
             text.contains(&format!(
-                "\nayaflow_bytes_total{{direction=\"{dir}\"}} {bytes}\n"
+                "\nayaflow_bytes_total{{direction=\"{dir}\",interface=\"eth0\"}} {bytes}\n"
             )),
             "{text}"
         );

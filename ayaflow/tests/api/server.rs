@@ -56,7 +56,8 @@ impl MetricsSource for FixedMetrics {
             (t.active_len() as u64, t.stats())
         };
         ayaflow::telemetry::agent_families(&Readings {
-            kernel: Some(kernel),
+            kernel: Some(vec![(std::sync::Arc::from("eth0"), kernel)]),
+            interfaces: &Default::default(),
             kernel_read_errors: 0,
             active_connections: active,
             table,

@@ -64,6 +64,7 @@ async fn status_exact_json() {
                     reason: None,
                 }]
             }),
+            interfaces_ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }),
         history_kind: HistoryKind::Aggregated,
         ..Setup::default()

@@ -38,8 +38,8 @@ fn tuple(proto: Protocol, src: &str, src_port: u16, dst: &str, dst_port: u16) ->
         src_port,
         dst: ip(dst),
         dst_port,
-    },
-    interface: Default::default(),
+        interface: Default::default(),
+    }
 }
 
 fn packet(tuple: FiveTuple, direction: Direction, ts_unix_ns: u64) -> Packet {

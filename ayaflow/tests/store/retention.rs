@@ -178,7 +178,7 @@ fn a_version_1_file_migrates_keeping_every_row_and_id() {
     let page = store.query_history(&windows).expect("windows");
     assert_eq!(
         serde_json::to_value(&page.rows).expect("json"),
-        json!([{"id": 3, "window_start": T, "window_end": T + 60, "direction": "egress",
+        json!([{"id": 3, "window_start": T, "window_end": T + 60, "direction": "egress", "interface": "",
                 "proto": "TCP", "src": "10.0.0.1:40000", "dst": "[fd00::1]:443",
                 "packets": 10, "bytes": 1000}])
     );

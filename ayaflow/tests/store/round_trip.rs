@@ -33,11 +33,11 @@ fn raw_rows_round_trip_with_the_documented_json_shape() {
         json!({
             "rows": [
                 {"id": 2, "timestamp": T + 1, "timestamp_ns": (T + 1) * SEC,
-                 "direction": "egress", "proto": "ICMPv6", "src": "[fe80::1]:0",
+                 "direction": "egress", "interface": "", "proto": "ICMPv6", "src": "[fe80::1]:0",
                  "dst": "[fd00::1]:0", "packets": 2, "bytes": 208, "tcp_flags": 0,
                  "icmp_type": 128, "icmp_code": 0},
                 {"id": 1, "timestamp": T, "timestamp_ns": T * SEC + 123_456_789,
-                 "direction": "ingress", "proto": "TCP", "src": "10.0.0.1:40000",
+                 "direction": "ingress", "interface": "", "proto": "TCP", "src": "10.0.0.1:40000",
                  "dst": "10.0.0.2:80", "packets": 1, "bytes": 60, "tcp_flags": 2,
                  "icmp_type": 0, "icmp_code": 0},
             ],
@@ -72,7 +72,7 @@ fn aggregated_rows_have_the_documented_json_shape() {
     assert_eq!(
         serde_json::to_value(&page).expect("serialises"),
         json!({
-            "rows": [{"id": 1, "window_start": T, "window_end": T + 60, "direction": "egress",
+            "rows": [{"id": 1, "window_start": T, "window_end": T + 60, "direction": "egress", "interface": "",
                       "proto": "UDP", "src": "10.0.0.3:5353", "dst": "224.0.0.251:5353",
                       "packets": 10, "bytes": 1200}],
             "next_cursor": null,

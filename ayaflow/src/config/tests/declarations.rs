@@ -59,6 +59,7 @@ fn documented_defaults_are_the_defaults() {
         "ipfix_idle_timeout",
         "ipfix_observation_domain",
         "interface",
+        "exclude_interface",
         "bind_address",
         "data_retention",
         "allowed_ips",
@@ -83,7 +84,8 @@ fn documented_defaults_are_the_defaults() {
     }
     // The described ones, as the defaults really are.
     let d = Config::default();
-    assert_eq!(d.interface, None);
+    assert_eq!(d.interfaces, InterfaceSelection::default());
+    assert_eq!(d.interfaces.to_string(), "auto");
     assert_eq!(d.bind_address, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
     assert_eq!((d.data_retention, d.allowed_ips.len()), (None, 0));
     assert_eq!(d.capture_mode, CaptureMode::Raw);

@@ -179,7 +179,7 @@ const ERROR_CASES: &[ErrorCase] = &[
         args: &[],
         env: &[],
         yaml: Some("port: 3000\nprot: 3000\n"),
-        message: "{file}: unknown field `prot`, expected one of `interface`, `port`",
+        message: "{file}: unknown field `prot`, expected one of `interface`, `exclude_interface`, `port`",
         exact: false,
     },
     ErrorCase {
@@ -301,10 +301,11 @@ const ERROR_CASES: &[ErrorCase] = &[
     },
     ErrorCase {
         name: "interface_with_slash",
-        args: &["-i", "eth0/1"],
+        args: &["-i", "eth0,eth0/1"],
         env: &[],
         yaml: None,
-        message: "--interface = eth0/1 (from the command line): expected an interface name",
+        message: "--interface = eth0/1 (from the command line): expected interface names of 1 \
+                  to 15 characters",
         exact: false,
     },
     ErrorCase {
@@ -313,7 +314,7 @@ const ERROR_CASES: &[ErrorCase] = &[
         env: &[("AYAFLOW_INTERFACE", "averyveryverylongname")],
         yaml: None,
         message: "AYAFLOW_INTERFACE = averyveryverylongname (from the environment): expected \
-                  an interface name of 1 to 15 characters",
+                  interface names of 1 to 15 characters",
         exact: false,
     },
     ErrorCase {
@@ -321,8 +322,77 @@ const ERROR_CASES: &[ErrorCase] = &[
         args: &[],
         env: &[],
         yaml: Some("interface: 5"),
-        message: "interface = 5 (from {file}): expected an interface name",
+        message: "interface = 5 (from {file}): expected interface names",
         exact: false,
+    },
+    ErrorCase {
+        name: "interface_empty",
+        args: &["--interface", ""],
+        env: &[],
+        yaml: None,
+        message: r#"--interface = "" (from the command line): expected interface names"#,
+        exact: false,
+    },
+    ErrorCase {
+        name: "interface_only_commas",
+        args: &[],
+        env: &[("AYAFLOW_INTERFACE", " , ")],
+        yaml: None,
+        message: r#"AYAFLOW_INTERFACE = " , " (from the environment): expected interface names"#,
+        exact: false,
+    },
+    ErrorCase {
+        name: "interface_empty_yaml_list",
+        args: &[],
+        env: &[],
+        yaml: Some("interface: []"),
+        message: "interface = [] (from {file}): expected interface names",
+        exact: false,
+    },
+    ErrorCase {
+        name: "interface_invalid_pattern",
+        args: &["--interface", "eth0,veth["],
+        env: &[],
+        yaml: None,
+        message: "--interface = veth[ (from the command line): expected a valid glob pattern \
+                  (glob patterns use `*`, `?` and classes such as [0-9] or [!ab]): invalid \
+                  range pattern at character 5",
+        exact: true,
+    },
+    ErrorCase {
+        name: "interface_pattern_that_cannot_match",
+        args: &["--interface", "veth*/0"],
+        env: &[],
+        yaml: None,
+        message: r#"--interface = "veth*/0" (from the command line): expected interface names"#,
+        exact: false,
+    },
+    ErrorCase {
+        name: "exclude_not_included",
+        args: &["--interface", "eth0", "--exclude-interface", "eth1"],
+        env: &[],
+        yaml: None,
+        message: "--exclude-interface = eth1 (from the command line): eth1 is excluded but not \
+                  included by --interface eth0; remove it",
+        exact: true,
+    },
+    ErrorCase {
+        name: "exclude_invalid_pattern_in_yaml",
+        args: &[],
+        env: &[],
+        yaml: Some("interface: 'veth*'\nexclude_interface: [veth1, 'lxc[']"),
+        message: "exclude_interface = lxc[ (from {file}): expected a valid glob pattern",
+        exact: false,
+    },
+    ErrorCase {
+        name: "exclude_auto",
+        args: &[],
+        env: &[("AYAFLOW_EXCLUDE_INTERFACE", "auto")],
+        yaml: None,
+        message: "AYAFLOW_EXCLUDE_INTERFACE = auto (from the environment): expected interface \
+                  names or glob patterns; auto is only for --interface (name the interface to \
+                  leave out)",
+        exact: true,
     },
     ErrorCase {
         name: "bad_boolean_flag",

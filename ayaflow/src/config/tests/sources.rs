@@ -19,14 +19,25 @@ struct OptionCase {
 const OPTION_CASES: &[OptionCase] = &[
     OptionCase {
         name: "interface",
-        flag: &["--interface", "eth1"],
+        flag: &["--interface", "eth1,veth*"],
         env: ("AYAFLOW_INTERFACE", "eth2"),
-        yaml: "interface: eth3",
-        get: |c| format!("{:?}", c.interface),
-        from_flag: r#"Some("eth1")"#,
-        from_env: r#"Some("eth2")"#,
-        from_yaml: r#"Some("eth3")"#,
-        default: "None",
+        yaml: "interface: [eth3, 'cali*']",
+        get: |c| c.interfaces.to_string(),
+        from_flag: "eth1,veth*",
+        from_env: "eth2",
+        from_yaml: "eth3,cali*",
+        default: "auto",
+    },
+    OptionCase {
+        name: "exclude_interface",
+        flag: &["--exclude-interface", "veth1"],
+        env: ("AYAFLOW_EXCLUDE_INTERFACE", "veth*"),
+        yaml: "exclude_interface: 'lxc1, lxc[2-4]'",
+        get: |c| c.interfaces.to_string(),
+        from_flag: "auto minus veth1",
+        from_env: "auto minus veth*",
+        from_yaml: "auto minus lxc1,lxc[2-4]",
+        default: "auto",
     },
     OptionCase {
         name: "port",
@@ -372,8 +383,8 @@ fn short_flags_and_config_from_env() {
         .config(&["-i", "eth9", "-p", "9000", "-q", "-c", &path])
         .expect("valid");
     assert_eq!(
-        (c.interface.as_deref(), c.port, c.quiet),
-        (Some("eth9"), 9000, true)
+        (c.interfaces.named(), c.port, c.quiet),
+        (vec!["eth9"], 9000, true)
     );
     drop(env);
 
@@ -393,13 +404,13 @@ fn short_flags_and_config_from_env() {
 #[test]
 fn cli_sets_yaml_values_back_to_their_defaults() {
     let file = yaml_file(
-        "interface: eth0\nquiet: true\ndata_retention_seconds: 3600\n\
+        "interface: eth0,veth*\nexclude_interface: veth0\nquiet: true\ndata_retention_seconds: 3600\n\
          aggregation_window_seconds: 10\nallowed_ips: [10.0.0.0/8]\n",
     );
     let path = path_of(&file);
     let env = Env::with(&[]);
     let from_yaml = env.config(&["-c", &path]).expect("valid");
-    assert_eq!(from_yaml.interface.as_deref(), Some("eth0"));
+    assert_eq!(from_yaml.interfaces.to_string(), "eth0,veth* minus veth0");
     assert!(from_yaml.quiet);
     assert_eq!(
         from_yaml.capture_mode,
@@ -412,6 +423,8 @@ fn cli_sets_yaml_values_back_to_their_defaults() {
         &path,
         "--interface",
         "auto",
+        "--exclude-interface",
+        "",
         "--quiet=false",
         "--data-retention",
         "0",
@@ -425,6 +438,7 @@ fn cli_sets_yaml_values_back_to_their_defaults() {
 
     let env = Env::with(&[
         ("AYAFLOW_INTERFACE", "AUTO"),
+        ("AYAFLOW_EXCLUDE_INTERFACE", ""),
         ("AYAFLOW_QUIET", "off"),
         ("AYAFLOW_DATA_RETENTION", "0"),
         ("AYAFLOW_AGGREGATION_WINDOW", "0"),

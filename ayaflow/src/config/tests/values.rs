@@ -23,6 +23,34 @@ fn lists_split_at_commas_and_repeat() {
 }
 
 #[test]
+fn interface_lists_names_patterns_and_auto() {
+    let env = Env::with(&[]);
+    let selected = |args: &[&str]| env.config(args).expect("valid").interfaces.to_string();
+    assert_eq!(
+        selected(&["-i", "eth0", "-i", "eth1,veth*"]),
+        "eth0,eth1,veth*"
+    );
+    assert_eq!(selected(&["-i", "Auto, cali*,lxc*"]), "auto,cali*,lxc*");
+    assert_eq!(
+        selected(&["-i", "veth*", "--exclude-interface", "veth0,veth[89]*"]),
+        "veth* minus veth0,veth[89]*"
+    );
+    // With auto, a plain exclude may be the default route's interface: checked at start.
+    assert_eq!(
+        selected(&["--exclude-interface", "eth1"]),
+        "auto minus eth1"
+    );
+    let yaml = |text: &str| Config::from_yaml_str(text).expect("valid").interfaces;
+    assert_eq!(
+        yaml("interface: 'eth0, veth*'"),
+        yaml("interface: [eth0, 'veth*']"),
+        "a comma-separated string is the list"
+    );
+    let s = yaml("interface: [eth0, 'veth*']\nexclude_interface: veth7");
+    assert!(s.matches("eth0") && s.matches("veth1") && !s.matches("veth7"));
+}
+
+#[test]
 fn booleans_and_choices_accept_common_spellings() {
     let env = Env::with(&[]);
     for (arg, quiet) in [
@@ -89,7 +117,8 @@ fn empty_and_comment_only_yaml_is_all_defaults() {
 fn full_yaml_file() {
     let text = r#"
 # As in a Kubernetes ConfigMap.
-interface: eth0
+interface: [eth0, "veth*"]
+exclude_interface: veth9*
 port: "8080"          # quoted numbers are accepted
 bind_address: "::"
 db_path: /var/lib/ayaflow/traffic.db
@@ -121,7 +150,15 @@ api_token_file: /etc/ayaflow/api-token
     assert_eq!(
         c,
         Config {
-            interface: Some("eth0".to_owned()),
+            interfaces: InterfaceSelection {
+                include: vec![
+                    InterfaceMatch::Name("eth0".to_owned()),
+                    InterfaceMatch::Pattern(glob::Pattern::new("veth*").expect("a pattern")),
+                ],
+                exclude: vec![InterfaceMatch::Pattern(
+                    glob::Pattern::new("veth9*").expect("a pattern")
+                )],
+            },
             port: 8080,
             bind_address: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             db_path: PathBuf::from("/var/lib/ayaflow/traffic.db"),

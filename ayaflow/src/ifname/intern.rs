@@ -51,7 +51,12 @@ fn interner() -> &'static RwLock<Interner> {
 impl InterfaceId {
     /// The id of `name`, interning it if it is new.
     pub fn intern(name: &str) -> InterfaceId {
-        if let Some(&id) = interner().read().unwrap_or_else(|e| e.into_inner()).ids.get(name) {
+        if let Some(&id) = interner()
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .get(name)
+        {
             return InterfaceId(id);
         }
         let mut i = interner().write().unwrap_or_else(|e| e.into_inner());
@@ -60,7 +65,10 @@ impl InterfaceId {
         }
         if i.names.len() >= MAX_NAMES {
             static LOG: OnceLock<RateLimit> = OnceLock::new();
-            if let Some(held_back) = LOG.get_or_init(|| RateLimit::new(Duration::from_secs(60))).ready() {
+            if let Some(held_back) = LOG
+                .get_or_init(|| RateLimit::new(Duration::from_secs(60)))
+                .ready()
+            {
                 tracing::warn!(
                     interface = name,
                     held_back,
@@ -80,7 +88,10 @@ impl InterfaceId {
     /// The interface's name.
     pub fn name(self) -> Arc<str> {
         let i = interner().read().unwrap_or_else(|e| e.into_inner());
-        i.names.get(self.0 as usize).cloned().unwrap_or_else(|| Arc::from(""))
+        i.names
+            .get(self.0 as usize)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""))
     }
 }
 
