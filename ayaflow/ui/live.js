@@ -94,7 +94,10 @@ export class LiveView {
     const iface = $("f-iface");
     const chosen = iface.value;
     iface.replaceChildren(el("option", { text: "any", attrs: { value: "" } }));
-    for (const i of status.interfaces) iface.append(el("option", { text: i.name, attrs: { value: i.name } }));
+    // A name is listed once even if it went and came back (detached and attached entries).
+    for (const name of new Set(status.interfaces.map((i) => i.name))) {
+      iface.append(el("option", { text: name, attrs: { value: name } }));
+    }
     iface.value = chosen;
     this.showLosses(Object.fromEntries(status.counters.map((c) => [c.name, c.value])));
   }
@@ -131,8 +134,7 @@ export class LiveView {
     this.showLosses(doc.losses);
     const before = new Map();
     if (prev) for (const r of this.rows) before.set(r.key, r);
-    const iface = this.status?.interfaces.length === 1 ? this.status.interfaces[0].name : "";
-    this.rows = doc.connections.map((c) => row(c, before, dt, iface, doc.time_ms));
+    this.rows = doc.connections.map((c) => row(c, before, dt, doc.time_ms));
     this.prev = doc;
     this.showConnections();
     if (this.status) {
@@ -228,9 +230,11 @@ export class LiveView {
 }
 
 /** A table row from one connection of the frame, with its rate since the previous frame. */
-function row(c, before, dt, iface, nowMs) {
+function row(c, before, dt, nowMs) {
   const s = c.stats;
-  const key = `${c.connection.proto} ${c.connection.src} ${c.connection.dst}`;
+  const iface = c.connection.interface;
+  // One connection is a row per interface it was seen on.
+  const key = `${c.connection.proto} ${c.connection.src} ${c.connection.dst} ${iface}`;
   const [srcHost, srcPort] = endpoint(c.connection.src);
   const [dstHost, dstPort] = endpoint(c.connection.dst);
   const old = before.get(key);
