@@ -215,42 +215,34 @@ pub mod counts {
 /// 64-bit words of a [`FlowKey`].
 pub const KEY_WORDS: usize = core::mem::size_of::<FlowKey>() / 8;
 
-/// The flow table's index position for a key given as its 64-bit words
-/// ([`FlowKey::words`]): where linear probing starts. The kernel program computes it; the agent
-/// never needs to (a slot's [`SlotClaim`] says where it is indexed). A seeded multiply-xor, a
-/// few instructions (the kernel's hash map spent about as long in `jhash` as in the rest of the
-/// program). The seed is random per agent start, so where keys collide cannot be known in
-/// advance; a run of [`FLOW_PROBES`] taken positions only sends the new connection to the ring
-/// buffer, counted.
+/// The flow table's index position for `key`: where linear probing starts. The kernel program
+/// computes it; the agent never needs to (a slot's [`SlotClaim`] says where it is indexed). A
+/// seeded multiply-xor over the key's [`KEY_WORDS`] words, a few instructions (the kernel's
+/// hash map spent about as long in `jhash` as in the rest of the program). The seed is random
+/// per agent start, so where keys collide cannot be known in advance; a run of
+/// [`FLOW_PROBES`] taken positions only sends the new connection to the ring buffer, counted.
 #[inline(always)]
-pub fn flow_hash(words: &[u64; KEY_WORDS], seed: u64) -> u32 {
+pub fn flow_hash(key: &FlowKey, seed: u64) -> u32 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut h = seed;
-    for w in words {
-        h = (h ^ *w).wrapping_mul(K);
+    for i in 0..KEY_WORDS {
+        h = (h ^ key.word(i)).wrapping_mul(K);
         h ^= h >> 29;
     }
     (h >> 32) as u32
 }
 
 impl FlowKey {
-    /// The key as [`KEY_WORDS`] 64-bit words, each read from memory once (volatile): the
-    /// kernel program hashes and compares whole words, and this keeps LLVM from splitting the
-    /// key into bytes in registers (which it did, and rebuilt every word byte by byte).
+    /// 64-bit word `i` (below [`KEY_WORDS`]) of the key, read from memory (volatile): the
+    /// kernel program hashes and compares whole words in place. Read this way, LLVM neither
+    /// splits the key into bytes in registers (which it did, rebuilding every word byte by
+    /// byte) nor copies it to the stack (the 512-byte stack is shared with the parser).
     #[inline(always)]
-    pub fn words(&self) -> [u64; KEY_WORDS] {
+    pub fn word(&self, i: usize) -> u64 {
         let p = (self as *const FlowKey).cast::<u64>();
-        // SAFETY: FlowKey is 48 bytes, 8-aligned, plain old data: six u64 words.
-        unsafe {
-            [
-                core::ptr::read_volatile(p),
-                core::ptr::read_volatile(p.add(1)),
-                core::ptr::read_volatile(p.add(2)),
-                core::ptr::read_volatile(p.add(3)),
-                core::ptr::read_volatile(p.add(4)),
-                core::ptr::read_volatile(p.add(5)),
-            ]
-        }
+        // SAFETY: FlowKey is 48 bytes, 8-aligned, plain old data: KEY_WORDS u64 words; the
+        // caller's index is below KEY_WORDS (the loops here are bounded by it).
+        unsafe { core::ptr::read_volatile(p.add(i % KEY_WORDS)) }
     }
 }
 
@@ -344,7 +336,7 @@ mod tests {
                     ifindex: 7,
                     _pad: 0,
                 };
-                let start = flow_hash(&key.words(), seed);
+                let start = flow_hash(&key, seed);
                 let free = (0..FLOW_PROBES)
                     .map(|p| (start.wrapping_add(p) & (SLOTS - 1)) as usize)
                     .find(|&s| !taken[s]);
@@ -368,6 +360,6 @@ mod tests {
             ether_type: ETH_P_IP,
             ..FlowKey::default()
         };
-        assert_ne!(flow_hash(&key.words(), 1), flow_hash(&key.words(), 2));
+        assert_ne!(flow_hash(&key, 1), flow_hash(&key, 2));
     }
 }

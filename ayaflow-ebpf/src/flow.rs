@@ -166,8 +166,7 @@ fn add_to_flow(p: &Parsed, packets: u32, bytes: u32) -> bool {
             core::ptr::read_volatile(&FLOW_INDEX_MASK),
         )
     };
-    let key = p.key.words();
-    let mut pos = flow_hash(&key, seed);
+    let mut pos = flow_hash(&p.key, seed);
     let mut reserved = None;
     for _ in 0..FLOW_PROBES {
         pos &= mask;
@@ -186,7 +185,7 @@ fn add_to_flow(p: &Parsed, packets: u32, bytes: u32) -> bool {
             } else if v != INDEX_RESERVED
                 && let Some(s) = FLOWS.get_ptr_mut(v - 1)
                 && core::ptr::read_volatile(&raw const (*s).state) == SLOT_LIVE
-                && same_key(&raw const (*s).key, &key)
+                && same_key(&raw const (*s).key, &p.key)
             {
                 // No room (see `counts`): the packet goes to the ring buffer instead.
                 return add(s, p, packets, bytes);
@@ -201,13 +200,13 @@ fn add_to_flow(p: &Parsed, packets: u32, bytes: u32) -> bool {
     }
 }
 
-/// Whether the slot's key is `key` (as [`FlowKey::words`]): six 64-bit compares.
+/// Whether the slot's key is `key`: six 64-bit compares ([`FlowKey::word`]).
 #[inline(always)]
-unsafe fn same_key(slot: *const FlowKey, b: &[u64; KEY_WORDS]) -> bool {
+unsafe fn same_key(slot: *const FlowKey, key: &FlowKey) -> bool {
     // SAFETY: an 8-aligned 48-byte key (FlowKey's layout); it does not change while the slot
     // is live.
-    let a = unsafe { &*slot.cast::<[u64; KEY_WORDS]>() };
-    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
+    let a = unsafe { &*slot };
+    (0..KEY_WORDS).all(|i| a.word(i) == key.word(i))
 }
 
 /// Pops a free slot number off `FLOW_FREE`, or `None` if none is free (or another CPU, or the

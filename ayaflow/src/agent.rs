@@ -36,7 +36,6 @@ use crate::{
     connections::{ConnectionSnapshot, ConnectionTable, SortKey},
     ebpf::{
         self, KernelProgram, LoadOptions,
-        counters::Totals,
         sweep::{self, FlowSweeper},
     },
     interfaces,
@@ -391,7 +390,7 @@ async fn bounded<T>(what: &str, mut task: tokio::task::JoinHandle<T>) -> Option<
 /// Logs what the kernel counted, once nothing can add to it any more (after the detach): with
 /// every packet in the history (raw mode, no drop), the rows add up to these numbers.
 fn log_final_totals(counters: &InterfaceCounters) {
-    match counters.total().map(|t: Totals| t) {
+    match counters.total() {
         Ok(t) => tracing::info!(
             ingress_packets = t.get(ayaflow_common::flow::Direction::Ingress, Counter::Packets),
             egress_packets = t.get(ayaflow_common::flow::Direction::Egress, Counter::Packets),

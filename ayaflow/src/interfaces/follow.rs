@@ -17,7 +17,7 @@ use std::{
 };
 
 use super::{
-    IfindexNames, InterfaceId,
+    IfindexNames,
     counters::InterfaceCounters,
     status::{InterfaceState, InterfaceStatus},
 };
@@ -377,10 +377,24 @@ impl Follower {
         self.selection.named().contains(&name)
     }
 
-    /// The interface id of an attached index (for tests).
-    pub fn attached_id(&self, ifindex: u32) -> Option<InterfaceId> {
-        self.attached
-            .contains_key(&ifindex)
-            .then(|| self.names.get(ifindex))
+    /// Releases the counter slots adopted from pinned maps whose interface this agent does
+    /// not observe (it went, or is no longer selected, while no agent ran): what they counted
+    /// joins the series `if<ifindex>` (the name is not known any more), and the slots are free.
+    pub fn release_stale_slots(&mut self) {
+        let stale: Vec<(u32, u32)> = self
+            .program
+            .slots()
+            .assigned()
+            .filter(|(i, _)| !self.attached.contains_key(i))
+            .collect();
+        for (ifindex, slot) in stale {
+            tracing::info!(
+                ifindex,
+                "a pinned counter slot of an interface no longer observed: its counts stay in \
+                 the series if{ifindex}"
+            );
+            self.counters.counting(slot, self.names.get(ifindex));
+            self.program.slots().release(ifindex);
+        }
     }
 }

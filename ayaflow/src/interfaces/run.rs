@@ -85,6 +85,7 @@ pub async fn start(
     }
     if pinned {
         follower.program().remove_other_pinned_links()?;
+        follower.release_stale_slots();
     }
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
