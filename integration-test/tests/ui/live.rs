@@ -15,8 +15,9 @@ use std::time::Duration;
 /// datagrams, payload bytes).
 const KNOWN: [(u16, u64, usize); 3] = [(40001, 5, 100), (40002, 10, 200), (40003, 15, 300)];
 
-fn key(src_port: u16, dst_port: u16) -> String {
-    format!("UDP 192.0.2.1:{src_port} 192.0.2.2:{dst_port}")
+/// The table's key of a row: a connection on an interface.
+fn key(src_port: u16, dst_port: u16, interface: &str) -> String {
+    format!("UDP 192.0.2.1:{src_port} 192.0.2.2:{dst_port} {interface}")
 }
 
 /// The numbers in column `col` of `rows`, in table order.
@@ -76,7 +77,7 @@ fn the_live_view_shows_known_connections_exactly_sorts_filters_and_follows_the_s
             ))
             .await;
         for (port, count, payload) in KNOWN {
-            let k = key(port, 9999);
+            let k = key(port, 9999, &if_b);
             let r = shown
                 .as_array()
                 .unwrap()
@@ -186,7 +187,7 @@ fn the_live_view_shows_known_connections_exactly_sorts_filters_and_follows_the_s
             .iter()
             .map(|r| r["key"].as_str().unwrap())
             .collect();
-        assert_eq!(keys, [key(40002, 9999)], "port 40002");
+        assert_eq!(keys, [key(40002, 9999, &if_b)], "port 40002");
         filter("f-port").await.unwrap().clear().await.unwrap();
         filter("f-addr")
             .await
@@ -202,7 +203,7 @@ fn the_live_view_shows_known_connections_exactly_sorts_filters_and_follows_the_s
             .map(|r| r["key"].as_str().unwrap())
             .collect();
         for (port, ..) in KNOWN {
-            assert!(keys.contains(&key(port, 9999).as_str()), "{keys:?}");
+            assert!(keys.contains(&key(port, 9999, &if_b).as_str()), "{keys:?}");
         }
         assert!(keys.iter().all(|k| k.contains("192.0.2.1:")), "{keys:?}");
         filter("f-addr").await.unwrap().clear().await.unwrap();
@@ -283,7 +284,7 @@ fn the_live_view_shows_known_connections_exactly_sorts_filters_and_follows_the_s
                 &format!(
                     "const r = (() => {{ {rows} }})().find(r => r.key === '{}');
                  return r && Number(r.rate) > 0 ? r : null;",
-                    key(40100, 9999)
+                    key(40100, 9999, &if_b)
                 ),
             )
             .await;
