@@ -203,12 +203,15 @@ fn a_pattern_follows_veths_that_come_go_and_are_renamed_each_counted_under_its_o
     wait_for(30, &format!("{p1} detached"), || {
         status_of(&agent, &p1).filter(|(s, _)| s == "detached")
     });
-    send(
-        &pair.ns_a,
-        "198.51.100.5".parse().unwrap(),
-        "198.51.100.6".parse().unwrap(),
-        50,
-    );
+    let send_on_p1 = |n| {
+        send(
+            &pair.ns_a,
+            subnets[1].1.parse().unwrap(),
+            subnets[1].2.parse().unwrap(),
+            n,
+        )
+    };
+    send_on_p1(50);
     // Renamed back into it under another name: attached and counted from then.
     let back = format!("p{tag}9");
     let before = LinkStats::read(&pair.ns_b, &out).rx_packets;
@@ -216,12 +219,7 @@ fn a_pattern_follows_veths_that_come_go_and_are_renamed_each_counted_under_its_o
     wait_for(30, &format!("{back} attached"), || {
         status_of(&agent, &back).filter(|(s, _)| s == "attached")
     });
-    send(
-        &pair.ns_a,
-        "198.51.100.5".parse().unwrap(),
-        "198.51.100.6".parse().unwrap(),
-        70,
-    );
+    send_on_p1(70);
     let text = metrics(&agent);
     assert_eq!(
         metric(&text, &ingress(&p1)),

@@ -142,42 +142,26 @@ pub(super) fn tuple_row_id(conn: &Connection, key: &TupleKey) -> rusqlite::Resul
     let (t, direction) = key;
     let (proto, src, dst) = (t.proto.to_string(), t.src.to_string(), t.dst.to_string());
     let dir = direction_name(*direction);
+    let interface = t.interface.name();
+    let columns = params![src, dst, t.src_port, t.dst_port, proto, dir, &*interface];
     let found = conn
         .prepare_cached(
             "SELECT id FROM tuples WHERE src = ?1 AND dst = ?2 AND src_port = ?3 \
              AND dst_port = ?4 AND proto = ?5 AND direction = ?6 AND interface = ?7",
         )?
-        .query_row(
-            params![
-                src,
-                dst,
-                t.src_port,
-                t.dst_port,
-                proto,
-                dir,
-                &*t.interface.name()
-            ],
-            |r| r.get(0),
-        )
+        .query_row(columns, |r| r.get(0))
         .optional()?;
     if let Some(id) = found {
         return Ok(id);
     }
     let id = next_id(conn, "tuples")?;
     conn.prepare_cached(
-        "INSERT INTO tuples (id, src, dst, src_port, dst_port, proto, direction, interface) \
+        "INSERT INTO tuples (src, dst, src_port, dst_port, proto, direction, interface, id) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![
-        id,
-        src,
-        dst,
-        t.src_port,
-        t.dst_port,
-        proto,
-        dir,
-        &*t.interface.name()
-    ])?;
+    .execute(rusqlite::params_from_iter(
+        columns.iter().copied().chain([&id as &dyn rusqlite::ToSql]),
+    ))?;
     Ok(id)
 }
 
