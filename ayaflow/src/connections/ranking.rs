@@ -42,7 +42,7 @@ pub struct Ranking {
 }
 
 impl Ranking {
-    /// A ranking of nothing (before the first pass), built `age` ago.
+    /// A ranking of nothing (before the first pass), dated `built_at`.
     fn empty(built_at: Instant) -> Ranking {
         Ranking {
             by: Default::default(),
