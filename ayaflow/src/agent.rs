@@ -33,7 +33,7 @@ use crate::{
     api::{self, AppState, LiveSource},
     clock::unix_now_ns,
     config::{CaptureMode, Config},
-    connections::{ConnectionSnapshot, ConnectionTable, SortKey},
+    connections::{ConnectionSnapshot, ConnectionTable, LiveRanking, SortKey},
     ebpf::{
         self, KernelProgram, LoadOptions,
         sweep::{self, FlowSweeper},
@@ -130,10 +130,11 @@ pub async fn run(config: Config) -> Result<()> {
         None => (None, None),
     };
 
-    let table = Arc::new(Mutex::new(ConnectionTable::new(
+    let table = Arc::new(ConnectionTable::new(
         config.max_connections,
         config.connection_timeout,
-    )));
+    ));
+    let ranking = Arc::new(LiveRanking::new(table.clone(), api::live::MAX_LIMIT));
     let pipeline = Pipeline {
         table: table.clone(),
         aggregator: config.aggregation_window.map(|w| {
@@ -148,7 +149,7 @@ pub async fn run(config: Config) -> Result<()> {
         stats: Arc::new(PipelineStats::default()),
     };
     let live = Arc::new(Live {
-        table: table.clone(),
+        ranking: ranking.clone(),
         counters: counters.clone(),
     });
     let state = AppState::new(
@@ -223,7 +224,7 @@ pub async fn run(config: Config) -> Result<()> {
         Duration::from_secs(1),
         shutdown.clone(),
     ));
-    let tick_task = tokio::spawn(tick(pipeline.clone(), shutdown.clone()));
+    let tick_task = tokio::spawn(tick(pipeline.clone(), ranking, shutdown.clone()));
     let windows_task = tokio::spawn(store_windows(pipeline.clone(), shutdown.clone()));
     let mut sink = pipeline.clone();
     let ring_shutdown = capture_shutdown.clone();
@@ -401,14 +402,27 @@ fn log_final_totals(counters: &InterfaceCounters) {
     }
 }
 
-async fn tick(pipeline: Pipeline, shutdown: Shutdown) {
+/// Every [`TICK`]: expires idle connections and rebuilds the live ranking if someone reads it.
+/// Both walk the table (one shard at a time, see `connections`), so they run on the blocking
+/// pool, not on the async workers that serve the API; a tick that takes longer than [`TICK`]
+/// delays the next rather than piling up.
+async fn tick(pipeline: Pipeline, ranking: Arc<LiveRanking>, shutdown: Shutdown) {
     let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = interval.tick() => pipeline.tick(unix_now_ns()),
+            _ = interval.tick() => {}
             () = &mut stop => return,
+        }
+        let (p, r) = (pipeline.clone(), ranking.clone());
+        let work = tokio::task::spawn_blocking(move || {
+            p.tick(unix_now_ns());
+            r.refresh();
+        });
+        if let Err(e) = work.await {
+            tracing::error!("the tick's expiry failed: {e}");
         }
     }
 }
@@ -484,15 +498,15 @@ fn spawn_sweeper(
     })
 }
 
-/// The live view: the connection table plus the kernel's totals.
+/// The live view: the shared ranking of the connection table plus the kernel's totals.
 struct Live {
-    table: Arc<Mutex<ConnectionTable>>,
+    ranking: Arc<LiveRanking>,
     counters: Arc<InterfaceCounters>,
 }
 
 impl LiveSource for Live {
     fn top(&self, limit: usize, sort: SortKey) -> Vec<ConnectionSnapshot> {
-        lock(&self.table).top(limit, sort)
+        self.ranking.get().top(limit, sort)
     }
 
     fn totals(&self) -> (u64, u64) {
@@ -510,7 +524,7 @@ impl LiveSource for Live {
 struct AgentMetrics {
     counters: Arc<InterfaceCounters>,
     interfaces: Arc<crate::interfaces::follow::FollowStats>,
-    table: Arc<Mutex<ConnectionTable>>,
+    table: Arc<ConnectionTable>,
     pipeline: Arc<PipelineStats>,
     storage: Arc<StorageStats>,
     api: Arc<api::ApiStats>,
@@ -529,16 +543,18 @@ impl MetricsSource for AgentMetrics {
                 None
             }
         };
-        let (active, table) = {
-            let t = lock(&self.table);
-            (t.active_len() as u64, t.stats())
-        };
+        let (active, table, lock_waits) = (
+            self.table.active_len() as u64,
+            self.table.stats(),
+            self.table.lock_waits(),
+        );
         agent_families(&Readings {
             kernel,
             interfaces: &self.interfaces,
             kernel_read_errors: self.kernel_read_errors.load(Ordering::Relaxed),
             active_connections: active,
             table,
+            lock_waits,
             pipeline: &self.pipeline,
             storage: self.storage.snapshot(),
             api: &self.api,

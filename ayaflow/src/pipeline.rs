@@ -3,11 +3,11 @@
 //! aggregator.
 //!
 //! Backpressure: the capture path never waits on storage. Batches go to the storage queue with
-//! `try`-semantics (DropNewest, counted in `ayaflow_storage_rows_dropped_total`). The table is
-//! behind a `std::sync::Mutex`: this module holds it for the in-memory update of one batch,
-//! but the API's top-N (`/api/live`, each stream frame) walks the whole table under it, so a
-//! batch can wait for one such walk (milliseconds at 100,000 connections); the kernel never
-//! waits, the ring buffer absorbs it.
+//! `try`-semantics (DropNewest, counted in `ayaflow_storage_rows_dropped_total`). The table
+//! locks one shard per packet (`connections`): readers never walk it under a lock capture
+//! needs, and expiry holds one shard at a time, so a batch waits microseconds at most (counted
+//! in `ayaflow_connection_table_lock_waits_total`); the kernel never waits, the ring buffer
+//! absorbs it.
 
 use std::sync::{
     Arc, LazyLock, Mutex,
@@ -41,7 +41,7 @@ pub struct PipelineStats {
 /// Where packets go after capture.
 #[derive(Clone)]
 pub struct Pipeline {
-    pub table: Arc<Mutex<ConnectionTable>>,
+    pub table: Arc<ConnectionTable>,
     /// Set in aggregated mode; raw rows otherwise.
     pub aggregator: Option<Arc<Mutex<Aggregator>>>,
     /// False in flow mode without a window: there is no per-packet row to store.
@@ -57,12 +57,7 @@ impl PacketSink for Pipeline {
         self.stats
             .events
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        {
-            let mut table = lock(&self.table);
-            for p in batch {
-                table.record(p);
-            }
-        }
+        self.table.record_batch(batch);
         if let Some(ipfix) = &self.ipfix {
             ipfix.packets(batch);
         }
@@ -105,9 +100,10 @@ impl PacketSink for Pipeline {
 }
 
 impl Pipeline {
-    /// Periodic work: closes idle connections and ages the IPFIX cache.
+    /// Periodic work: closes idle connections and ages the IPFIX cache. Blocking (a pass over
+    /// the table, one shard at a time): run it off the async workers.
     pub fn tick(&self, now_unix_ns: u64) {
-        lock(&self.table).expire(now_unix_ns);
+        self.table.expire(now_unix_ns);
         if let Some(ipfix) = &self.ipfix {
             ipfix.tick(now_unix_ns);
         }
@@ -133,7 +129,7 @@ impl Pipeline {
             return;
         }
         {
-            let mut table = lock(&self.table);
+            let table = &self.table;
             for d in deltas.clone() {
                 table.record_delta(
                     d.tuple,

@@ -12,7 +12,7 @@ use ayaflow_common::{counters::Counter, flow::Direction};
 
 use crate::{
     api::ApiStats,
-    connections::TableStats,
+    connections::{LOCK_WAIT_BOUNDS_US, LockWaitStats, TableStats},
     ebpf::counters::Totals,
     flow::direction_name,
     interfaces::follow::{FailureReason, FollowStats},
@@ -37,6 +37,8 @@ pub struct Readings<'a> {
     pub active_connections: u64,
     /// The live table's lifetime counters.
     pub table: TableStats,
+    /// How long capture waited for the live table's locks.
+    pub lock_waits: LockWaitStats,
     /// Ring-buffer events read and malformed.
     pub pipeline: &'a PipelineStats,
     /// The storage writer's counters.
@@ -215,6 +217,7 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
     for (name, help, kind, value) in single {
         out.push(Family::single(name, help, kind, value));
     }
+    lock_wait_families(&r.lock_waits, &mut out);
     out.push(Family {
         name: "ayaflow_storage_rows_dropped",
         help: "History rows dropped, by reason (never silently).",
@@ -388,6 +391,35 @@ fn ipfix_families(collectors: &[Arc<CollectorStats>], out: &mut Vec<Family>) {
     });
 }
 
+/// The capture path's waits for the live table's shard locks: a count per duration bucket
+/// (not cumulative; `up_to` is the bucket's upper bound) and the longest.
+fn lock_wait_families(w: &LockWaitStats, out: &mut Vec<Family>) {
+    let bound = |i: usize| match LOCK_WAIT_BOUNDS_US.get(i) {
+        Some(&us) if us >= 1000 => format!("{}ms", us / 1000),
+        Some(us) => format!("{us}us"),
+        None => "+Inf".to_string(),
+    };
+    out.push(Family {
+        name: "ayaflow_connection_table_lock_waits",
+        help: "Times capture found a live-table shard locked (by expiry, the live ranking's copy \
+               or the other capture task), by how long it waited: up_to is the bucket's upper \
+               bound, buckets are not cumulative.",
+        kind: Kind::Counter,
+        samples: w
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (vec![("up_to", bound(i))], n))
+            .collect(),
+    });
+    out.push(Family::single(
+        "ayaflow_connection_table_lock_wait_max_nanoseconds",
+        "The longest capture waited for a live-table shard lock since start, nanoseconds.",
+        Kind::Gauge,
+        w.max_ns,
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +434,7 @@ mod tests {
             kernel_read_errors: 1,
             active_connections: 0,
             table: TableStats::default(),
+            lock_waits: LockWaitStats::default(),
             pipeline: &pipeline,
             storage: StorageStatsSnapshot::default(),
             api: &api,
@@ -431,6 +464,7 @@ mod tests {
             kernel_read_errors: 0,
             active_connections: 0,
             table: TableStats::default(),
+            lock_waits: LockWaitStats::default(),
             pipeline: &pipeline,
             storage: StorageStatsSnapshot::default(),
             api: &api,

@@ -10,6 +10,8 @@
 //! 4. `storage` and `api`: SQLite rows/s and bytes/row, /api/history over millions of rows,
 //!    /api/live and /metrics under wrk, RSS with 100,000 and 1,000,000 connections
 //!    (`store_api.rs`).
+//! - `live`: issue 18's targets: /api/live at 100,000 and 1,000,000 connections while
+//!   capture runs, ring drops, capture's waits for the table's locks, idle RSS (`live.rs`).
 //! 5. `ui`: the agent's CPU with the web UI open in headless Chromium, next to none (`ui.rs`).
 //!
 //! Safety: all traffic stays between two namespaces the bench creates (`netns.rs`), every send
@@ -20,6 +22,7 @@ mod capture;
 mod http;
 mod inplace;
 mod kernel;
+mod live;
 mod memlat;
 mod netns;
 mod observer;
@@ -30,6 +33,11 @@ mod sender;
 mod store_api;
 mod tcp;
 mod ui;
+
+/// Section live: packets per second sent to the tracked connections while `/api/live` is
+/// measured, so that capture runs the whole time (raw mode: an event, a table update and a
+/// stored row per packet; paced so that storage keeps up on 2 CPUs).
+const LIVE_LOAD_RATE: u64 = 50_000;
 
 use std::{
     path::PathBuf,
@@ -54,13 +62,16 @@ pub struct Args {
     /// non-zero and equal where they must be). Never a speed threshold.
     #[arg(long)]
     pub quick: bool,
-    /// Sections to run, comma-separated: kernel, capture, inplace, tcp, storage, api, ui.
+    /// Sections to run, comma-separated: kernel, capture, inplace, tcp, storage, api, live, ui.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kernel,capture,inplace,tcp,storage,api,ui"
+        default_value = "kernel,capture,inplace,tcp,storage,api,live,ui"
     )]
     pub sections: Vec<String>,
+    /// Section live: also run it against this agent binary first (a before column).
+    #[arg(long)]
+    pub baseline_agent: Option<std::path::PathBuf>,
     /// Traffic sets for the capture section, comma-separated: v4-1k, v4-100k, v6-1k, v6-100k,
     /// v4-1k-paged (the v4-1k frames from a TX ring, paged; not in the default set).
     #[arg(long, value_delimiter = ',')]
@@ -247,6 +258,9 @@ pub struct Results {
     pub store: Option<store_api::StoreResult>,
     pub history: Vec<store_api::WrkResult>,
     pub live: Option<store_api::LiveResult>,
+    /// Section live (issue 18): per agent binary, baseline first.
+    #[serde(default)]
+    pub scale: Vec<live::LiveRun>,
     /// Section 5.
     #[serde(default)]
     pub ui: Option<ui::UiResult>,
@@ -376,6 +390,7 @@ fn run(args: &Args) -> Result<()> {
         || want("inplace")
         || want("tcp")
         || want("ui")
+        || want("live")
     {
         let pair = netns::Pair::create().context("creating the bench's namespaces")?;
         if want("capture") {
@@ -431,6 +446,28 @@ fn run(args: &Args) -> Result<()> {
             )?);
         }
         interrupted()?;
+        if want("live") {
+            let mut agents = Vec::new();
+            if let Some(b) = &args.baseline_agent {
+                agents.push(("baseline", b.clone()));
+            }
+            agents.push(("this commit", agent.clone()));
+            for (label, bin) in agents {
+                eprintln!("bench: section live, {label} ({})", bin.display());
+                res.scale.push(live::run(
+                    &pair,
+                    &bin,
+                    label,
+                    &scratch.join("scale-agent"),
+                    &plan.memory_steps,
+                    plan.wrk_secs,
+                    plan.memory_rate,
+                    LIVE_LOAD_RATE,
+                )?);
+                let _ = std::fs::remove_dir_all(scratch.join("scale-agent"));
+                interrupted()?;
+            }
+        }
         if want("ui") {
             eprintln!(
                 "bench: section 5, the agent's CPU with the web UI open ({} s each)",

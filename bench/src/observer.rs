@@ -284,6 +284,31 @@ impl Running {
         Running::spawn(Observer::AyaRaw, args, pair, dir)
     }
 
+    /// The agent with its default options: only the interface, the history file and the API's
+    /// address (the bench's port on loopback) set, for its idle footprint.
+    pub fn start_default_agent(
+        pair: &Pair,
+        dir: &Path,
+        agent_bin: &Path,
+        db: &Path,
+    ) -> Result<Running> {
+        let args = [
+            agent_bin.to_string_lossy().as_ref(),
+            "--interface",
+            &pair.if_b,
+            "--bind-address",
+            "127.0.0.1",
+            "--port",
+            &AGENT_PORT.to_string(),
+            "--quiet",
+            "--db-path",
+            db.to_string_lossy().as_ref(),
+        ]
+        .map(str::to_string)
+        .to_vec();
+        Running::spawn(Observer::AyaRaw, args, pair, dir)
+    }
+
     fn spawn(observer: Observer, args: Vec<String>, pair: &Pair, dir: &Path) -> Result<Running> {
         std::fs::create_dir_all(dir)?;
         if observer == Observer::Pmacctd {

@@ -14,6 +14,11 @@
 //! Query: `limit` (1-1000, default 50), `sort` (`packets` default, `bytes`, `last_seen`,
 //! `first_seen`), always descending.
 //!
+//! The connections come from the table's shared ranking (`connections::LiveRanking`), built at
+//! most once per tick and at most [`crate::connections::MAX_AGE`] (0.5 s) old when served, so
+//! a request costs a copy of `limit` entries, not a walk of the table; the kernel totals and
+//! counters are read at the request.
+//!
 //! `directions`, `protocols` and `losses` are samples of `/metrics` read at the same moment
 //! (the metrics source's families, so both always agree): the kernel's exact packets and bytes
 //! per hook, its packets per protocol (both hooks), and the loss counters
@@ -226,6 +231,25 @@ pub fn options(params: &mut Params) -> Result<(usize, SortKey), ApiError> {
     Ok((limit, sort))
 }
 
+/// Builds the document on the blocking pool: reading the ranking may wait for a pass over
+/// the table (see [`super::LiveSource`]) and the counters are system calls. A panic while
+/// building it is resumed here, so it ends the request's connection as a panic in the handler
+/// would (`serve` contains it).
+pub async fn document_off_workers(
+    state: &AppState,
+    limit: usize,
+    sort: SortKey,
+) -> Result<LiveDoc, ApiError> {
+    let state = state.clone();
+    match tokio::task::spawn_blocking(move || document(&state, limit, sort)).await {
+        Ok(doc) => Ok(doc),
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => Err(ApiError::internal(e)),
+        },
+    }
+}
+
 /// `GET /api/live`.
 pub async fn get(
     State(state): State<AppState>,
@@ -234,5 +258,5 @@ pub async fn get(
     let mut params = Params::new(q);
     let (limit, sort) = options(&mut params)?;
     params.finish("limit, sort")?;
-    Ok(Json(document(&state, limit, sort)))
+    Ok(Json(document_off_workers(&state, limit, sort).await?))
 }

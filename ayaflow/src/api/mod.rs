@@ -62,9 +62,12 @@ use crate::{
     store::HistoryKind,
 };
 
-/// What the live routes read: the connection table and the kernel's totals.
+/// What the live routes read: the connection table and the kernel's totals. Both methods may
+/// block (the agent's `top` may wait for one pass over the table when its shared ranking is
+/// stale): the routes call them on the blocking pool.
 pub trait LiveSource: Send + Sync + 'static {
-    /// The top `limit` active connections by `sort`, descending.
+    /// The top `limit` active connections by `sort`, descending, as of at most
+    /// [`crate::connections::MAX_AGE`] ago.
     fn top(&self, limit: usize, sort: SortKey) -> Vec<ConnectionSnapshot>;
     /// (packets, bytes) seen by the kernel, both directions.
     fn totals(&self) -> (u64, u64);

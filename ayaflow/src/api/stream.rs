@@ -69,7 +69,14 @@ pub async fn publish(state: AppState, period: Duration, shutdown: Shutdown) {
         if state.stream.receiver_count() == 0 {
             continue;
         }
-        let doc = live::document(&state, live::DEFAULT_LIMIT, SortKey::Packets);
+        let doc =
+            match live::document_off_workers(&state, live::DEFAULT_LIMIT, SortKey::Packets).await {
+                Ok(doc) => doc,
+                Err(e) => {
+                    tracing::warn!("building a stream frame: {}", e.error);
+                    continue;
+                }
+            };
         match serde_json::to_string(&doc) {
             Ok(text) => {
                 // Err only means no receiver is left, which is fine.

@@ -75,9 +75,9 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/ayaflow";
 pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default bound of the live connection table.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
-/// Largest accepted `max_connections`. The table is allocated up front
+/// Largest accepted `max_connections`. The table grows up to it as connections come
 /// ([`crate::connections::ConnectionTable::new`]), so a typo such as an extra zero must not
-/// become an allocation failure: 2^24 entries already take about 3.3 GiB.
+/// let a flood grow it into an allocation failure: 2^24 entries already take 2 to 4 GiB.
 pub const MAX_MAX_CONNECTIONS: usize = 1 << 24;
 /// Default number of slots of the kernel flow table: 6.5 MiB with its index, claims and free
 /// stack.

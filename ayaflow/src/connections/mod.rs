@@ -1,56 +1,73 @@
 //! The bounded live connection table: what `/api/live`, the WebSocket stream and the metrics
 //! show right now.
 //!
-//! The pipeline feeds it every raw packet ([`ConnectionTable::record`]) or, in flow mode, every
-//! delta swept from the kernel flow table ([`ConnectionTable::record_delta`]), and calls
-//! [`ConnectionTable::expire`] on each tick. The API reads it with [`ConnectionTable::top`].
+//! The pipeline feeds it every raw packet ([`ConnectionTable::record_batch`]) or, in flow mode,
+//! every delta swept from the kernel flow table ([`ConnectionTable::record_delta`]), and calls
+//! [`ConnectionTable::expire`] on each tick, off the async workers. Readers get the top
+//! connections from a [`Ranking`] that [`LiveRanking`] builds at most once per tick and shares.
 //!
 //! A connection is keyed by protocol and both endpoints regardless of direction, so `A -> B`
 //! and `B -> A` share one entry. The entry keeps the orientation of the first packet seen
 //! (normally the initiator's), per-hook counters and the TCP flags seen. It closes after
 //! `timeout` without packets, at once on a TCP RST, or once each side has sent a FIN.
 //!
+//! # Locking
+//!
+//! The connections are split over shards by a seeded hash of their key, each behind its own
+//! `std::sync::Mutex` (held for one update, never across `.await`). Capture locks one shard
+//! per packet or delta; expiry and the ranking's copy lock one shard at a time, and a shard
+//! holds about [`SHARD_ENTRIES`] connections at `max_connections`, so nothing holds a lock
+//! capture needs for longer than one shard's pass (tens of microseconds), whatever the size
+//! of the table. Why shards rather than one map copied whole per tick: a copy of a million
+//! entries under one lock is itself a pause of tens of milliseconds. How long capture waited
+//! is counted ([`LockWaits`], in `/metrics`).
+//!
 //! # Memory
 //!
-//! The table never holds more than `max_connections` entries and allocates them all up front,
-//! so memory stays flat whatever the traffic (a SYN flood from random ports included); new
-//! connections beyond the bound are refused and counted in [`TableStats`]. Each slot costs 105
-//! bytes: 104 for the key and entry (`size_of::<(FiveTuple, Entry)>()`, checked by a test) and
-//! 1 control byte of the hash map. The map rounds `max_connections × 8/7` up to a power of two
-//! slots, so the allocation is 120 to 240 bytes per connection of `max_connections`:
-//!
-//! | `max_connections` | slots | memory |
-//! |---|---|---|
-//! | 65,536 (default) | 131,072 | 13.1 MiB |
-//! | 100,000 | 131,072 | 13.1 MiB |
-//! | 1,000,000 | 2,097,152 | 210 MiB |
-//!
-//! The agent's allocator backs an allocation this size with huge pages, resident at once
-//! (`hugepages.rs`): a packet's lookup then costs a cache miss but rarely a TLB miss as well,
-//! and the memory is in use from the start rather than as the table fills.
-//!
-//! While it drops the entries that closed, [`ConnectionTable::expire`] may rebuild the map (see
-//! there), which holds two allocations of that size for a moment.
+//! The table never holds more than `max_connections` entries; new connections beyond the
+//! bound are refused and counted in [`TableStats`]. It allocates as it fills, not up front: an
+//! idle agent holds no table, and each shard's map doubles as it grows (a shard is small, so
+//! growing it is a short pause) and halves when expiry leaves it a quarter full. Each entry
+//! costs 105 bytes in its map (104 for the key and entry, `size_of::<(FiveTuple, Entry)>()`,
+//! checked by a test, and 1 control byte); a map is 44 to 88 % full, so a connection costs 120
+//! to 240 bytes: about 13 MiB at 65,536 connections, 120 to 240 MiB at 1,000,000.
 //!
 //! # Layout
-//! - this file: [`ConnectionTable`] (record, expire, top-N);
+//! - this file: [`ConnectionTable`] (shards, the bound, record, expire, counters);
+//! - `shard`: one shard's map and the per-connection rules (orientation, close, expiry);
 //! - `entry`: what the table keeps per connection and the direction-free key;
+//! - `ranking`: the top-N per sort key ([`Ranking`]) and the shared, per-tick [`LiveRanking`];
+//! - `lock_wait`: how long capture waited for a shard ([`LockWaits`]);
 //! - `snapshot`: what it reports ([`ConnectionSnapshot`], [`SortKey`], [`TableStats`]).
 
 use std::{
-    cmp::{Ordering, Reverse},
+    cmp::Reverse,
     collections::hash_map,
+    hash::{BuildHasher, Hash},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::flow::{Direction, FiveTuple, Packet, Protocol, TCP_FIN, TCP_RST, TCP_SYN, WireHashMap};
+use crate::{
+    flow::{Direction, FiveTuple, Packet, Protocol, TCP_FIN, TCP_RST, TCP_SYN, WireHashMap},
+    sync::lock,
+};
 
 mod entry;
+mod lock_wait;
+mod ranking;
+mod shard;
 mod snapshot;
 
 use entry::*;
+pub use lock_wait::*;
+pub use ranking::*;
+use shard::{Applied, Limits, Shard, Update};
 pub use snapshot::*;
 
 /// How long a closed TCP connection keeps its slot, out of the active set, to absorb the packets
@@ -58,67 +75,97 @@ pub use snapshot::*;
 /// open a phantom connection that lives for the whole inactivity timeout. Capped by the timeout.
 const CLOSED_LINGER: Duration = Duration::from_secs(2);
 
-/// The live connections, bounded by `max_connections`. Single-threaded: the agent shares it
-/// behind a `std::sync::Mutex` held for one call, and a call can be long: a batch of packets,
-/// or [`ConnectionTable::top`], which walks every connection.
+/// About how many connections a shard holds when the table is full: small enough that a pass
+/// over one shard (expiry, the ranking's copy, a rehash as it grows) takes tens of
+/// microseconds, so capture never waits long for it.
+pub const SHARD_ENTRIES: usize = 4096;
+
+/// The most shards (2^24 connections, the configuration's bound, over 4,096 shards).
+const MAX_SHARDS: usize = 4096;
+
+/// The live connections, bounded by `max_connections`, shared by capture, expiry and the
+/// ranking (`&self` everywhere; see the module docs for the locking).
 #[derive(Debug)]
 pub struct ConnectionTable {
-    /// Keyed by [`canonical`] tuple.
-    ///
-    /// A [`WireHashMap`], seeded randomly: keys are addresses and ports that anyone on the
-    /// network chooses, so an unkeyed hash (FxHash) would let a sender craft colliding tuples
-    /// and turn every lookup into a long probe. foldhash rather than std's SipHash-1-3: the
-    /// same protection against senders who cannot see the seed, at a fraction of the cost per
-    /// key, which matters in flow mode where every sweep updates every active flow.
-    map: WireHashMap<FiveTuple, Entry>,
-    /// Most entries `map` may hold, closed ones included.
+    /// A power-of-two number of shards; a connection lives in the one its key hashes to.
+    shards: Box<[Mutex<Shard>]>,
+    /// Picks the shard, seeded randomly like the maps' own hashers (see [`WireHashMap`]):
+    /// a sender who cannot see the seed cannot pile connections into one shard.
+    shard_hasher: foldhash::fast::RandomState,
+    /// Most entries the shards may hold together, closed ones included.
     max: usize,
-    /// Inactivity after which a connection expires, in nanoseconds.
-    timeout_ns: u64,
-    /// How long a closed entry keeps its slot, in nanoseconds: `CLOSED_LINGER` capped by the
-    /// timeout.
-    linger_ns: u64,
-    /// Entries of `map` marked closed, not yet freed by `expire`.
-    closing: usize,
-    /// No entry expires or is freed before this time (Unix ns): the earliest deadline seen by
-    /// the last scan, lowered by every entry created or closed since. `expire` skips its full
-    /// scan before it, which at 100,000 connections and four ticks a second was a tenth of
-    /// flow mode's agent CPU.
-    next_deadline_ns: u64,
-    /// Lifetime counters.
-    stats: TableStats,
+    /// Entries held now, over all shards, closed ones included: the bound's count.
+    held: AtomicUsize,
+    /// Entries marked closed, not yet freed by `expire`, over all shards.
+    closing: AtomicUsize,
+    /// Inactivity after which a connection expires, and the linger of a closed one.
+    limits: Limits,
+    /// Lifetime counters (see [`TableStats`]).
+    overflow_packets: AtomicU64,
+    overflow_connections: AtomicU64,
+    closed_total: AtomicU64,
+    /// How long capture waited for a shard's lock.
+    lock_waits: LockWaits,
 }
 
 impl ConnectionTable {
-    /// An empty table for at most `max_connections` entries (allocated now, see the module
-    /// docs), closing connections idle for `timeout`. `max_connections` comes validated from
-    /// the configuration (1 to 2^24); 0 makes a table that refuses every connection.
+    /// An empty table for at most `max_connections` entries (allocated as they come, see the
+    /// module docs), closing connections idle for `timeout`. `max_connections` comes validated
+    /// from the configuration (1 to 2^24); 0 makes a table that refuses every connection.
     pub fn new(max_connections: usize, timeout: Duration) -> ConnectionTable {
         let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         let linger = u64::try_from(CLOSED_LINGER.as_nanos()).unwrap_or(u64::MAX);
+        let shards = (max_connections / SHARD_ENTRIES)
+            .next_power_of_two()
+            .clamp(1, MAX_SHARDS);
         ConnectionTable {
-            map: WireHashMap::with_capacity_and_hasher(max_connections, Default::default()),
+            shards: (0..shards).map(|_| Mutex::new(Shard::new())).collect(),
+            shard_hasher: Default::default(),
             max: max_connections,
-            timeout_ns,
-            linger_ns: linger.min(timeout_ns),
-            closing: 0,
-            next_deadline_ns: u64::MAX,
-            stats: TableStats::default(),
+            held: AtomicUsize::new(0),
+            closing: AtomicUsize::new(0),
+            limits: Limits {
+                timeout_ns,
+                linger_ns: linger.min(timeout_ns),
+            },
+            overflow_packets: AtomicU64::new(0),
+            overflow_connections: AtomicU64::new(0),
+            closed_total: AtomicU64::new(0),
+            lock_waits: LockWaits::default(),
         }
     }
 
-    /// Counts one raw packet (or GSO aggregate) against its connection, creating the connection
-    /// if there is room.
-    pub fn record(&mut self, p: &Packet) {
-        self.apply(
-            &p.tuple,
-            p.direction,
-            u64::from(p.packets),
-            u64::from(p.bytes),
-            p.ts_unix_ns,
-            p.ts_unix_ns,
-            p.tcp_flags,
-        );
+    /// Counts raw packets (or GSO aggregates) against their connections, creating those there
+    /// is room for.
+    pub fn record_batch(&self, batch: &[Packet]) {
+        // Consecutive packets of one shard (one connection's burst) take its lock once.
+        let mut held: Option<(usize, MutexGuard<'_, Shard>)> = None;
+        for p in batch {
+            let (key, along_key) = canonical(&p.tuple);
+            let i = self.shard_of(&key);
+            if held.as_ref().map(|(j, _)| *j) != Some(i) {
+                // Unlock the previous shard before waiting for the next.
+                drop(held.take());
+                held = Some((i, self.lock_waits.lock(&self.shards[i])));
+            }
+            let Some((_, shard)) = held.as_mut() else {
+                unreachable!("locked just above");
+            };
+            let u = Update {
+                direction: p.direction,
+                packets: u64::from(p.packets),
+                bytes: u64::from(p.bytes),
+                first_seen: p.ts_unix_ns,
+                last_seen: p.ts_unix_ns,
+                tcp_flags: p.tcp_flags,
+            };
+            self.apply(shard, key, along_key, &u);
+        }
+    }
+
+    /// Counts one raw packet (or GSO aggregate); see [`ConnectionTable::record_batch`].
+    pub fn record(&self, p: &Packet) {
+        self.record_batch(std::slice::from_ref(p));
     }
 
     /// Adds a delta swept from the kernel flow table (flow mode): `packets` and `bytes` seen by
@@ -132,7 +179,7 @@ impl ConnectionTable {
         reason = "mirrors the kernel's FlowKey + FlowSlot"
     )]
     pub fn record_delta(
-        &mut self,
+        &self,
         tuple: FiveTuple,
         direction: Direction,
         packets: u64,
@@ -141,181 +188,122 @@ impl ConnectionTable {
         last_seen_unix_ns: u64,
         tcp_flags: u8,
     ) {
-        self.apply(
-            &tuple,
+        let (key, along_key) = canonical(&tuple);
+        let mut shard = self.lock_waits.lock(&self.shards[self.shard_of(&key)]);
+        let u = Update {
             direction,
             packets,
             bytes,
-            first_seen_unix_ns,
-            last_seen_unix_ns,
+            first_seen: first_seen_unix_ns,
+            last_seen: last_seen_unix_ns,
             tcp_flags,
-        );
+        };
+        self.apply(&mut shard, key, along_key, &u);
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the union of record and record_delta"
-    )]
-    fn apply(
-        &mut self,
-        tuple: &FiveTuple,
-        direction: Direction,
-        packets: u64,
-        bytes: u64,
-        first_seen: u64,
-        last_seen: u64,
-        tcp_flags: u8,
-    ) {
-        let (key, along_key) = canonical(tuple);
-        let full = self.map.len() >= self.max;
-        // One hash per packet of a known connection: the entry API finds or places the key.
-        let entry = match self.map.entry(key) {
-            hash_map::Entry::Occupied(o) => {
-                let entry = o.into_mut();
-                if entry.closed && tcp_flags & TCP_SYN != 0 {
-                    // The tuple is reused by a new connection: start over, oriented by it.
-                    *entry = Entry::new(along_key, first_seen, last_seen);
-                    self.next_deadline_ns = self
-                        .next_deadline_ns
-                        .min(last_seen.saturating_add(self.timeout_ns));
-                    self.closing -= 1;
-                }
-                entry
-            }
-            hash_map::Entry::Vacant(_) if full => {
-                self.stats.overflow_packets = self.stats.overflow_packets.saturating_add(packets);
-                self.stats.overflow_connections += 1;
-                return;
-            }
-            hash_map::Entry::Vacant(v) => {
-                self.next_deadline_ns = self
-                    .next_deadline_ns
-                    .min(last_seen.saturating_add(self.timeout_ns));
-                v.insert(Entry::new(along_key, first_seen, last_seen))
-            }
+    /// Applies `u` in its (locked) shard and keeps the table-wide counts.
+    fn apply(&self, shard: &mut Shard, key: FiveTuple, along_key: bool, u: &Update) {
+        // Takes a place under the bound, or refuses: exact even with two capture tasks (flow
+        // mode's sweeper and ring reader) adding to different shards at once.
+        let admit = || {
+            self.held
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < self.max).then_some(n + 1)
+                })
+                .is_ok()
         };
-
-        let hook = direction as usize;
-        entry.packets[hook] = entry.packets[hook].saturating_add(packets);
-        entry.bytes[hook] = entry.bytes[hook].saturating_add(bytes);
-        entry.first_seen = entry.first_seen.min(first_seen);
-        entry.last_seen = entry.last_seen.max(last_seen);
-        entry.tcp_flags |= tcp_flags;
-
-        if key.proto != Protocol::Tcp || entry.closed {
-            return;
-        }
-        if tcp_flags & TCP_FIN != 0 {
-            // From the oriented src if the packet runs the way the entry is oriented.
-            if along_key == entry.src_is_key_src {
-                entry.fin_from_src = true;
-            } else {
-                entry.fin_from_dst = true;
+        match shard.apply(key, along_key, u, self.limits, admit) {
+            Ok(Applied { closed, reopened }) => {
+                if closed > 0 {
+                    self.closing.fetch_add(closed, Ordering::Relaxed);
+                    self.closed_total
+                        .fetch_add(closed as u64, Ordering::Relaxed);
+                }
+                if reopened > 0 {
+                    self.closing.fetch_sub(reopened, Ordering::Relaxed);
+                }
+            }
+            Err(()) => {
+                self.overflow_packets
+                    .fetch_add(u.packets, Ordering::Relaxed);
+                self.overflow_connections.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if tcp_flags & TCP_RST != 0 || (entry.fin_from_src && entry.fin_from_dst) {
-            entry.closed = true;
-            self.closing += 1;
-            self.next_deadline_ns = self
-                .next_deadline_ns
-                .min(entry.last_seen.saturating_add(self.linger_ns));
-            self.stats.closed_total += 1;
-        }
+    }
+
+    /// The shard `key` lives in.
+    fn shard_of<K: Hash>(&self, key: &K) -> usize {
+        // The high bits: the maps inside use the low ones (with their own seeds, but there is
+        // no reason to correlate them).
+        let h = self.shard_hasher.hash_one(key);
+        (h >> 32) as usize & (self.shards.len() - 1)
+    }
+
+    /// The shards, for a pass that locks them one at a time.
+    fn shards(&self) -> impl Iterator<Item = &Mutex<Shard>> {
+        self.shards.iter()
     }
 
     /// Closes the connections idle for at least the timeout at `now_unix_ns` and returns how
     /// many. Also frees the slots of connections closed by RST or FIN more than a moment ago
     /// (those were counted when they closed, not here).
     ///
-    /// Removing entries can leave tombstones in the hash map that use up its spare room, and
-    /// an insert with no spare room left would make the map double its allocation. So when the
-    /// spare room no longer covers the way up to `max_connections`, this rebuilds the map at its
-    /// original size; as only this method removes entries, no insert can then make it grow.
-    pub fn expire(&mut self, now_unix_ns: u64) -> usize {
-        if now_unix_ns < self.next_deadline_ns {
-            // Nothing can be due yet (see `next_deadline_ns`): the scan would remove nothing.
-            return 0;
-        }
-        let (timeout, linger) = (self.timeout_ns, self.linger_ns);
+    /// One shard at a time, so capture waits at most for one shard's scan. Blocking work at a
+    /// million connections (a few milliseconds in all): run it off the async workers.
+    pub fn expire(&self, now_unix_ns: u64) -> usize {
         let mut expired = 0;
-        let mut freed = 0;
-        let mut next_deadline = u64::MAX;
-        self.map.retain(|_, e| {
-            // A clock that stepped back makes everything look fresh rather than expire it.
-            let idle = now_unix_ns.saturating_sub(e.last_seen);
-            let (keep, allowed) = if e.closed {
-                let keep = idle < linger;
-                freed += usize::from(!keep);
-                (keep, linger)
-            } else {
-                let keep = idle < timeout;
-                expired += usize::from(!keep);
-                (keep, timeout)
-            };
-            if keep {
-                next_deadline = next_deadline.min(e.last_seen.saturating_add(allowed));
+        for shard in self.shards() {
+            let (timed_out, freed) = lock(shard).expire(now_unix_ns, self.limits);
+            if timed_out + freed > 0 {
+                self.held.fetch_sub(timed_out + freed, Ordering::Relaxed);
+                self.closing.fetch_sub(freed, Ordering::Relaxed);
             }
-            keep
-        });
-        self.next_deadline_ns = next_deadline;
-        self.closing -= freed;
-        self.stats.closed_total += expired as u64;
-        if self.map.capacity() < self.max {
-            let mut rebuilt = WireHashMap::with_capacity_and_hasher(self.max, Default::default());
-            rebuilt.extend(self.map.drain());
-            self.map = rebuilt;
+            expired += timed_out;
         }
+        self.closed_total
+            .fetch_add(expired as u64, Ordering::Relaxed);
         expired
     }
 
     /// Number of active connections (closed ones still holding a slot excluded).
     pub fn active_len(&self) -> usize {
-        self.map.len() - self.closing
+        let held = self.held.load(Ordering::Relaxed);
+        held.saturating_sub(self.closing.load(Ordering::Relaxed))
+    }
+
+    /// Entries held, closed ones included.
+    pub fn held_len(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Entries the shards' maps have room for without growing, in all (what the table's memory
+    /// is sized to; tests and tools).
+    pub fn capacity(&self) -> usize {
+        self.shards().map(|s| lock(s).map.capacity()).sum()
     }
 
     /// Lifetime counters.
     pub fn stats(&self) -> TableStats {
-        self.stats
+        TableStats {
+            overflow_packets: self.overflow_packets.load(Ordering::Relaxed),
+            overflow_connections: self.overflow_connections.load(Ordering::Relaxed),
+            closed_total: self.closed_total.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How long capture waited for a shard's lock, so far.
+    pub fn lock_waits(&self) -> LockWaitStats {
+        self.lock_waits.stats()
     }
 
     /// The active connection `tuple` belongs to (either way round), if any.
     pub fn get(&self, tuple: &FiveTuple) -> Option<ConnectionSnapshot> {
         let (key, _) = canonical(tuple);
-        self.map
+        lock(&self.shards[self.shard_of(&key)])
+            .map
             .get(&key)
             .filter(|e| !e.closed)
             .map(|e| e.snapshot(&key))
-    }
-
-    /// The `n` active connections ranking highest by `sort`, highest first. Ties are broken by
-    /// the oriented tuple, ascending, so the order is the same on every call.
-    ///
-    /// Cost: one pass over the table plus a partial selection, O(len + n log n); the top 50 of
-    /// 100,000 connections does not sort the other 99,950.
-    pub fn top(&self, n: usize, sort: SortKey) -> Vec<ConnectionSnapshot> {
-        if n == 0 {
-            return Vec::new();
-        }
-        let mut live: Vec<(&FiveTuple, &Entry)> =
-            self.map.iter().filter(|(_, e)| !e.closed).collect();
-        let rank = |(k, e): &(&FiveTuple, &Entry)| {
-            let primary = match sort {
-                SortKey::Packets => e.total_packets(),
-                SortKey::Bytes => e.total_bytes(),
-                SortKey::LastSeen => e.last_seen,
-                SortKey::FirstSeen => e.first_seen,
-            };
-            (Reverse(primary), e.oriented(k))
-        };
-        let cmp = |a: &(&FiveTuple, &Entry), b: &(&FiveTuple, &Entry)| -> Ordering {
-            rank(a).cmp(&rank(b))
-        };
-        if live.len() > n {
-            live.select_nth_unstable_by(n - 1, cmp);
-            live.truncate(n);
-        }
-        live.sort_unstable_by(cmp);
-        live.into_iter().map(|(k, e)| e.snapshot(k)).collect()
     }
 }
 

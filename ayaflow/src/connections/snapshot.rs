@@ -17,7 +17,7 @@ pub struct TableStats {
     pub closed_total: u64,
 }
 
-/// How [`ConnectionTable::top`] ranks connections, largest first.
+/// How a [`Ranking`] orders connections, largest first.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SortKey {
@@ -32,7 +32,22 @@ pub enum SortKey {
     FirstSeen,
 }
 
-/// One active connection as [`ConnectionTable::top`] reports it.
+impl SortKey {
+    /// Every sort key, in the order of [`SortKey::index`].
+    pub const ALL: [SortKey; 4] = [
+        SortKey::Packets,
+        SortKey::Bytes,
+        SortKey::LastSeen,
+        SortKey::FirstSeen,
+    ];
+
+    /// This key's position in [`SortKey::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One active connection as a [`Ranking`] reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionSnapshot {
     /// Oriented as first seen: `src` sent the first packet the table saw, normally the

@@ -51,7 +51,7 @@ fn packet(t: FiveTuple, direction: Direction, ts: u64, bytes: u32, flags: u8) ->
 
 #[test]
 fn both_directions_merge_into_one_entry_with_per_hook_counts() {
-    let mut t = ConnectionTable::new(16, TIMEOUT);
+    let t = ConnectionTable::new(16, TIMEOUT);
     let c2s = client_to_server();
     t.record(&packet(c2s, Direction::Egress, 10, 60, TCP_SYN));
     t.record(&packet(
@@ -82,7 +82,7 @@ fn both_directions_merge_into_one_entry_with_per_hook_counts() {
 
     // Oriented the other way when the server's packet is the first seen (the key is
     // canonical, so one of these two cases runs against the key's order).
-    let mut t = ConnectionTable::new(16, TIMEOUT);
+    let t = ConnectionTable::new(16, TIMEOUT);
     t.record(&packet(c2s.reversed(), Direction::Ingress, 5, 60, TCP_ACK));
     t.record(&packet(c2s, Direction::Egress, 6, 60, TCP_ACK));
     assert_eq!(t.top(1, SortKey::Packets)[0].tuple, c2s.reversed());
@@ -90,7 +90,7 @@ fn both_directions_merge_into_one_entry_with_per_hook_counts() {
 
 #[test]
 fn timeout_closes_exactly_at_the_boundary() {
-    let mut t = ConnectionTable::new(16, TIMEOUT);
+    let t = ConnectionTable::new(16, TIMEOUT);
     let udp = tuple(Protocol::Udp, (1, 5353), (2, 53));
     t.record(&packet(udp, Direction::Ingress, 100 * SEC, 80, 0));
     let deadline = 100 * SEC + TIMEOUT.as_nanos() as u64;
@@ -107,7 +107,7 @@ fn timeout_closes_exactly_at_the_boundary() {
 
 #[test]
 fn a_packet_resets_the_inactivity_clock() {
-    let mut t = ConnectionTable::new(16, TIMEOUT);
+    let t = ConnectionTable::new(16, TIMEOUT);
     let udp = tuple(Protocol::Udp, (1, 5353), (2, 53));
     t.record(&packet(udp, Direction::Ingress, 0, 80, 0));
     t.record(&packet(udp.reversed(), Direction::Egress, 50 * SEC, 80, 0));
@@ -117,7 +117,7 @@ fn a_packet_resets_the_inactivity_clock() {
 
 #[test]
 fn fin_from_both_sides_closes() {
-    let mut t = ConnectionTable::new(16, TIMEOUT);
+    let t = ConnectionTable::new(16, TIMEOUT);
     let c2s = client_to_server();
     t.record(&packet(c2s, Direction::Egress, 1, 60, TCP_SYN));
     t.record(&packet(c2s, Direction::Egress, 2, 60, TCP_FIN | TCP_ACK));
@@ -144,15 +144,15 @@ fn fin_from_both_sides_closes() {
     assert_eq!(t.active_len(), 0);
     // The slot is freed once the linger has passed, without counting a second close.
     assert_eq!(t.expire(5 + CLOSED_LINGER.as_nanos() as u64 - 1), 0);
-    assert_eq!(t.map.len(), 1);
+    assert_eq!(t.held_len(), 1);
     assert_eq!(t.expire(5 + CLOSED_LINGER.as_nanos() as u64), 0);
-    assert_eq!(t.map.len(), 0);
+    assert_eq!(t.held_len(), 0);
     assert_eq!(t.stats().closed_total, 1);
 }
 
 #[test]
 fn fin_from_one_side_does_not_close() {
-    let mut t = ConnectionTable::new(16, TIMEOUT);
+    let t = ConnectionTable::new(16, TIMEOUT);
     let c2s = client_to_server();
     t.record(&packet(c2s, Direction::Egress, 1, 60, TCP_FIN | TCP_ACK));
     t.record(&packet(c2s.reversed(), Direction::Ingress, 2, 60, TCP_ACK));
@@ -162,7 +162,7 @@ fn fin_from_one_side_does_not_close() {
 
 #[test]
 fn fin_on_udp_bits_is_meaningless() {
-    let mut t = ConnectionTable::new(16, TIMEOUT);
+    let t = ConnectionTable::new(16, TIMEOUT);
     let udp = tuple(Protocol::Udp, (1, 1000), (2, 2000));
     t.record(&packet(udp, Direction::Egress, 1, 60, TCP_RST));
     assert_eq!(t.active_len(), 1, "only TCP closes on flags");
@@ -171,7 +171,7 @@ fn fin_on_udp_bits_is_meaningless() {
 #[test]
 fn rst_closes_at_once_from_either_side() {
     for rst_from_server in [false, true] {
-        let mut t = ConnectionTable::new(16, TIMEOUT);
+        let t = ConnectionTable::new(16, TIMEOUT);
         let c2s = client_to_server();
         t.record(&packet(c2s, Direction::Egress, 1, 60, TCP_SYN));
         let rst = if rst_from_server { c2s.reversed() } else { c2s };
@@ -183,7 +183,7 @@ fn rst_closes_at_once_from_either_side() {
 
 #[test]
 fn a_syn_reopens_a_closed_tuple_as_a_new_connection() {
-    let mut t = ConnectionTable::new(16, TIMEOUT);
+    let t = ConnectionTable::new(16, TIMEOUT);
     let c2s = client_to_server();
     t.record(&packet(c2s, Direction::Egress, 1, 60, TCP_RST));
     assert_eq!(t.active_len(), 0);
@@ -199,7 +199,7 @@ fn a_syn_reopens_a_closed_tuple_as_a_new_connection() {
 #[test]
 fn full_table_refuses_a_flood_without_growing() {
     const MAX: usize = 1000;
-    let mut t = ConnectionTable::new(MAX, TIMEOUT);
+    let t = ConnectionTable::new(MAX, TIMEOUT);
     for i in 0..MAX {
         let port = u16::try_from(i).expect("MAX fits in a port") + 1;
         t.record(&packet(
@@ -211,7 +211,7 @@ fn full_table_refuses_a_flood_without_growing() {
         ));
     }
     assert_eq!(t.active_len(), MAX);
-    let capacity = t.map.capacity();
+    let capacity = t.capacity();
 
     // A SYN flood from 100,000 random source addresses and ports, two segments each.
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
@@ -231,7 +231,7 @@ fn full_table_refuses_a_flood_without_growing() {
         t.record(&p);
     }
     assert_eq!(t.active_len(), MAX);
-    assert_eq!(t.map.capacity(), capacity, "the map did not grow");
+    assert_eq!(t.capacity(), capacity, "the map did not grow");
     assert_eq!(
         t.stats(),
         TableStats {
@@ -256,15 +256,19 @@ fn full_table_refuses_a_flood_without_growing() {
 }
 
 #[test]
-fn churn_never_grows_the_map() {
-    // 7168 is exactly the capacity of 8192 slots: no slack, so the tombstones that partial
-    // removals leave at 87.5% load would make the std map double without the rebuild.
+fn churn_keeps_the_table_sized_to_what_it_holds() {
+    // Partial removals leave tombstones in a map; with the bound held by the table and each
+    // shard free to grow, churn at the bound must not ratchet the memory up round after round.
     const MAX: usize = 7168;
-    let mut t = ConnectionTable::new(MAX, Duration::from_nanos(64));
-    let initial = t.map.capacity();
-    assert_eq!(initial, MAX, "the premise of this test");
+    let t = ConnectionTable::new(MAX, Duration::from_nanos(64));
+    assert_eq!(
+        t.capacity(),
+        0,
+        "nothing allocated before the first connection"
+    );
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
     let mut next_src = 0x0a00_0000_u32;
+    let mut most = 0;
     for round in 1..=200u64 {
         let now = round * 1000;
         while t.active_len() < MAX {
@@ -287,22 +291,84 @@ fn churn_never_grows_the_map() {
                 0,
             ));
         }
+        assert_eq!(t.held_len(), MAX);
+        // A map is at least 7/16 full once it has grown, and tombstones may double it once.
+        most = most.max(t.capacity());
         assert!(
-            t.map.capacity() <= initial,
-            "round {round}: grew to {}",
-            t.map.capacity()
+            t.capacity() <= MAX * 32 / 7,
+            "round {round}: room for {} entries",
+            t.capacity()
         );
         assert!(t.expire(now) > 0);
-        assert!(
-            t.map.capacity() >= MAX,
-            "round {round}: room for a full table"
-        );
     }
+    // Everything expires: the shards give their memory back.
+    t.expire(u64::MAX);
+    assert_eq!(t.held_len(), 0);
+    assert!(
+        t.capacity() < most / 4,
+        "room for {} entries after emptying",
+        t.capacity()
+    );
+}
+
+#[test]
+fn a_shard_locked_by_a_reader_does_not_block_capture_elsewhere() {
+    // A pass over the table (expiry, the ranking's copy) holds one shard at a time: capture
+    // into any other shard goes on. With one lock for the whole table this test hangs.
+    let t = std::sync::Arc::new(ConnectionTable::new(1 << 16, TIMEOUT));
+    assert!(t.shards.len() > 1);
+    let held = lock(&t.shards[0]);
+    let elsewhere = (1..=u16::MAX)
+        .map(|port| tuple(Protocol::Udp, (1, port), (2, 53)))
+        .find(|t5| t.shard_of(&canonical(t5).0) != 0)
+        .expect("some port hashes to another shard");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let writer = {
+        let t = t.clone();
+        std::thread::spawn(move || {
+            t.record(&packet(elsewhere, Direction::Ingress, 1, 60, 0));
+            done_tx.send(()).expect("the test waits for this");
+        })
+    };
+    // Not a speed measurement: a generous bound so that a regression fails instead of hanging.
+    done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the insert finished while shard 0 was held");
+    assert!(t.get(&elsewhere).is_some());
+    drop(held);
+    writer.join().expect("the writer did not panic");
+}
+
+#[test]
+fn a_reader_keeps_its_ranking_while_capture_and_the_next_build_go_on() {
+    let table = std::sync::Arc::new(ConnectionTable::new(1024, TIMEOUT));
+    let live = LiveRanking::new(table.clone(), 10);
+    assert!(!live.refresh(), "nobody read it: no build");
+    let a = tuple(Protocol::Udp, (1, 1), (2, 53));
+    table.record(&packet(a, Direction::Ingress, 1, 60, 0));
+    let held = live.get();
+    assert_eq!(tuples(&held.top(10, SortKey::Packets)), [a]);
+    // While `held` is in use: capture adds a connection, the tick rebuilds and publishes.
+    let b = tuple(Protocol::Udp, (1, 2), (2, 53));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            table.record(&packet(b, Direction::Ingress, 2, 60, 0));
+            table.record(&packet(b, Direction::Ingress, 3, 60, 0));
+            assert!(live.refresh(), "read just now: rebuilt");
+            done_tx.send(()).expect("the test waits for this");
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("capture and the build did not wait for the reader");
+    });
+    assert_eq!(tuples(&held.top(10, SortKey::Packets)), [a], "unchanged");
+    assert_eq!(tuples(&live.get().top(10, SortKey::Packets)), [b, a]);
 }
 
 /// Three connections with equal packets and bytes but different times, and one bigger.
 fn ranked_table() -> (ConnectionTable, [FiveTuple; 4]) {
-    let mut t = ConnectionTable::new(16, TIMEOUT);
+    let t = ConnectionTable::new(16, TIMEOUT);
     let a = tuple(Protocol::Udp, (1, 1000), (9, 53));
     let b = tuple(Protocol::Udp, (2, 1000), (9, 53));
     let c = tuple(Protocol::Udp, (3, 1000), (9, 53));
@@ -343,7 +409,7 @@ fn top_orders_each_sort_key_with_deterministic_ties() {
 
 #[test]
 fn top_n_of_many_matches_a_full_sort() {
-    let mut t = ConnectionTable::new(100_000, TIMEOUT);
+    let t = ConnectionTable::new(100_000, TIMEOUT);
     for i in 0..100_000u32 {
         let [_, b, c, d] = i.to_be_bytes();
         let t5 = FiveTuple {
@@ -368,7 +434,7 @@ fn top_n_of_many_matches_a_full_sort() {
 /// exactly when its own timeout (or, once closed, its linger) has passed, in any order.
 #[test]
 fn expiry_happens_at_each_entry_deadline() {
-    let mut t = ConnectionTable::new(16, TIMEOUT);
+    let t = ConnectionTable::new(16, TIMEOUT);
     let timeout = TIMEOUT.as_nanos() as u64;
     let udp = |port| tuple(Protocol::Udp, (1, port), (2, 53));
     t.record(&packet(udp(1), Direction::Ingress, 20 * SEC, 60, 0));
@@ -382,16 +448,16 @@ fn expiry_happens_at_each_entry_deadline() {
     let c2s = client_to_server();
     t.record(&packet(c2s, Direction::Ingress, 16 * SEC, 60, TCP_SYN));
     t.record(&packet(c2s, Direction::Ingress, 17 * SEC, 60, TCP_RST));
-    assert_eq!(t.map.len(), 2);
+    assert_eq!(t.held_len(), 2);
     t.expire(17 * SEC + CLOSED_LINGER.as_nanos() as u64);
-    assert_eq!(t.map.len(), 1, "the closed entry freed after its linger");
+    assert_eq!(t.held_len(), 1, "the closed entry freed after its linger");
     assert_eq!(t.expire(20 * SEC + timeout), 1, "udp(1) last");
-    assert!(t.map.is_empty());
+    assert_eq!(t.held_len(), 0);
 }
 
 #[test]
 fn record_delta_accumulates() {
-    let mut t = ConnectionTable::new(16, TIMEOUT);
+    let t = ConnectionTable::new(16, TIMEOUT);
     let c2s = client_to_server();
     t.record_delta(
         c2s,
@@ -459,7 +525,23 @@ fn documented_entry_size() {
     assert_eq!(std::mem::size_of::<FiveTuple>(), 48);
     assert_eq!(std::mem::size_of::<Entry>(), 56);
     assert_eq!(std::mem::size_of::<(FiveTuple, Entry)>(), 104);
-    // 65,536 entries get 131,072 slots, of which the map fills at most 7/8.
+    // Nothing up front; as it fills, room for at most 8/7 x 2 of what it holds (a map grows
+    // by doubling when 7/8 full), plus the rounding of small shards.
     let t = ConnectionTable::new(65_536, TIMEOUT);
-    assert_eq!(t.map.capacity(), 131_072 / 8 * 7);
+    assert_eq!(t.capacity(), 0);
+    assert_eq!(t.shards.len(), 16, "65,536 / SHARD_ENTRIES");
+    for i in 0..65_536u32 {
+        let [_, b, c, d] = i.to_be_bytes();
+        let t5 = FiveTuple {
+            proto: Protocol::Udp,
+            src: IpAddr::V4(Ipv4Addr::new(10, b, c, d)),
+            src_port: 1000,
+            dst: v4(1),
+            dst_port: 53,
+            interface: Default::default(),
+        };
+        t.record(&packet(t5, Direction::Ingress, 1, 60, 0));
+    }
+    assert_eq!(t.active_len(), 65_536);
+    assert!(t.capacity() <= 65_536 * 2, "room for {}", t.capacity());
 }

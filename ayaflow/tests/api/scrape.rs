@@ -40,6 +40,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_kernel_read_errors",
         "ayaflow_connection_table_overflow_packets",
         "ayaflow_connection_table_overflow_connections",
+        "ayaflow_connection_table_lock_waits",
         "ayaflow_connections_closed",
         "ayaflow_events",
         "ayaflow_events_malformed",
@@ -67,6 +68,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_storage_queued_rows",
         "ayaflow_stream_clients",
         "ayaflow_api_connections",
+        "ayaflow_connection_table_lock_wait_max_nanoseconds",
     ];
     let want: BTreeMap<&str, OpenMetricsType> = counters
         .iter()

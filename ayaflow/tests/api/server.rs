@@ -4,17 +4,15 @@ use super::*;
 
 /// The live view: a real connection table and fixed kernel totals.
 pub(crate) struct FakeLive {
-    pub(crate) table: Mutex<ConnectionTable>,
+    pub(crate) table: ConnectionTable,
     pub(crate) totals: (u64, u64),
     /// Panic in `top`, standing in for a bug.
     pub(crate) broken: bool,
 }
 
 impl FakeLive {
-    pub(crate) fn table(&self) -> std::sync::MutexGuard<'_, ConnectionTable> {
-        self.table
-            .lock()
-            .expect("poisoned only if a test already panicked")
+    pub(crate) fn table(&self) -> &ConnectionTable {
+        &self.table
     }
 }
 
@@ -51,16 +49,15 @@ impl MetricsSource for FixedMetrics {
             block[Counter::Bytes as usize] = bytes;
             block[Counter::RingbufDrops as usize] = 3;
         }
-        let (active, table) = {
-            let t = self.live.table();
-            (t.active_len() as u64, t.stats())
-        };
+        let t = self.live.table();
+        let (active, table, lock_waits) = (t.active_len() as u64, t.stats(), t.lock_waits());
         ayaflow::telemetry::agent_families(&Readings {
             kernel: Some(vec![(std::sync::Arc::from("eth0"), kernel)]),
             interfaces: &Default::default(),
             kernel_read_errors: 0,
             active_connections: active,
             table,
+            lock_waits,
             pipeline: &self.pipeline,
             storage: StorageStatsSnapshot::default(),
             api: &self.api,
@@ -138,12 +135,10 @@ pub(crate) async fn try_start(setup: Setup) -> Option<Server> {
         .local_addr()
         .expect("a bound listener has an address");
 
-    let mut table = ConnectionTable::new(10_000, Duration::from_secs(3600));
-    for p in &setup.live {
-        table.record(p);
-    }
+    let table = ConnectionTable::new(10_000, Duration::from_secs(3600));
+    table.record_batch(&setup.live);
     let live = Arc::new(FakeLive {
-        table: Mutex::new(table),
+        table,
         totals: TOTALS,
         broken: setup.broken_live,
     });

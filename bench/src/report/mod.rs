@@ -298,6 +298,7 @@ pub fn render(args: &Args, plan: &Plan, res: &Results) -> String {
         crate::tcp::render(w, cmd, &res.tcp);
     }
     section_storage(w, cmd, plan, res);
+    crate::live::render(w, cmd, &res.scale, crate::LIVE_LOAD_RATE, plan.wrk_secs);
     if let Some(u) = &res.ui {
         section_ui(w, cmd, u);
     }
