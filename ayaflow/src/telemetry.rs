@@ -412,12 +412,8 @@ fn lock_wait_families(w: &LockWaitStats, out: &mut Vec<Family>) {
             .map(|(i, &n)| (vec![("up_to", bound(i))], n))
             .collect(),
     });
-    out.push(Family::single(
-        "ayaflow_connection_table_lock_wait_max_nanoseconds",
-        "The longest capture waited for a live-table shard lock since start, nanoseconds.",
-        Kind::Gauge,
-        w.max_ns,
-    ));
+    // The longest wait (`max_ns`) stays out: an integer gauge in nanoseconds is against the
+    // Prometheus naming rules (promtool: base unit seconds), and the buckets bound it.
 }
 
 #[cfg(test)]

@@ -68,7 +68,6 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_storage_queued_rows",
         "ayaflow_stream_clients",
         "ayaflow_api_connections",
-        "ayaflow_connection_table_lock_wait_max_nanoseconds",
     ];
     let want: BTreeMap<&str, OpenMetricsType> = counters
         .iter()
