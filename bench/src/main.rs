@@ -13,6 +13,9 @@
 //! - `live`: issue 18's targets: /api/live at 100,000 and 1,000,000 connections while
 //!   capture runs, ring drops, capture's waits for the table's locks, idle RSS (`live.rs`).
 //! 5. `ui`: the agent's CPU with the web UI open in headless Chromium, next to none (`ui.rs`).
+//! 6. `interfaces`: attaching to and detaching from hundreds of veths as they are created and
+//!    deleted, against the kernel's own time for them; memory, idle CPU and BPF descriptors
+//!    with 400 attached (`interfaces.rs`).
 //!
 //! Safety: all traffic stays between two namespaces the bench creates (`netns.rs`), every send
 //! is bounded in packets and time, every process the bench starts is stopped by its pid, and
@@ -21,6 +24,7 @@
 mod capture;
 mod http;
 mod inplace;
+mod interfaces;
 mod kernel;
 mod live;
 mod memlat;
@@ -62,11 +66,12 @@ pub struct Args {
     /// non-zero and equal where they must be). Never a speed threshold.
     #[arg(long)]
     pub quick: bool,
-    /// Sections to run, comma-separated: kernel, capture, inplace, tcp, storage, api, live, ui.
+    /// Sections to run, comma-separated: kernel, capture, inplace, tcp, storage, api, live, ui,
+    /// interfaces.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kernel,capture,inplace,tcp,storage,api,live,ui"
+        default_value = "kernel,capture,inplace,tcp,storage,api,live,ui,interfaces"
     )]
     pub sections: Vec<String>,
     /// Section live: also run it against this agent binary first (a before column).
@@ -264,6 +269,9 @@ pub struct Results {
     /// Section 5.
     #[serde(default)]
     pub ui: Option<ui::UiResult>,
+    /// Section 6.
+    #[serde(default)]
+    pub interfaces: Option<interfaces::InterfacesResult>,
     pub load_start: f64,
     pub load_end: f64,
     pub started: String,
@@ -391,6 +399,7 @@ fn run(args: &Args) -> Result<()> {
         || want("tcp")
         || want("ui")
         || want("live")
+        || want("interfaces")
     {
         let pair = netns::Pair::create().context("creating the bench's namespaces")?;
         if want("capture") {
@@ -478,6 +487,26 @@ fn run(args: &Args) -> Result<()> {
                 &agent,
                 &scratch.join("ui-agent"),
                 plan.ui_secs,
+            )?);
+        }
+        interrupted()?;
+        if want("interfaces") {
+            // Quick mode only checks that it works, in a few seconds.
+            let (counts, rounds, idle) = if args.quick {
+                (vec![20], 1, 2.0)
+            } else {
+                (vec![50, 200, 400], 3, 10.0)
+            };
+            eprintln!(
+                "bench: section 6, attaching to {counts:?} veths created at once ({rounds} rounds)"
+            );
+            res.interfaces = Some(interfaces::run(
+                &pair,
+                &agent,
+                &scratch.join("interfaces-agent"),
+                &counts,
+                rounds,
+                idle,
             )?);
         }
         for ext in ["db", "db-wal", "db-shm"] {

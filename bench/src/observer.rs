@@ -261,10 +261,21 @@ impl Running {
     /// Starts a raw-mode agent (the product's default) with the history at `db` and a live
     /// table of up to 1,100,000 connections that never time out during the bench.
     pub fn start_agent(pair: &Pair, dir: &Path, agent_bin: &Path, db: &Path) -> Result<Running> {
+        Running::start_agent_on(pair, dir, agent_bin, db, &pair.if_b)
+    }
+
+    /// [`Running::start_agent`] with `--interface interfaces` (names or patterns in `b`).
+    pub fn start_agent_on(
+        pair: &Pair,
+        dir: &Path,
+        agent_bin: &Path,
+        db: &Path,
+        interfaces: &str,
+    ) -> Result<Running> {
         let args = [
             agent_bin.to_string_lossy().as_ref(),
             "--interface",
-            &pair.if_b,
+            interfaces,
             "--bind-address",
             "127.0.0.1",
             "--port",

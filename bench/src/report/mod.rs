@@ -302,6 +302,9 @@ pub fn render(args: &Args, plan: &Plan, res: &Results) -> String {
     if let Some(u) = &res.ui {
         section_ui(w, cmd, u);
     }
+    if let Some(i) = &res.interfaces {
+        section_interfaces(w, cmd, i);
+    }
     analysis(w, plan, res);
     s
 }

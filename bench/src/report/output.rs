@@ -130,6 +130,23 @@ pub fn check_quick(plan: &Plan, res: &Results) -> Result<()> {
     {
         errs.push(format!("ui: nothing measured ({u:?})"));
     }
+    if let Some(i) = &res.interfaces {
+        let n = i.counts.last().copied().unwrap_or(0) as u64;
+        if i.attach.is_empty() || i.full.iter().any(|f| f.attached != n || f.link_fds == 0) {
+            errs.push(format!("interfaces: not all {n} attached ({:?})", i.full));
+        }
+        for (a, s) in i.after.iter().zip(&i.none) {
+            if a.link_fds != 0 || a.prog_fds != s.prog_fds {
+                errs.push(format!(
+                    "interfaces: after the delete {} link fds (want 0), {} program fds (at start {})",
+                    a.link_fds, a.prog_fds, s.prog_fds
+                ));
+            }
+        }
+        if i.failures.iter().any(|&f| f != 0) {
+            errs.push(format!("interfaces: attach failures {:?}", i.failures));
+        }
+    }
     if !errs.is_empty() {
         bail!("quick mode checks failed:\n  {}", errs.join("\n  "));
     }
