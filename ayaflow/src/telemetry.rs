@@ -70,6 +70,17 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
                 })
                 .collect()
         };
+        // The ring buffer and the flow table are shared by every interface: their losses are
+        // labelled by direction only, which keeps a scrape smaller on a node with many pods.
+        let node_wide = |c: Counter| -> Vec<(Vec<(&'static str, String)>, u64)> {
+            Direction::ALL
+                .iter()
+                .map(|&d| {
+                    let sum = per_interface.iter().map(|(_, t)| t.get(d, c)).sum();
+                    (vec![("direction", direction_name(d).to_string())], sum)
+                })
+                .collect()
+        };
         let kernel = [
             (
                 "ayaflow_packets",
@@ -102,7 +113,10 @@ pub fn agent_families(r: &Readings<'_>) -> Vec<Family> {
                 name,
                 help,
                 kind: Kind::Counter,
-                samples: per_direction(c),
+                samples: match c {
+                    Counter::RingbufDrops | Counter::FlowFallbacks => node_wide(c),
+                    _ => per_direction(c),
+                },
             });
         }
         let mut samples = Vec::new();

@@ -105,9 +105,12 @@ impl KernelProgram {
             return Ok(());
         }
         check_not_attached(interface, d)?;
-        // Legacy (netlink) attachment needs a clsact qdisc; TCX ignores it. An existing one
-        // is fine.
-        if let Err(e) = tc::qdisc_add_clsact(interface) {
+        // Legacy (netlink) attachment, before TCX (6.6, as aya decides), needs a clsact qdisc;
+        // with TCX none is added, so the interface's configuration stays as it was. An
+        // existing one is fine.
+        use aya::util::KernelVersion;
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        if !tcx && let Err(e) = tc::qdisc_add_clsact(interface) {
             tracing::debug!(
                 "clsact qdisc on {interface}: {e} (expected if it exists or TCX is used)"
             );
