@@ -13,7 +13,7 @@
 use std::{
     fmt::Write as _,
     path::Path,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Result;
@@ -124,28 +124,7 @@ pub fn run(
             flows,
             paged: false,
         };
-        sender::send(
-            &pair.ns_a,
-            &pair.if_a,
-            traffic,
-            Limits {
-                packets: flows as u64,
-                max_time: Duration::from_secs(120),
-                rate: Some(fill_rate),
-            },
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut active = 0;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(250));
-            if let Some(t) = agent.metrics() {
-                active = metric(&t, "ayaflow_active_connections").unwrap_or(0);
-                let q = metric(&t, "ayaflow_storage_queued_rows").unwrap_or(1);
-                if active >= flows as u64 && q == 0 {
-                    break;
-                }
-            }
-        }
+        let active = crate::store_api::track_flows(pair, &agent, flows, fill_rate)?;
         let rss = Rss::of(agent.pid());
         let before = agent.metrics().unwrap_or_default();
         // Capture runs over the tracked connections while wrk asks for the top 50.

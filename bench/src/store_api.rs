@@ -264,32 +264,7 @@ pub fn live_and_memory(
         ..LiveResult::default()
     };
     for &flows in steps {
-        sender::send(
-            &pair.ns_a,
-            &pair.if_a,
-            Traffic {
-                v6: false,
-                flows,
-                paged: false,
-            },
-            Limits {
-                packets: flows as u64,
-                max_time: Duration::from_secs(120),
-                rate: Some(rate),
-            },
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut active = 0;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(250));
-            if let Some(t) = agent.metrics() {
-                active = metric(&t, "ayaflow_active_connections").unwrap_or(0);
-                let q = metric(&t, "ayaflow_storage_queued_rows").unwrap_or(1);
-                if active >= flows as u64 && q == 0 {
-                    break;
-                }
-            }
-        }
+        let active = track_flows(pair, &agent, flows, rate)?;
         res.rss.push((
             active,
             procstat::status_kb(agent.pid(), "VmRSS").unwrap_or(0),
@@ -350,4 +325,34 @@ pub fn history(
     }
     agent.stop()?;
     Ok(out)
+}
+
+/// Sends one packet to each of `flows` distinct IPv4 flows at `rate` packets/s and waits (at
+/// most 120 s) until the agent tracks them all and has stored them; returns the connections it
+/// tracks then.
+pub(crate) fn track_flows(pair: &Pair, agent: &Running, flows: u32, rate: u64) -> Result<u64> {
+    let traffic = Traffic {
+        v6: false,
+        flows,
+        paged: false,
+    };
+    let limits = Limits {
+        packets: flows as u64,
+        max_time: Duration::from_secs(120),
+        rate: Some(rate),
+    };
+    sender::send(&pair.ns_a, &pair.if_a, traffic, limits)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut active = 0;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        if let Some(t) = agent.metrics() {
+            active = metric(&t, "ayaflow_active_connections").unwrap_or(0);
+            let q = metric(&t, "ayaflow_storage_queued_rows").unwrap_or(1);
+            if active >= flows as u64 && q == 0 {
+                break;
+            }
+        }
+    }
+    Ok(active)
 }
