@@ -10,11 +10,7 @@
 //! With `--baseline-agent` the section runs twice, the baseline binary first, so before and
 //! after come from the same run.
 
-use std::{
-    fmt::Write as _,
-    path::Path,
-    time::Duration,
-};
+use std::{fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::Result;
 

@@ -8,7 +8,7 @@
 //! changes, so one bad interface does not fill the log.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeSet, HashMap},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -304,9 +304,9 @@ impl Follower {
     /// The interface list and readiness, for the API.
     fn publish(&self) {
         let mut list: Vec<InterfaceStatus> = Vec::new();
-        let mut by_name: BTreeMap<&str, ()> = BTreeMap::new();
+        let mut by_name: BTreeSet<&str> = BTreeSet::new();
         for (&ifindex, (name, since)) in &self.attached {
-            by_name.insert(name, ());
+            by_name.insert(name);
             list.push(InterfaceStatus {
                 name: name.clone(),
                 ifindex,
@@ -316,7 +316,7 @@ impl Follower {
             });
         }
         for (&ifindex, (link, reason, why, since)) in &self.failed {
-            by_name.insert(&link.name, ());
+            by_name.insert(&link.name);
             list.push(InterfaceStatus {
                 name: link.name.clone(),
                 ifindex,
@@ -330,7 +330,7 @@ impl Follower {
         }
         let mut named_ready = true;
         for name in self.selection.named() {
-            if by_name.contains_key(name) {
+            if by_name.contains(name) {
                 named_ready &= self.attached.values().any(|(n, _)| n == name);
                 continue;
             }
@@ -353,7 +353,7 @@ impl Follower {
             .gone
             .iter()
             .rev()
-            .filter(|g| !by_name.contains_key(g.name.as_str()))
+            .filter(|g| !by_name.contains(g.name.as_str()))
             .cloned();
         list.extend(shown_gone);
         *lock(&self.view.status) = list;
