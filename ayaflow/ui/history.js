@@ -92,6 +92,7 @@ export class HistoryView {
       ["h-addr", "addr"],
       ["h-port", "port"],
       ["h-proto", "proto"],
+      ["h-iface", "interface"],
       ["h-dir", "direction"],
     ]) {
       const v = $(id).value.trim();
@@ -142,12 +143,12 @@ export class HistoryView {
   csv(rows) {
     const raw = this.kind === "raw";
     const head = raw
-      ? ["id", "time_utc", "unix_seconds", "direction", "proto", "src", "dst", "packets", "bytes", "tcp_flags", "icmp_type", "icmp_code"]
-      : ["id", "window_start_utc", "window_end_utc", "window_start", "window_end", "direction", "proto", "src", "dst", "packets", "bytes"];
+      ? ["id", "time_utc", "unix_seconds", "direction", "interface", "proto", "src", "dst", "packets", "bytes", "tcp_flags", "icmp_type", "icmp_code"]
+      : ["id", "window_start_utc", "window_end_utc", "window_start", "window_end", "direction", "interface", "proto", "src", "dst", "packets", "bytes"];
     const line = (r) =>
       raw
-        ? [r.id, iso(Math.floor(r.timestamp_ns / 1e6)), r.timestamp, r.direction, r.proto, r.src, r.dst, r.packets, r.bytes, r.tcp_flags, r.icmp_type, r.icmp_code]
-        : [r.id, iso(r.window_start * 1000), iso(r.window_end * 1000), r.window_start, r.window_end, r.direction, r.proto, r.src, r.dst, r.packets, r.bytes];
+        ? [r.id, iso(Math.floor(r.timestamp_ns / 1e6)), r.timestamp, r.direction, r.interface, r.proto, r.src, r.dst, r.packets, r.bytes, r.tcp_flags, r.icmp_type, r.icmp_code]
+        : [r.id, iso(r.window_start * 1000), iso(r.window_end * 1000), r.window_start, r.window_end, r.direction, r.interface, r.proto, r.src, r.dst, r.packets, r.bytes];
     const quote = (v) => {
       const s = String(v);
       return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
@@ -223,6 +224,7 @@ function flags(r) {
 function columnsFor(kind) {
   const common = [
     { key: "direction", label: "Hook", cell: (r) => ({ text: r.direction, value: r.direction }) },
+    { key: "interface", label: "Interface", cell: (r) => ({ text: r.interface, value: r.interface }) },
     { key: "proto", label: "Protocol", cell: (r) => ({ text: r.proto, value: r.proto }) },
     { key: "src", label: "Source", cell: (r) => ({ text: r.src, cls: "addr", value: r.src }) },
     { key: "dst", label: "Destination", cell: (r) => ({ text: r.dst, cls: "addr", value: r.dst }) },

@@ -41,6 +41,7 @@ fn history_pages_walk_every_row_once_and_the_chart_and_csv_hold_what_is_shown(ki
     });
     let downloads = tempfile::tempdir().unwrap();
     let ns = pair.ns_b.clone();
+    let if_b = pair.if_b.clone();
     in_browser_ns(&ns.clone(), move || async move {
         let b = Browser::start(kind, &ns, 1366, 800, downloads.path()).await;
         b.client
@@ -169,10 +170,15 @@ fn history_pages_walk_every_row_once_and_the_chart_and_csv_hold_what_is_shown(ki
         };
         let table = table.as_array().unwrap();
         assert_eq!(csv.len() - 1, table.len(), "one CSV line per row shown");
+        assert!(
+            csv[1..].iter().all(|line| line[col("interface")] == if_b),
+            "every row was seen on {if_b}"
+        );
         for (line, r) in csv[1..].iter().zip(table) {
             for (csv_col, table_col) in [
                 ("id", "key"),
                 ("direction", "direction"),
+                ("interface", "interface"),
                 ("proto", "proto"),
                 ("src", "src"),
                 ("dst", "dst"),
@@ -269,6 +275,7 @@ fn aggregated_history_at_a_phone_width(kind: Kind) {
     });
     let downloads = tempfile::tempdir().unwrap();
     let ns = pair.ns_b.clone();
+    let if_b = pair.if_b.clone();
     in_browser_ns(&ns.clone(), move || async move {
         let b = Browser::start(kind, &ns, 390, 844, downloads.path()).await;
         let narrow = "return document.documentElement.scrollWidth <= window.innerWidth;";
