@@ -74,7 +74,10 @@ pub fn observe<const L3: bool>(ctx: &TcContext, direction: u8) {
         },
         _ => Counter::NonIp,
     };
-    let counters = COUNTERS.get_ptr_mut(counter_index(interface_slot(p.key.ifindex), direction as u32));
+    let counters = COUNTERS.get_ptr_mut(counter_index(
+        interface_slot(p.key.ifindex),
+        direction as u32,
+    ));
     if let Some(c) = counters {
         // SAFETY: per-CPU slot of this CPU; TC runs with preemption off.
         let c = unsafe { &mut *c };
@@ -137,7 +140,9 @@ fn interface_slot(ifindex: u32) -> u32 {
         IFACE_SLOTS.get(ifindex).copied().unwrap_or(0)
     } else {
         // SAFETY: a plain lookup; the value is a u32 the agent writes whole.
-        unsafe { IFACE_SLOTS_HIGH.get(&ifindex) }.copied().unwrap_or(0)
+        unsafe { IFACE_SLOTS_HIGH.get(&ifindex) }
+            .copied()
+            .unwrap_or(0)
     }
 }
 

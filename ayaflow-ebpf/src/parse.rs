@@ -10,18 +10,20 @@
 //! header from one of two [`Source`]s:
 //! - [`Direct`]: in place, bounds-checked against the linear data (direct packet access): one
 //!   check per header, then whole-word loads inside it (see [`Header::word`] for why they are
-//!   typed). Every frame is tried this way first; a TCP segment's headers are linear even when
-//!   its payload is paged.
+//!   typed). Every frame whose linear part holds at least Ethernet and a minimal IPv4 header is
+//!   tried this way first; a TCP segment's headers are linear even when its payload is paged.
 //! - [`Copied`]: `bpf_skb_load_bytes` of the frame's first 96 bytes into a stack buffer, in one
 //!   call (a header beyond them gets a call of its own), which reads paged data (an AF_PACKET
 //!   TX ring's frames are linear only up to the Ethernet header) and leaves the skb as it is.
-//!   Used only when the direct parse ran past the linear end of a non-linear skb; it starts
-//!   again from the first header.
+//!   Used for a non-linear skb whose linear part is shorter than that, or when the direct
+//!   parse ran past its linear end (then it starts again from the first header).
 //!
 //! The copying parse is its own function, never inlined: inlined into one body, LLVM merges
 //! the two paths into one load through a selected pointer (packet or stack), which the verifier
 //! rejects (pointer arithmetic on a select). A failure leaves what was parsed so far in
 //! `Parsed`.
+
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::__sk_buff, helpers::bpf_skb_load_bytes, programs::TcContext};
 use ayaflow_common::{
@@ -161,50 +163,59 @@ const ETH_SHIFT: usize = 2;
 /// time; it can prove them here because every header offset is 2 (Ethernet, VLAN tags) or 4
 /// (IPv4 options, IPv6 extension headers) times a count, and the typed reads inside a header
 /// are at offsets of their own alignment (see [`Header::word`]).
-struct Copied<const SHIFT: usize> {
+struct Copied<'b, const SHIFT: usize> {
     skb: *mut __sk_buff,
     /// The first `span` bytes of the frame, from byte `SHIFT` on (see [`ETH_SHIFT`]).
-    first: [u64; (SPAN + ETH_SHIFT).div_ceil(8)],
+    first: &'b mut MaybeUninit<[u64; FIRST_WORDS]>,
     span: usize,
     /// A header beyond `span`, copied by a call of its own.
-    buf: [u64; MAX_HEADER / 8],
+    buf: &'b mut MaybeUninit<[u64; MAX_HEADER / 8]>,
 }
 
-impl<const SHIFT: usize> Copied<SHIFT> {
+/// Words of [`Copied::first`]: the span and the shift before it.
+const FIRST_WORDS: usize = (SPAN + ETH_SHIFT).div_ceil(8);
+
+impl<'b, const SHIFT: usize> Copied<'b, SHIFT> {
+    /// Copies the first [`SPAN`] bytes of `skb` into `first`. The buffers are the caller's
+    /// locals, left uninitialised: a struct that owned them was built, zeroed (18 stores) and
+    /// then moved to another stack slot (20 more loads and stores) on every paged frame. The
+    /// verifier counts the bytes the helper may write (up to [`SPAN`]) as written, and
+    /// [`Source::header`] reads none beyond what it did write.
     #[inline(always)]
-    fn new(skb: *mut __sk_buff) -> Self {
-        let mut c = Copied {
-            skb,
-            first: [0; (SPAN + ETH_SHIFT).div_ceil(8)],
-            span: 0,
-            buf: [0; MAX_HEADER / 8],
-        };
+    fn new(
+        skb: *mut __sk_buff,
+        first: &'b mut MaybeUninit<[u64; FIRST_WORDS]>,
+        buf: &'b mut MaybeUninit<[u64; MAX_HEADER / 8]>,
+    ) -> Self {
         // SAFETY: reading a field of the context the kernel handed us.
         let len = unsafe { (*skb).len } as usize;
         let span = if len < SPAN { len } else { SPAN };
-        // SAFETY: the helper writes `span` <= SPAN bytes from byte SHIFT of `first`.
-        if span > 0
+        // SAFETY: the helper writes `span` <= SPAN bytes from byte SHIFT of `first`, which
+        // holds SHIFT + SPAN.
+        let copied = span > 0
             && unsafe {
                 bpf_skb_load_bytes(
                     skb as *const _,
                     0,
-                    c.first.as_mut_ptr().cast::<u8>().add(SHIFT).cast(),
+                    first.as_mut_ptr().cast::<u8>().add(SHIFT).cast(),
                     span as u32,
                 )
-            } == 0
-        {
-            c.span = span;
+            } == 0;
+        Copied {
+            skb,
+            first,
+            span: if copied { span } else { 0 },
+            buf,
         }
-        c
     }
 }
 
-impl<const SHIFT: usize> Source for Copied<SHIFT> {
+impl<const SHIFT: usize> Source for Copied<'_, SHIFT> {
     #[inline(always)]
     fn header<const LEN: usize>(&mut self, off: usize) -> Result<Header, Malformed> {
         const { assert!(LEN <= MAX_HEADER) };
         if off + LEN <= self.span {
-            // SAFETY: inside the `span` bytes copied to `first`.
+            // SAFETY: inside the `span` bytes copied to `first` (written by the helper).
             return Ok(Header(unsafe {
                 self.first.as_ptr().cast::<u8>().add(SHIFT + off)
             }));
@@ -221,6 +232,7 @@ impl<const SHIFT: usize> Source for Copied<SHIFT> {
         if ret < 0 {
             return Err(Malformed);
         }
+        // The helper wrote all LEN bytes (it returned 0).
         Ok(Header(self.buf.as_ptr().cast()))
     }
 
@@ -260,31 +272,48 @@ pub fn parse<const L3: bool>(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malf
     r
 }
 
+/// Linear bytes a frame needs for its first headers to be read in place: Ethernet and a
+/// minimal IPv4 header, or (`L3`) the IPv4 header alone.
+const fn min_linear(l3: bool) -> usize {
+    if l3 { 20 } else { ETH_HLEN + 20 }
+}
+
 #[inline(always)]
 fn parse_frame<const L3: bool>(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
-    if parse_from::<_, L3>(&mut Direct(ctx), p).is_ok() {
-        return Ok(());
+    let whole = ctx.data_end() - ctx.data() >= ctx.len() as usize;
+    // A non-linear frame too short in its linear part for even the first headers (an AF_PACKET
+    // TX ring's frames are linear up to the Ethernet header only) is copied at once, rather
+    // than parsed in place up to where it fails and then parsed again. Compared as pointers,
+    // as the verifier tracks packet bounds (LLVM then drops the Ethernet header's own check).
+    if whole || ctx.data() + min_linear(L3) <= ctx.data_end() {
+        if parse_from::<_, L3>(&mut Direct(ctx), p).is_ok() {
+            return Ok(());
+        }
+        if whole {
+            // Everything is linear: the frame itself is short or invalid.
+            return Err(Malformed);
+        }
+        // A header reaches past the linear part: start again from copies. Rare (some
+        // drivers' receive paths), and never for a frame whose headers the stack wrote
+        // itself. What `observe` set before parsing (the hook's direction and interface)
+        // stays.
+        let (direction, ifindex) = (p.key.direction, p.key.ifindex);
+        *p = Parsed::default();
+        p.key.direction = direction;
+        p.key.ifindex = ifindex;
     }
-    if ctx.data_end() - ctx.data() >= ctx.len() as usize {
-        // Everything is linear: the frame itself is short or invalid.
-        return Err(Malformed);
-    }
-    // A header reaches past the linear part: start again from copies. Rare (the frames of an
-    // AF_PACKET TX ring, some drivers' receive paths), and never for a frame whose headers
-    // the stack wrote itself.
-    let direction = p.key.direction;
-    *p = Parsed::default();
-    p.key.direction = direction;
     parse_copied::<L3>(ctx.skb.skb, p)
 }
 
 /// [`parse_from`] a [`Copied`] source. Never inlined: see the module documentation.
 #[inline(never)]
 fn parse_copied<const L3: bool>(skb: *mut __sk_buff, p: &mut Parsed) -> Result<(), Malformed> {
+    let mut first = MaybeUninit::uninit();
+    let mut buf = MaybeUninit::uninit();
     if L3 {
-        parse_from::<_, L3>(&mut Copied::<0>::new(skb), p)
+        parse_from::<_, L3>(&mut Copied::<0>::new(skb, &mut first, &mut buf), p)
     } else {
-        parse_from::<_, L3>(&mut Copied::<ETH_SHIFT>::new(skb), p)
+        parse_from::<_, L3>(&mut Copied::<ETH_SHIFT>::new(skb, &mut first, &mut buf), p)
     }
 }
 

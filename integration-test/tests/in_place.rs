@@ -24,19 +24,27 @@ use integration_test::{
     require_bpf, txring, wait_for,
 };
 
-/// Loads the classifier (raw mode) and attaches it to both hooks of both veth ends.
-fn attach_everywhere(pair: &NetPair) -> KernelProgram {
+/// Loads the classifier (raw mode) and attaches it to both hooks of both veth ends; returns it
+/// with the two ends' interface indexes (a's, then b's).
+fn attach_everywhere(pair: &NetPair) -> (KernelProgram, [u32; 2]) {
     require_bpf();
     let mut prog = KernelProgram::load(&LoadOptions::default()).expect("loading the classifier");
-    for (ns, ifname) in [(&pair.ns_a, &pair.if_a), (&pair.ns_b, &pair.if_b)] {
+    let mut ifindexes = [0; 2];
+    for (i, (ns, ifname)) in [(&pair.ns_a, &pair.if_a), (&pair.ns_b, &pair.if_b)]
+        .into_iter()
+        .enumerate()
+    {
         let ifname = ifname.clone();
-        prog = NetPair::in_ns(ns, move || {
-            prog.attach(&ifname, &Direction::ALL)
+        let ifindex;
+        (prog, ifindex) = NetPair::in_ns(ns, move || {
+            let ifindex = prog
+                .attach(&ifname, &Direction::ALL)
                 .unwrap_or_else(|e| panic!("attaching to {ifname}: {e}"));
-            prog
+            (prog, ifindex)
         });
+        ifindexes[i] = ifindex;
     }
-    prog
+    (prog, ifindexes)
 }
 
 /// (ingress packets, ingress bytes, egress packets, egress bytes) from the program and the sum
@@ -99,7 +107,7 @@ fn payload(seq: u32, len: usize) -> Vec<u8> {
 #[test]
 fn paged_frames_from_a_tx_ring_are_counted_exactly_and_arrive_intact() {
     let pair = NetPair::new(false);
-    let mut prog = attach_everywhere(&pair);
+    let (mut prog, [ifindex_a, ifindex_b]) = attach_everywhere(&pair);
     let mut ring = prog.take_events().unwrap();
     let counters = prog.take_counters().unwrap();
     let (mac_a, mac_b) = (
@@ -184,17 +192,42 @@ fn paged_frames_from_a_tx_ring_are_counted_exactly_and_arrive_intact() {
     );
     assert!(ours[0] >= N as u64 && ours[1] >= frame_bytes, "{ours:?}");
 
-    // Every frame is one event on each side, with its ports, its length and no parse error.
+    // Every frame was counted under its interface: a paged frame's headers are parsed from a
+    // copy, and its key keeps the interface it was seen on (slot 0 counts hooks of no
+    // interface; both ends have one).
+    let unassigned = counters.read_slot(0).unwrap();
+    assert_eq!(
+        unassigned.sum(Counter::Packets),
+        0,
+        "packets counted under no interface: {unassigned:?}"
+    );
+
+    // Every frame is one event on each side, with its interface, its ports, its length and no
+    // parse error: sent by a's egress hook, received by b's ingress hook.
     let events: Vec<_> = drain(&mut ring)
         .into_iter()
         .filter(|e| e.key.dst_port == UDP_PORT)
         .collect();
-    for d in Direction::ALL {
+    for (d, ifindex) in [
+        (Direction::Egress, ifindex_a),
+        (Direction::Ingress, ifindex_b),
+    ] {
         let mine: Vec<_> = events
             .iter()
             .filter(|e| e.key.direction == d as u8)
             .collect();
         assert_eq!(mine.len(), N as usize, "{d:?} events");
+        let elsewhere: Vec<u32> = mine
+            .iter()
+            .map(|e| e.key.ifindex)
+            .filter(|&i| i != ifindex)
+            .collect();
+        assert!(
+            elsewhere.is_empty(),
+            "{d:?}: {} of {N} frames keyed to another interface than {ifindex}, e.g. {:?}",
+            elsewhere.len(),
+            &elsewhere[..elsewhere.len().min(3)]
+        );
         assert!(mine.iter().all(|e| e.flags & EVENT_FLAG_PARSE_ERROR == 0));
         assert!(
             mine.iter()
@@ -224,7 +257,7 @@ fn real_tcp_with_gso_and_gro_is_counted_exactly_and_arrives_intact() {
     for (ns, ifname) in [(&pair.ns_a, &pair.if_a), (&pair.ns_b, &pair.if_b)] {
         netns::ethtool_k(ns, ifname, &["tso", "off", "gso", "on", "gro", "on"]);
     }
-    let mut prog = attach_everywhere(&pair);
+    let (mut prog, _) = attach_everywhere(&pair);
     let mut ring = prog.take_events().unwrap();
     let counters = prog.take_counters().unwrap();
     let (before, links_before) = quiet_totals(&pair, &counters);
