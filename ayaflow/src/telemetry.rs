@@ -406,7 +406,7 @@ fn ipfix_families(collectors: &[Arc<CollectorStats>], out: &mut Vec<Family>) {
 }
 
 /// The capture path's waits for the live table's shard locks: a count per duration bucket
-/// (not cumulative; `up_to` is the bucket's upper bound) and the longest.
+/// (not cumulative; `up_to` is the bucket's upper bound), and the updates it left instead.
 fn lock_wait_families(w: &LockWaitStats, out: &mut Vec<Family>) {
     let bound = |i: usize| match LOCK_WAIT_BOUNDS_US.get(i) {
         Some(&us) if us >= 1000 => format!("{}ms", us / 1000),
@@ -428,6 +428,13 @@ fn lock_wait_families(w: &LockWaitStats, out: &mut Vec<Family>) {
     });
     // The longest wait (`max_ns`) stays out: an integer gauge in nanoseconds is against the
     // Prometheus naming rules (promtool: base unit seconds), and the buckets bound it.
+    out.push(Family::single(
+        "ayaflow_connection_table_deferred_updates",
+        "Packets or flow deltas capture left for the holder of a locked live-table shard to \
+         apply, rather than wait for the lock (it waits only when those inboxes are full).",
+        Kind::Counter,
+        w.deferred,
+    ));
 }
 
 #[cfg(test)]

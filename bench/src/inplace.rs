@@ -6,6 +6,8 @@
 //! rounds interleaved, the kernel's BPF statistics on throughout (run time / run count of the
 //! program on `if_b`'s TCX ingress). Before issue 17 the classifier pulled a paged frame's
 //! headers into the linear part (`bpf_skb_pull_data`); it now copies the headers it reads.
+//! With `--baseline-agent`, each round also runs ayaFlow's observers with that binary, right
+//! after this commit's, so that a change to the classifier is compared within one run.
 
 use std::{fmt::Write as _, path::Path};
 
@@ -35,10 +37,15 @@ pub fn traffic() -> [Traffic; 2] {
     })
 }
 
-/// `rounds` rounds of `packets` packets per (frames, observer), statistics on.
+/// What the baseline binary's rows are called: the observer's name with this after it.
+const BASELINE: &str = " (baseline)";
+
+/// `rounds` rounds of `packets` packets per (frames, observer), statistics on; with a
+/// `baseline` agent binary, its ayaFlow observers too.
 pub fn run(
     pair: &Pair,
     agent: &Path,
+    baseline: Option<&Path>,
     scratch: &Path,
     rounds: usize,
     packets: u64,
@@ -48,18 +55,27 @@ pub fn run(
     for round in 0..rounds {
         for t in traffic() {
             for o in OBSERVERS {
-                crate::interrupted()?;
-                let r = capture::run_one(pair, agent, scratch, o, t, packets, round)
-                    .with_context(|| format!("{} on {}, round {round}", o.name(), t.name()))?;
-                eprintln!(
-                    "bench: inplace round {round} {:<12} {:<13} delivered {} counted {:?} bpf {:?} ns/pkt",
-                    t.name(),
-                    o.name(),
-                    r.delivered,
-                    r.counted,
-                    r.bpf_ns_per_pkt
-                );
-                out.push(r);
+                let mut agents = vec![(agent, "")];
+                if let Some(b) = baseline.filter(|_| o.is_ayaflow()) {
+                    agents.push((b, BASELINE));
+                }
+                for (bin, suffix) in agents {
+                    crate::interrupted()?;
+                    let mut r = capture::run_one(pair, bin, scratch, o, t, packets, round)
+                        .with_context(|| {
+                            format!("{}{suffix} on {}, round {round}", o.name(), t.name())
+                        })?;
+                    r.observer.push_str(suffix);
+                    eprintln!(
+                        "bench: inplace round {round} {:<12} {:<24} delivered {} counted {:?} bpf {:?} ns/pkt",
+                        t.name(),
+                        r.observer,
+                        r.delivered,
+                        r.counted,
+                        r.bpf_ns_per_pkt
+                    );
+                    out.push(r);
+                }
             }
         }
     }
@@ -79,16 +95,16 @@ pub fn render(w: &mut String, cmd: &str, runs: &[RunResult]) {
          (on throughout: they add two clock reads per run, which the empty classifier shows), \
          median of {rounds} interleaved rounds of {} packets, min–max in brackets. Paged frames are \
          parsed from copies of the headers they carry (`bpf_skb_load_bytes`), never pulled.\n\n\
-         Reproduce: `{cmd} -- --sections inplace`\n\n\
+         Reproduce: `{cmd} -- --sections inplace` (add `--baseline-agent <binary>` for rows of another build)\n\n\
          | observer | linear ns/pkt | paged ns/pkt | paged ÷ linear | counted = delivered |\n\
          | --- | ---: | ---: | ---: | --- |",
         runs.first().map_or(0, |r| r.sent)
     );
     let [linear, paged] = traffic().map(|t| t.name());
-    let cell = |o: Observer, t: &str| -> (f64, String) {
+    let cell = |name: &str, t: &str| -> (f64, String) {
         let v: Vec<f64> = runs
             .iter()
-            .filter(|r| r.observer == o.name() && r.traffic == t)
+            .filter(|r| r.observer == name && r.traffic == t)
             .filter_map(|r| r.bpf_ns_per_pkt)
             .collect();
         let (lo, hi) = v
@@ -97,19 +113,28 @@ pub fn render(w: &mut String, cmd: &str, runs: &[RunResult]) {
         let m = median(&v);
         (m, format!("{m:.0} ({lo:.0}–{hi:.0})"))
     };
+    let baseline = runs.iter().any(|r| r.observer.ends_with(BASELINE));
     for o in OBSERVERS {
-        let (l, ls) = cell(o, &linear);
-        let (p, ps) = cell(o, &paged);
-        let exact = runs
-            .iter()
-            .filter(|r| r.observer == o.name() && o.is_ayaflow())
-            .all(|r| r.counted == Some(r.delivered));
-        let exact = if o.is_ayaflow() {
-            if exact { "yes, every run" } else { "**no**" }
+        let names = [o.name().to_string(), format!("{}{BASELINE}", o.name())];
+        let names = if baseline && o.is_ayaflow() {
+            &names[..]
         } else {
-            "-"
+            &names[..1]
         };
-        let _ = writeln!(w, "| {} | {ls} | {ps} | {:.2} | {exact} |", o.name(), p / l);
+        for name in names {
+            let (l, ls) = cell(name, &linear);
+            let (p, ps) = cell(name, &paged);
+            let exact = runs
+                .iter()
+                .filter(|r| &r.observer == name && o.is_ayaflow())
+                .all(|r| r.counted == Some(r.delivered));
+            let exact = if o.is_ayaflow() {
+                if exact { "yes, every run" } else { "**no**" }
+            } else {
+                "-"
+            };
+            let _ = writeln!(w, "| {name} | {ls} | {ps} | {:.2} | {exact} |", p / l);
+        }
     }
     let _ = writeln!(w);
 }

@@ -57,6 +57,10 @@ pub struct LiveStep {
     pub lock_waits: Vec<(String, u64)>,
     /// The longest lock wait since the agent started, ns (None: no such metric).
     pub lock_wait_max_ns: Option<u64>,
+    /// Updates capture left for a shard's holder instead of waiting, while wrk ran (None: an
+    /// agent without the metric).
+    #[serde(default)]
+    pub deferred: Option<u64>,
 }
 
 /// The section for one agent binary.
@@ -161,6 +165,7 @@ pub fn run(
                 .sum::<u64>()
         };
         let (w0, w1) = (lock_waits(&before), lock_waits(&after));
+        let deferred = |t: &str| metric(t, "ayaflow_connection_table_deferred_updates_total");
         out.steps.push(LiveStep {
             connections: active,
             rss,
@@ -176,6 +181,7 @@ pub fn run(
                 .collect(),
             // Bounded by the buckets: the agent does not export the exact longest wait.
             lock_wait_max_ns: None,
+            deferred: deferred(&after).map(|n| n - deferred(&before).unwrap_or(0)),
         });
     }
     agent.stop()?;
@@ -196,7 +202,9 @@ pub fn render(w: &mut String, cmd: &str, runs: &[LiveRun], load_rate: u64, wrk_s
          {load_rate} packets/s go to those same connections (capture runs the whole time). \
          Lock waits: how often capture found a live-table lock taken while wrk ran, by how long \
          it waited (`ayaflow_connection_table_lock_waits_total`), and the longest wait since the \
-         agent started. The stream's frame is the same document from the same ranking (limit \
+         agent started; deferred: updates capture left for the holder of a taken lock to apply \
+         instead of waiting (`ayaflow_connection_table_deferred_updates_total`, agents since \
+         issue 18's inboxes). The stream's frame is the same document from the same ranking (limit \
          50, sort packets), built once a second. Memory from /proc/<pid>/status; idle with \
          default options is the agent with only `--interface`, `--db-path` and the API address \
          set, 3 s after start. Per connection: (RSS at the step - idle RSS) / connections.\n\n\
@@ -205,8 +213,8 @@ pub fn render(w: &mut String, cmd: &str, runs: &[LiveRun], load_rate: u64, wrk_s
     );
     let _ = writeln!(
         w,
-        "| agent | connections | /api/live p50 ms | p99 ms | requests/s | sent packets/s | ring drops | lock waits (≤1us/10us/100us/1ms/10ms/100ms/more) | longest wait ms |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
+        "| agent | connections | /api/live p50 ms | p99 ms | requests/s | sent packets/s | ring drops | lock waits (≤1us/10us/100us/1ms/10ms/100ms/more) | longest wait ms | deferred |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
     );
     for r in runs {
         for s in &r.steps {
@@ -221,7 +229,7 @@ pub fn render(w: &mut String, cmd: &str, runs: &[LiveRun], load_rate: u64, wrk_s
             };
             let _ = writeln!(
                 w,
-                "| {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {} | {} | {} |",
+                "| {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {} |",
                 r.agent,
                 s.connections,
                 s.wrk.p50_ms,
@@ -241,6 +249,7 @@ pub fn render(w: &mut String, cmd: &str, runs: &[LiveRun], load_rate: u64, wrk_s
                     },
                     |ns| format!("{:.3}", ns as f64 / 1e6),
                 ),
+                s.deferred.map_or("-".to_string(), |n| n.to_string()),
             );
         }
     }

@@ -74,7 +74,8 @@ pub struct Args {
         default_value = "kernel,capture,inplace,tcp,storage,api,live,ui,interfaces"
     )]
     pub sections: Vec<String>,
-    /// Section live: also run it against this agent binary first (a before column).
+    /// Sections live and inplace: also run them against this agent binary (live: first, a
+    /// before column; inplace: interleaved, rows marked "(baseline)").
     #[arg(long)]
     pub baseline_agent: Option<std::path::PathBuf>,
     /// Traffic sets for the capture section, comma-separated: v4-1k, v4-100k, v6-1k, v6-100k,
@@ -412,7 +413,14 @@ fn run(args: &Args) -> Result<()> {
             } else {
                 (5, 1_000_000)
             };
-            res.inplace = inplace::run(&pair, &agent, &scratch, rounds, packets)?;
+            res.inplace = inplace::run(
+                &pair,
+                &agent,
+                args.baseline_agent.as_deref(),
+                &scratch,
+                rounds,
+                packets,
+            )?;
         }
         interrupted()?;
         if want("tcp") {

@@ -32,6 +32,9 @@ pub struct LockWaitStats {
     pub buckets: [u64; LOCK_WAIT_BOUNDS_US.len() + 1],
     /// The longest wait so far, nanoseconds.
     pub max_ns: u64,
+    /// Updates capture left in a shard's inbox rather than wait for its lock (filled in by the
+    /// table, see `deferred`).
+    pub deferred: u64,
 }
 
 impl LockWaits {
@@ -64,6 +67,7 @@ impl LockWaits {
         LockWaitStats {
             buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
             max_ns: self.max_ns.load(Ordering::Relaxed),
+            deferred: 0,
         }
     }
 }

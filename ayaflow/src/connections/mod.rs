@@ -19,8 +19,12 @@
 //! holds about [`SHARD_ENTRIES`] connections at `max_connections`, so nothing holds a lock
 //! capture needs for longer than one shard's pass (tens of microseconds), whatever the size
 //! of the table. Why shards rather than one map copied whole per tick: a copy of a million
-//! entries under one lock is itself a pause of tens of milliseconds. How long capture waited
-//! is counted ([`LockWaits`], in `/metrics`).
+//! entries under one lock is itself a pause of tens of milliseconds.
+//!
+//! Capture does not even wait for that pass: when a shard is taken it leaves the update in the
+//! shard's inbox, which the holder applies before it lets go (`deferred`; bounded, counted in
+//! `/metrics`). It waits only when the inboxes are full, and how long it then waited is
+//! counted too ([`LockWaits`]).
 //!
 //! # Memory
 //!
@@ -37,6 +41,7 @@
 //! - `shard`: one shard's map and the per-connection rules (orientation, close, expiry);
 //! - `entry`: what the table keeps per connection and the direction-free key;
 //! - `ranking`: the top-N per sort key ([`Ranking`]) and the shared, per-tick [`LiveRanking`];
+//! - `deferred`: a shard's lock and inbox, and the rules that apply every update in order;
 //! - `lock_wait`: how long capture waited for a shard ([`LockWaits`]);
 //! - `snapshot`: what it reports ([`ConnectionSnapshot`], [`SortKey`], [`TableStats`]).
 
@@ -44,10 +49,7 @@ use std::{
     cmp::Reverse,
     collections::hash_map,
     hash::{BuildHasher, Hash},
-    sync::{
-        Mutex, MutexGuard,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
     time::Duration,
 };
 
@@ -58,12 +60,14 @@ use crate::{
     sync::lock,
 };
 
+mod deferred;
 mod entry;
 mod lock_wait;
 mod ranking;
 mod shard;
 mod snapshot;
 
+use deferred::{Deferred, DeferredCounts, ShardCell, ShardGuard};
 use entry::*;
 pub use lock_wait::*;
 pub use ranking::*;
@@ -88,7 +92,7 @@ const MAX_SHARDS: usize = 4096;
 #[derive(Debug)]
 pub struct ConnectionTable {
     /// A power-of-two number of shards; a connection lives in the one its key hashes to.
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[ShardCell]>,
     /// Picks the shard, seeded randomly like the maps' own hashers (see [`WireHashMap`]):
     /// a sender who cannot see the seed cannot pile connections into one shard.
     shard_hasher: foldhash::fast::RandomState,
@@ -106,6 +110,8 @@ pub struct ConnectionTable {
     closed_total: AtomicU64,
     /// How long capture waited for a shard's lock.
     lock_waits: LockWaits,
+    /// Updates capture left in a shard's inbox rather than wait (see `deferred`).
+    deferred: DeferredCounts,
 }
 
 impl ConnectionTable {
@@ -119,7 +125,7 @@ impl ConnectionTable {
             .next_power_of_two()
             .clamp(1, MAX_SHARDS);
         ConnectionTable {
-            shards: (0..shards).map(|_| Mutex::new(Shard::new())).collect(),
+            shards: (0..shards).map(|_| ShardCell::new()).collect(),
             shard_hasher: Default::default(),
             max: max_connections,
             held: AtomicUsize::new(0),
@@ -132,6 +138,7 @@ impl ConnectionTable {
             overflow_connections: AtomicU64::new(0),
             closed_total: AtomicU64::new(0),
             lock_waits: LockWaits::default(),
+            deferred: DeferredCounts::default(),
         }
     }
 
@@ -139,18 +146,10 @@ impl ConnectionTable {
     /// is room for.
     pub fn record_batch(&self, batch: &[Packet]) {
         // Consecutive packets of one shard (one connection's burst) take its lock once.
-        let mut held: Option<(usize, MutexGuard<'_, Shard>)> = None;
+        let mut held: Option<(usize, ShardGuard<'_>)> = None;
         for p in batch {
             let (key, along_key) = canonical(&p.tuple);
             let i = self.shard_of(&key);
-            if held.as_ref().map(|(j, _)| *j) != Some(i) {
-                // Unlock the previous shard before waiting for the next.
-                drop(held.take());
-                held = Some((i, self.lock_waits.lock(&self.shards[i])));
-            }
-            let Some((_, shard)) = held.as_mut() else {
-                unreachable!("locked just above");
-            };
             let u = Update {
                 direction: p.direction,
                 packets: u64::from(p.packets),
@@ -159,7 +158,23 @@ impl ConnectionTable {
                 last_seen: p.ts_unix_ns,
                 tcp_flags: p.tcp_flags,
             };
-            self.apply(shard, key, along_key, &u);
+            if let Some((j, shard)) = held.as_mut()
+                && *j == i
+            {
+                self.apply(shard, key, along_key, &u);
+                continue;
+            }
+            // Unlock the previous shard before taking the next.
+            drop(held.take());
+            let d = Deferred {
+                key,
+                along_key,
+                update: u,
+            };
+            if let Some(mut shard) = self.shard_for_capture(i, &d) {
+                self.apply(&mut shard, key, along_key, &u);
+                held = Some((i, shard));
+            }
         }
     }
 
@@ -189,7 +204,6 @@ impl ConnectionTable {
         tcp_flags: u8,
     ) {
         let (key, along_key) = canonical(&tuple);
-        let mut shard = self.lock_waits.lock(&self.shards[self.shard_of(&key)]);
         let u = Update {
             direction,
             packets,
@@ -198,7 +212,14 @@ impl ConnectionTable {
             last_seen: last_seen_unix_ns,
             tcp_flags,
         };
-        self.apply(&mut shard, key, along_key, &u);
+        let d = Deferred {
+            key,
+            along_key,
+            update: u,
+        };
+        if let Some(mut shard) = self.shard_for_capture(self.shard_of(&key), &d) {
+            self.apply(&mut shard, key, along_key, &u);
+        }
     }
 
     /// Applies `u` in its (locked) shard and keeps the table-wide counts.
@@ -240,7 +261,7 @@ impl ConnectionTable {
     }
 
     /// The shards, for a pass that locks them one at a time.
-    fn shards(&self) -> impl Iterator<Item = &Mutex<Shard>> {
+    fn shards(&self) -> impl Iterator<Item = &ShardCell> {
         self.shards.iter()
     }
 
@@ -253,7 +274,7 @@ impl ConnectionTable {
     pub fn expire(&self, now_unix_ns: u64) -> usize {
         let mut expired = 0;
         for shard in self.shards() {
-            let (timed_out, freed) = lock(shard).expire(now_unix_ns, self.limits);
+            let (timed_out, freed) = self.lock_shard(shard).expire(now_unix_ns, self.limits);
             if timed_out + freed > 0 {
                 self.held.fetch_sub(timed_out + freed, Ordering::Relaxed);
                 self.closing.fetch_sub(freed, Ordering::Relaxed);
@@ -279,7 +300,9 @@ impl ConnectionTable {
     /// Entries the shards' maps have room for without growing, in all (what the table's memory
     /// is sized to; tests and tools).
     pub fn capacity(&self) -> usize {
-        self.shards().map(|s| lock(s).map.capacity()).sum()
+        self.shards()
+            .map(|s| self.lock_shard(s).map.capacity())
+            .sum()
     }
 
     /// Lifetime counters.
@@ -291,15 +314,18 @@ impl ConnectionTable {
         }
     }
 
-    /// How long capture waited for a shard's lock, so far.
+    /// How long capture waited for a shard's lock, and how often it did not wait, so far.
     pub fn lock_waits(&self) -> LockWaitStats {
-        self.lock_waits.stats()
+        LockWaitStats {
+            deferred: self.deferred.total.load(Ordering::Relaxed),
+            ..self.lock_waits.stats()
+        }
     }
 
     /// The active connection `tuple` belongs to (either way round), if any.
     pub fn get(&self, tuple: &FiveTuple) -> Option<ConnectionSnapshot> {
         let (key, _) = canonical(tuple);
-        lock(&self.shards[self.shard_of(&key)])
+        self.lock_shard(&self.shards[self.shard_of(&key)])
             .map
             .get(&key)
             .filter(|e| !e.closed)

@@ -157,7 +157,7 @@ impl ConnectionTable {
         for shard in self.shards() {
             copy.clear();
             copy.extend(
-                lock(shard)
+                self.lock_shard(shard)
                     .map
                     .iter()
                     .filter(|(_, e)| !e.closed)

@@ -3,14 +3,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::*;
 use crate::flow::TCP_ACK;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(60);
 const SEC: u64 = 1_000_000_000;
 
 fn v4(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
 }
 
-fn tuple(proto: Protocol, src: (u8, u16), dst: (u8, u16)) -> FiveTuple {
+pub(super) fn tuple(proto: Protocol, src: (u8, u16), dst: (u8, u16)) -> FiveTuple {
     FiveTuple {
         proto,
         src: v4(src.0),
@@ -34,7 +34,7 @@ fn xorshift(state: &mut u64) -> u64 {
     *state
 }
 
-fn packet(t: FiveTuple, direction: Direction, ts: u64, bytes: u32, flags: u8) -> Packet {
+pub(super) fn packet(t: FiveTuple, direction: Direction, ts: u64, bytes: u32, flags: u8) -> Packet {
     Packet {
         tuple: t,
         direction,
@@ -317,7 +317,7 @@ fn a_shard_locked_by_a_reader_does_not_block_capture_elsewhere() {
     // into any other shard goes on. With one lock for the whole table this test hangs.
     let t = std::sync::Arc::new(ConnectionTable::new(1 << 16, TIMEOUT));
     assert!(t.shards.len() > 1);
-    let held = lock(&t.shards[0]);
+    let held = t.lock_shard(&t.shards[0]);
     let elsewhere = (1..=u16::MAX)
         .map(|port| tuple(Protocol::Udp, (1, port), (2, 53)))
         .find(|t5| t.shard_of(&canonical(t5).0) != 0)

@@ -41,6 +41,7 @@ async fn metrics_parse_as_openmetrics_with_the_documented_names_and_types() {
         "ayaflow_connection_table_overflow_packets",
         "ayaflow_connection_table_overflow_connections",
         "ayaflow_connection_table_lock_waits",
+        "ayaflow_connection_table_deferred_updates",
         "ayaflow_connections_closed",
         "ayaflow_events",
         "ayaflow_events_malformed",

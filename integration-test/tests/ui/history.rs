@@ -275,7 +275,6 @@ fn aggregated_history_at_a_phone_width(kind: Kind) {
     });
     let downloads = tempfile::tempdir().unwrap();
     let ns = pair.ns_b.clone();
-    let if_b = pair.if_b.clone();
     in_browser_ns(&ns.clone(), move || async move {
         let b = Browser::start(kind, &ns, 390, 844, downloads.path()).await;
         let narrow = "return document.documentElement.scrollWidth <= window.innerWidth;";
