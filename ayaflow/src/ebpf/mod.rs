@@ -314,8 +314,13 @@ fn is_permission(log: &impl std::fmt::Display) -> bool {
 /// Verifier messages of rules it applies only to processes without CAP_PERFMON
 /// (kernel/bpf/verifier.c): most say "!root" ("pointer arithmetic with it prohibited for
 /// !root"); "partial copy of pointer" (a 32-bit move of a pointer, as ALU32 code does with
-/// `data_end - data`) is checked only when pointer leaks are not allowed.
-const UNPRIVILEGED_ONLY: &[&str] = &["!root", "partial copy of pointer"];
+/// `data_end - data`) and "pointer -= pointer prohibited" (the 64-bit `data_end - data`) are
+/// checked only when pointer leaks are not allowed.
+const UNPRIVILEGED_ONLY: &[&str] = &[
+    "!root",
+    "partial copy of pointer",
+    "pointer -= pointer prohibited",
+];
 
 /// A verifier rejection of `program` with `log`: a missing capability if the message is one of
 /// [`UNPRIVILEGED_ONLY`], anything else a bug.
@@ -369,6 +374,10 @@ mod tests {
         let alu32 =
             "13: (61) r1 = *(u32 *)(r6 +80)\n14: (bc) w4 = w1\nR1 partial copy of pointer\n";
         let e = verifier_error("tc_ingress", alu32);
+        assert!(matches!(e, LoadError::NoPerfmon { .. }), "{e:?}");
+
+        let sub = "17: (1f) r4 -= r3\nR4 pointer -= pointer prohibited\n";
+        let e = verifier_error("tc_ingress", sub);
         assert!(matches!(e, LoadError::NoPerfmon { .. }), "{e:?}");
     }
 

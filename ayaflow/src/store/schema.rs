@@ -15,7 +15,17 @@ use super::StoreError;
 
 /// Every migration, oldest first. Index `i` takes a file from version `i` to `i + 1`.
 ///
-/// # Version 4 (current)
+/// # Version 5 (current)
+///
+/// ```text
+/// tuples  id | proto src src_port dst dst_port direction interface
+/// ```
+///
+/// A key carries the interface it was seen on (issue 19: a connection seen on a pod's veth and
+/// on the uplink is two keys); `''` for rows written before. The unique index `tuples_key` and
+/// both views gain the column.
+///
+/// # Version 4
 ///
 /// ```text
 /// id_floors  name | next_id       (the next id never to go below, per kind of row)

@@ -465,7 +465,13 @@ fn dashboard_queries_return_data_from_a_real_prometheus() {
             let values = data.as_array()?.clone();
             (!values.is_empty()).then_some(values)
         });
-        let value = values[0].as_str().unwrap();
+        // One value, as an operator would pick it: a real interface rather than the series
+        // that sum what has none, or none any more ("(none)", "(gone)").
+        let value = values
+            .iter()
+            .filter_map(|v| v.as_str())
+            .find(|v| !v.starts_with('('))
+            .unwrap_or_else(|| panic!("variable {name}: only catch-all values: {values:?}"));
         vars.push((name, grafana_regex_escape(value)));
     }
     // Panels whose value must be positive while traffic flows; the rest must return data.
