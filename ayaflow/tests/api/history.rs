@@ -101,8 +101,31 @@ async fn history_aggregated_rows_and_the_agents_default_kind() {
 
 #[tokio::test]
 async fn history_filters_match_the_fixture() {
-    let raw = raw_rows(130);
-    let windows = window_rows();
+    // Some rows seen on a pod's veth rather than eth0 (rows 2, 7, 12, ... and odd windows),
+    // so that `interface=` has something to tell apart: the same connections on two
+    // interfaces are two keys.
+    let on = |name: &str| ayaflow::ifname::InterfaceId::intern(name);
+    let raw: Vec<Packet> = raw_rows(130)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut p)| {
+            if i % 5 == 1 {
+                p.tuple.interface = on("veth-pod1");
+            }
+            p
+        })
+        .collect();
+    let windows: Vec<WindowRow> = window_rows()
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut w)| {
+            if i % 4 == 3 {
+                w.tuple.interface = on("veth-pod1");
+            }
+            w
+        })
+        .collect();
+    let on_iface = |t: &FiveTuple, name: &str| &*t.interface.name() == name;
     let s = start(Setup {
         raw: raw.clone(),
         windows: windows.clone(),
@@ -169,6 +192,21 @@ async fn history_filters_match_the_fixture() {
         ),
         ("proto=ICMP".into(), Box::new(|_| false)),
         (
+            "interface=veth-pod1".into(),
+            Box::new(move |p| on_iface(&p.tuple, "veth-pod1")),
+        ),
+        (
+            "interface=eth0".into(),
+            Box::new(move |p| on_iface(&p.tuple, "eth0")),
+        ),
+        // Exactly the name: no prefix or pattern.
+        ("interface=veth".into(), Box::new(|_| false)),
+        ("interface=veth-pod*".into(), Box::new(|_| false)),
+        (
+            "interface=veth-pod1&proto=UDP".into(),
+            Box::new(move |p| on_iface(&p.tuple, "veth-pod1") && p.tuple.proto == Protocol::Udp),
+        ),
+        (
             "direction=ingress".into(),
             Box::new(|p| p.direction == Direction::Ingress),
         ),
@@ -198,6 +236,11 @@ async fn history_filters_match_the_fixture() {
         assert_eq!(ids(&doc), want, "{query}");
         assert_eq!(doc["next_cursor"], Value::Null, "{query}");
     }
+    let doc = s
+        .ok_json("/api/history?limit=10000&interface=veth-pod1")
+        .await;
+    let rows = doc["rows"].as_array().expect("rows");
+    assert!(!rows.is_empty() && rows.iter().all(|r| r["interface"] == "veth-pod1"));
 
     type WindowCase = (String, Box<dyn Fn(&WindowRow) -> bool>);
     let start_s = |w: &WindowRow| w.window_start_unix as u64;
@@ -221,6 +264,10 @@ async fn history_filters_match_the_fixture() {
         (
             "direction=ingress".into(),
             Box::new(|w| w.direction == Direction::Ingress),
+        ),
+        (
+            "interface=veth-pod1".into(),
+            Box::new(move |w| on_iface(&w.tuple, "veth-pod1")),
         ),
     ];
     for (query, keep) in &cases {
