@@ -280,16 +280,18 @@ const fn min_linear(l3: bool) -> usize {
 
 #[inline(always)]
 fn parse_frame<const L3: bool>(ctx: &TcContext, p: &mut Parsed) -> Result<(), Malformed> {
-    let whole = ctx.data_end() - ctx.data() >= ctx.len() as usize;
+    // Whether the skb has no paged part; asked only off the common path (a frame whose first
+    // headers are linear and parse).
+    let whole = || ctx.data_end() - ctx.data() >= ctx.len() as usize;
     // A non-linear frame too short in its linear part for even the first headers (an AF_PACKET
     // TX ring's frames are linear up to the Ethernet header only) is copied at once, rather
     // than parsed in place up to where it fails and then parsed again. Compared as pointers,
     // as the verifier tracks packet bounds (LLVM then drops the Ethernet header's own check).
-    if whole || ctx.data() + min_linear(L3) <= ctx.data_end() {
+    if ctx.data() + min_linear(L3) <= ctx.data_end() || whole() {
         if parse_from::<_, L3>(&mut Direct(ctx), p).is_ok() {
             return Ok(());
         }
-        if whole {
+        if whole() {
             // Everything is linear: the frame itself is short or invalid.
             return Err(Malformed);
         }

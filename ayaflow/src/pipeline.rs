@@ -5,10 +5,10 @@
 //! Backpressure: the capture path never waits on storage. Batches go to the storage queue with
 //! `try`-semantics (DropNewest, counted in `ayaflow_storage_rows_dropped_total`). The table
 //! locks one shard per packet (`connections`), and where a reader or expiry holds that shard,
-//! capture leaves the update in the shard's inbox for the holder to apply rather than wait
-//! (`ayaflow_connection_table_deferred_updates_total`); it waits only when the bounded inboxes
-//! are full (`ayaflow_connection_table_lock_waits_total`). The kernel never waits, the ring
-//! buffer absorbs it.
+//! capture leaves the update in the shard's inbox for whoever locks the shard next to apply,
+//! rather than wait (`ayaflow_connection_table_deferred_updates_total`); it waits only when the
+//! bounded inboxes are full (`ayaflow_connection_table_lock_waits_total`). The kernel never
+//! waits, the ring buffer absorbs it.
 
 use std::sync::{
     Arc, LazyLock, Mutex,

@@ -1,5 +1,5 @@
 //! Capture never waits for a shard that someone else holds: it leaves the update in the
-//! shard's inbox, and whoever holds the shard applies the inbox before letting go of it.
+//! shard's inbox, and whoever locks the shard next applies the inbox before anything else.
 //!
 //! A reader's pass over a shard (expiry, the ranking's copy) takes tens of microseconds, but on
 //! a small, shared machine the thread doing it can be preempted while it holds the lock, and
@@ -7,23 +7,21 @@
 //! where at most 1 ms was the goal). With an inbox, capture only ever holds the inbox's own
 //! lock, for one push.
 //!
-//! The rules that keep every update, in order:
-//! - Whoever locks a shard applies its inbox first (capture before its own update), so the
-//!   updates of one connection are applied in the order capture saw them.
+//! The rules that keep every update, in order, and visible to every reader:
+//! - Whoever locks a shard applies its inbox first (capture before its own update, a reader or
+//!   expiry before it looks), so nobody ever sees a shard without what capture left for it, and
+//!   the updates of one connection are applied in the order capture saw them.
 //! - An update goes to the inbox only when the shard's lock is taken, or when the inbox already
-//!   holds updates (it would otherwise overtake them).
-//! - Nothing is left behind at an unlock: capture marks the inbox, then tries the lock once
-//!   more; a holder unlocks, then looks at the mark and, if set, tries the lock itself. With a
-//!   full fence on each side, at least one of the two sees the other (the store-buffer pattern).
+//!   holds updates (it would otherwise overtake them); capture then tries the lock once more, so
+//!   an inbox left just as its shard came free is applied at once.
+//! - Whatever stays in an inbox is applied at the latest by expiry's next pass, which locks
+//!   every shard each tick. Unlocking costs nothing extra: no fence, no second look.
 //! - The inboxes are bounded together ([`MAX_DEFERRED`]): past that, capture waits for the
 //!   lock as before (timed in [`super::LockWaits`]).
 
-use std::{
-    ops::{Deref, DerefMut},
-    sync::{
-        Mutex, MutexGuard, PoisonError, TryLockError,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
-    },
+use std::sync::{
+    Mutex, MutexGuard, PoisonError, TryLockError,
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
 };
 
 use super::*;
@@ -42,7 +40,8 @@ pub(super) struct ShardCell {
     waiting: AtomicBool,
 }
 
-/// An update capture could not apply at once.
+/// One packet's or delta's update of its connection, as capture hands it on (to the shard at
+/// once, or to its inbox).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Deferred {
     pub(super) key: FiveTuple,
@@ -70,45 +69,8 @@ pub(super) struct DeferredCounts {
     pub(super) full: AtomicU64,
 }
 
-/// A locked shard. Dropping it unlocks the shard, then applies what capture left in the inbox
-/// meanwhile, if the lock is free (see the module docs).
-pub(super) struct ShardGuard<'a> {
-    table: &'a ConnectionTable,
-    cell: &'a ShardCell,
-    guard: Option<MutexGuard<'a, Shard>>,
-}
-
-impl Deref for ShardGuard<'_> {
-    type Target = Shard;
-    fn deref(&self) -> &Shard {
-        self.guard.as_ref().expect("held until drop")
-    }
-}
-
-impl DerefMut for ShardGuard<'_> {
-    fn deref_mut(&mut self) -> &mut Shard {
-        self.guard.as_mut().expect("held until drop")
-    }
-}
-
-impl Drop for ShardGuard<'_> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        // Until the inbox stays empty, or someone else holds the shard (who then does this).
-        loop {
-            fence(Ordering::SeqCst);
-            if !self.cell.waiting.load(Ordering::Relaxed) {
-                return;
-            }
-            let mut shard = match self.cell.shard.try_lock() {
-                Ok(g) => g,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(TryLockError::WouldBlock) => return,
-            };
-            self.table.apply_inbox(self.cell, &mut shard);
-        }
-    }
-}
+/// A locked shard, its inbox applied.
+pub(super) type ShardGuard<'a> = MutexGuard<'a, Shard>;
 
 impl ConnectionTable {
     /// Locks `cell`, waiting if need be (readers and expiry), and applies its inbox.
@@ -116,13 +78,8 @@ impl ConnectionTable {
         self.holding(cell, lock(&cell.shard))
     }
 
-    /// Locks `cell` for capture, timing a wait ([`LockWaits`]), and applies its inbox.
-    pub(super) fn lock_shard_for_capture<'a>(&'a self, cell: &'a ShardCell) -> ShardGuard<'a> {
-        self.holding(cell, self.lock_waits.lock(&cell.shard))
-    }
-
     /// Locks `cell` if it is free, applying its inbox; `None` if someone holds it.
-    pub(super) fn try_lock_shard<'a>(&'a self, cell: &'a ShardCell) -> Option<ShardGuard<'a>> {
+    fn try_lock_shard<'a>(&'a self, cell: &'a ShardCell) -> Option<ShardGuard<'a>> {
         match cell.shard.try_lock() {
             Ok(g) => Some(self.holding(cell, g)),
             Err(TryLockError::Poisoned(p)) => Some(self.holding(cell, p.into_inner())),
@@ -130,36 +87,37 @@ impl ConnectionTable {
         }
     }
 
-    fn holding<'a>(&'a self, cell: &'a ShardCell, mut g: MutexGuard<'a, Shard>) -> ShardGuard<'a> {
-        self.apply_inbox(cell, &mut g);
-        ShardGuard {
-            table: self,
-            cell,
-            guard: Some(g),
+    /// Applies what capture left in the inbox of `cell` to its shard, just locked (`g`).
+    fn holding<'a>(&'a self, cell: &'a ShardCell, mut g: ShardGuard<'a>) -> ShardGuard<'a> {
+        // A plain load first: capture takes a shard for nearly every packet, and the inbox is
+        // almost always empty.
+        if cell.waiting.load(Ordering::Acquire) && cell.waiting.swap(false, Ordering::AcqRel) {
+            let taken =
+                std::mem::take(&mut *cell.inbox.lock().unwrap_or_else(PoisonError::into_inner));
+            self.deferred.now.fetch_sub(taken.len(), Ordering::Relaxed);
+            for d in &taken {
+                self.apply(&mut g, d);
+            }
         }
+        g
     }
 
-    /// Applies what capture left in the inbox of `cell`, whose shard the caller holds.
-    fn apply_inbox(&self, cell: &ShardCell, shard: &mut Shard) {
-        if !cell.waiting.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        let taken = std::mem::take(&mut *cell.inbox.lock().unwrap_or_else(PoisonError::into_inner));
-        self.deferred.now.fetch_sub(taken.len(), Ordering::Relaxed);
-        for d in &taken {
-            self.apply(shard, d.key, d.along_key, &d.update);
-        }
+    /// Capture's update `d` of shard `i`: applied at once if the shard is free (and the shard
+    /// returned, still locked, for the next update), otherwise left in its inbox (`None`),
+    /// unless the inboxes are full, in which case this waits for the lock.
+    pub(super) fn capture<'a>(&'a self, i: usize, d: &Deferred) -> Option<ShardGuard<'a>> {
+        let cell = &self.shards[i];
+        let mut shard = self.shard_for_capture(cell, d)?;
+        self.apply(&mut shard, d);
+        Some(shard)
     }
 
-    /// Capture's way to a shard: the shard locked if it is free and its inbox empty; otherwise
-    /// the update goes into the inbox and `None` comes back, unless the inboxes are full, in
-    /// which case this waits for the lock.
-    pub(super) fn shard_for_capture<'a>(
+    /// The shard of `cell` locked for capture's update `d`, or `None` once `d` is in the inbox.
+    fn shard_for_capture<'a>(
         &'a self,
-        i: usize,
+        cell: &'a ShardCell,
         d: &Deferred,
     ) -> Option<ShardGuard<'a>> {
-        let cell = &self.shards[i];
         if !cell.waiting.load(Ordering::Acquire)
             && let Some(g) = self.try_lock_shard(cell)
         {
@@ -176,7 +134,7 @@ impl ConnectionTable {
             .is_err()
         {
             self.deferred.full.fetch_add(1, Ordering::Relaxed);
-            return Some(self.lock_shard_for_capture(cell));
+            return Some(self.holding(cell, self.lock_waits.lock(&cell.shard)));
         }
         self.deferred.total.fetch_add(1, Ordering::Relaxed);
         cell.inbox
@@ -184,8 +142,8 @@ impl ConnectionTable {
             .unwrap_or_else(PoisonError::into_inner)
             .push(*d);
         cell.waiting.store(true, Ordering::Release);
-        fence(Ordering::SeqCst);
-        // The holder may have let go meanwhile without seeing the mark: apply it here then.
+        // The holder may have let go meanwhile: apply the inbox now rather than at the next
+        // lock of this shard.
         drop(self.try_lock_shard(cell));
         None
     }
@@ -245,9 +203,10 @@ mod tests {
         assert_eq!(held.map.len(), 0, "nothing applied while held");
         assert_eq!(t.deferred.now.load(Ordering::Relaxed), 5);
         drop(held);
-
-        assert_eq!(t.deferred.now.load(Ordering::Relaxed), 0);
+        // Unlocking applies nothing; the next lock of the shard (here a reader's) does, first.
+        assert_eq!(t.deferred.now.load(Ordering::Relaxed), 5);
         assert_eq!(t.get(&c), None, "closed by the reset, applied last");
+        assert_eq!(t.deferred.now.load(Ordering::Relaxed), 0);
         assert_eq!(t.stats().closed_total, 1);
         let o = t.get(&other).expect("the other connection was applied");
         assert_eq!((o.packets, o.bytes, o.ingress_packets), (1, 100, 1));

@@ -22,8 +22,8 @@
 //! entries under one lock is itself a pause of tens of milliseconds.
 //!
 //! Capture does not even wait for that pass: when a shard is taken it leaves the update in the
-//! shard's inbox, which the holder applies before it lets go (`deferred`; bounded, counted in
-//! `/metrics`). It waits only when the inboxes are full, and how long it then waited is
+//! shard's inbox, which whoever locks the shard next applies first (`deferred`; bounded,
+//! counted in `/metrics`). It waits only when the inboxes are full, and how long it then waited is
 //! counted too ([`LockWaits`]).
 //!
 //! # Memory
@@ -150,31 +150,27 @@ impl ConnectionTable {
         for p in batch {
             let (key, along_key) = canonical(&p.tuple);
             let i = self.shard_of(&key);
-            let u = Update {
-                direction: p.direction,
-                packets: u64::from(p.packets),
-                bytes: u64::from(p.bytes),
-                first_seen: p.ts_unix_ns,
-                last_seen: p.ts_unix_ns,
-                tcp_flags: p.tcp_flags,
+            let d = Deferred {
+                key,
+                along_key,
+                update: Update {
+                    direction: p.direction,
+                    packets: u64::from(p.packets),
+                    bytes: u64::from(p.bytes),
+                    first_seen: p.ts_unix_ns,
+                    last_seen: p.ts_unix_ns,
+                    tcp_flags: p.tcp_flags,
+                },
             };
             if let Some((j, shard)) = held.as_mut()
                 && *j == i
             {
-                self.apply(shard, key, along_key, &u);
+                self.apply(shard, &d);
                 continue;
             }
             // Unlock the previous shard before taking the next.
             drop(held.take());
-            let d = Deferred {
-                key,
-                along_key,
-                update: u,
-            };
-            if let Some(mut shard) = self.shard_for_capture(i, &d) {
-                self.apply(&mut shard, key, along_key, &u);
-                held = Some((i, shard));
-            }
+            held = self.capture(i, &d).map(|shard| (i, shard));
         }
     }
 
@@ -204,26 +200,24 @@ impl ConnectionTable {
         tcp_flags: u8,
     ) {
         let (key, along_key) = canonical(&tuple);
-        let u = Update {
-            direction,
-            packets,
-            bytes,
-            first_seen: first_seen_unix_ns,
-            last_seen: last_seen_unix_ns,
-            tcp_flags,
-        };
         let d = Deferred {
             key,
             along_key,
-            update: u,
+            update: Update {
+                direction,
+                packets,
+                bytes,
+                first_seen: first_seen_unix_ns,
+                last_seen: last_seen_unix_ns,
+                tcp_flags,
+            },
         };
-        if let Some(mut shard) = self.shard_for_capture(self.shard_of(&key), &d) {
-            self.apply(&mut shard, key, along_key, &u);
-        }
+        drop(self.capture(self.shard_of(&key), &d));
     }
 
-    /// Applies `u` in its (locked) shard and keeps the table-wide counts.
-    fn apply(&self, shard: &mut Shard, key: FiveTuple, along_key: bool, u: &Update) {
+    /// Applies `d` in its (locked) shard and keeps the table-wide counts.
+    fn apply(&self, shard: &mut Shard, d: &Deferred) {
+        let (key, along_key, u) = (d.key, d.along_key, &d.update);
         // Takes a place under the bound, or refuses: exact even with two capture tasks (flow
         // mode's sweeper and ring reader) adding to different shards at once.
         let admit = || {
