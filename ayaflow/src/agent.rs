@@ -208,6 +208,9 @@ pub async fn run(config: Config) -> Result<()> {
              --allowed-ips to the networks that may read it, set --api-token-file, or bind to 127.0.0.1"
         );
     }
+    // Set up: what loading and attaching allocated for a moment (the kernel's BTF above all)
+    // goes back to the system instead of staying in the idle agent's RSS.
+    crate::alloc::return_free_memory();
     state.ready.store(true, Ordering::Relaxed);
 
     let (stop_tx, shutdown) = Shutdown::new();

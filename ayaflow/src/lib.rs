@@ -20,10 +20,12 @@
 //! - `links`: the namespace's interfaces, followed over rtnetlink as they come and go.
 //! - `decode` + `flow`: length-checked kernel records -> the domain `Packet`, `FiveTuple`.
 //! - Leaves used everywhere: `clock` (time), `sync` (locks), `ratelimit` (log lines),
-//!   `metrics` (the encoder), `hugepages` (the binary's allocator).
+//!   `metrics` (the encoder), `hugepages` (the binary's allocator), `alloc` (freed memory
+//!   given back).
 
 pub mod agent;
 pub mod aggregate;
+pub mod alloc;
 pub mod api;
 pub mod clock;
 pub mod config;

@@ -96,8 +96,10 @@ pub fn render(w: &mut String, cmd: &str, runs: &[RunResult]) {
          median of {rounds} interleaved rounds of {} packets, min–max in brackets. Paged frames are \
          parsed from copies of the headers they carry (`bpf_skb_load_bytes`), never pulled.\n\n\
          Reproduce: `{cmd} -- --sections inplace` (add `--baseline-agent <binary>` for rows of another build)\n\n\
-         | observer | linear ns/pkt | paged ns/pkt | paged ÷ linear | counted = delivered |\n\
-         | --- | ---: | ---: | ---: | --- |",
+         The agent's CPU (user + system, until everything was counted) per million packets is \
+         the median over the same rounds: in raw mode it is the ring buffer's reader.\n\n\
+         | observer | linear ns/pkt | paged ns/pkt | paged ÷ linear | agent CPU s/M, linear / paged | counted = delivered |\n\
+         | --- | ---: | ---: | ---: | ---: | --- |",
         runs.first().map_or(0, |r| r.sent)
     );
     let [linear, paged] = traffic().map(|t| t.name());
@@ -112,6 +114,16 @@ pub fn render(w: &mut String, cmd: &str, runs: &[RunResult]) {
             .fold((f64::MAX, 0.0f64), |(l, h), x| (l.min(*x), h.max(*x)));
         let m = median(&v);
         (m, format!("{m:.0} ({lo:.0}–{hi:.0})"))
+    };
+    let agent_cpu = |name: &str, t: &str| -> f64 {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.observer == name && r.traffic == t)
+            .map(|r| {
+                r.obs_cpu_observing.total_ns() as f64 / 1e9 / (r.delivered.max(1) as f64 / 1e6)
+            })
+            .collect();
+        median(&v)
     };
     let baseline = runs.iter().any(|r| r.observer.ends_with(BASELINE));
     for o in OBSERVERS {
@@ -133,7 +145,20 @@ pub fn render(w: &mut String, cmd: &str, runs: &[RunResult]) {
             } else {
                 "-"
             };
-            let _ = writeln!(w, "| {name} | {ls} | {ps} | {:.2} | {exact} |", p / l);
+            let cpu = if o.is_ayaflow() {
+                format!(
+                    "{:.3} / {:.3}",
+                    agent_cpu(name, &linear),
+                    agent_cpu(name, &paged)
+                )
+            } else {
+                "-".to_string()
+            };
+            let _ = writeln!(
+                w,
+                "| {name} | {ls} | {ps} | {:.2} | {cpu} | {exact} |",
+                p / l
+            );
         }
     }
     let _ = writeln!(w);

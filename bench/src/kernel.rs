@@ -318,7 +318,7 @@ pub fn run(repeat: u32, runs: usize) -> Result<Report> {
             };
             e.push(t(empty.as_fd())?);
             r.push(t(raw.program_fd(Direction::Ingress))?);
-            while raw_ring.next().is_some() {}
+            while raw_ring.next_record().is_some() {}
             f.push(t(flows.program_fd(Direction::Ingress))?);
         }
         rows.push(Row {

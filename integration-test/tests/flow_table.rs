@@ -89,8 +89,8 @@ fn flow_mode_aggregates_then_falls_back_when_full() {
     );
     // The second: the table (1 slot) was full, so it came as a flagged event.
     let mut events = Vec::new();
-    while let Some(item) = ring.next() {
-        events.push(ayaflow::decode::packet_event(&item).unwrap());
+    while let Some(item) = ring.next_record() {
+        events.push(ayaflow::decode::packet_event(item).unwrap());
     }
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].key.src_port, 1001);
@@ -114,7 +114,7 @@ fn flow_mode_aggregates_then_falls_back_when_full() {
         .collect::<Vec<_>>();
     assert_eq!(deltas.len(), 1, "{deltas:?}");
     assert_eq!((deltas[0].tuple.src_port, deltas[0].packets), (1001, 1));
-    assert!(ring.next().is_none());
+    assert!(ring.next_record().is_none());
     assert_eq!(
         counters
             .read()
@@ -148,9 +148,13 @@ fn a_slot_near_full_falls_back_until_swept() {
     // The smallest number of runs that reaches half: all of them fit, the next one does not.
     let fitting = half.div_ceil(segs);
     test_run(fd, &f, Some(&ctx), fitting as u32).expect("test run");
-    assert!(ring.next().is_none(), "no event while the slot has room");
+    assert!(
+        ring.next_record().is_none(),
+        "no event while the slot has room"
+    );
     assert_eq!(test_run(fd, &f, Some(&ctx), 1).unwrap().retval, PASS);
-    let event = ayaflow::decode::packet_event(&ring.next().expect("a fallback event")).unwrap();
+    let event =
+        ayaflow::decode::packet_event(ring.next_record().expect("a fallback event")).unwrap();
     assert_eq!(
         (
             event.flags,
@@ -159,7 +163,7 @@ fn a_slot_near_full_falls_back_until_swept() {
         ),
         (EVENT_FLAG_FLOW_FALLBACK, segs, wire)
     );
-    assert!(ring.next().is_none());
+    assert!(ring.next_record().is_none());
 
     let now = ayaflow::ebpf::sweep::flow_clock_ns();
     let deltas = flows.sweep(now).copied().collect::<Vec<_>>();
@@ -170,7 +174,7 @@ fn a_slot_near_full_falls_back_until_swept() {
     );
     // Swept: the slot counts again.
     assert_eq!(test_run(fd, &f, Some(&ctx), 1).unwrap().retval, PASS);
-    assert!(ring.next().is_none(), "counted in the slot again");
+    assert!(ring.next_record().is_none(), "counted in the slot again");
     let deltas = flows
         .sweep(ayaflow::ebpf::sweep::flow_clock_ns())
         .copied()

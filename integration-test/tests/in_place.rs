@@ -78,10 +78,10 @@ fn quiet_totals(pair: &NetPair, counters: &CounterReader) -> ([u64; 4], [u64; 4]
     })
 }
 
-fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<PacketEvent> {
+fn drain(ring: &mut ayaflow::ebpf::EventRing) -> Vec<PacketEvent> {
     let mut events = Vec::new();
-    while let Some(item) = ring.next() {
-        events.push(ayaflow::decode::packet_event(&item).expect("a whole event"));
+    while let Some(item) = ring.next_record() {
+        events.push(ayaflow::decode::packet_event(item).expect("a whole event"));
     }
     events
 }

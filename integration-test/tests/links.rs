@@ -35,15 +35,11 @@ fn attach_a_to_b(pair: &NetPair) -> KernelProgram {
 }
 
 /// Waits until the ring holds `n` events to UDP port `port` on each hook, and returns them.
-fn events_to(
-    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    port: u16,
-    n: usize,
-) -> Vec<PacketEvent> {
+fn events_to(ring: &mut ayaflow::ebpf::EventRing, port: u16, n: usize) -> Vec<PacketEvent> {
     let mut got = Vec::new();
     wait_for(10, "the events of every datagram", || {
-        while let Some(item) = ring.next() {
-            let e = ayaflow::decode::packet_event(&item).expect("a whole event");
+        while let Some(item) = ring.next_record() {
+            let e = ayaflow::decode::packet_event(item).expect("a whole event");
             if e.key.dst_port == port {
                 got.push(e);
             }
@@ -232,7 +228,7 @@ fn tun_frames_are_parsed_from_the_ip_header() {
         })
     };
     let before = quiet();
-    while ring.next().is_some() {}
+    while ring.next_record().is_some() {}
 
     // Egress: UDP out of the tun, v4 and v6.
     NetPair::in_ns(&pair.ns_a, || {
@@ -301,8 +297,8 @@ fn tun_frames_are_parsed_from_the_ip_header() {
     );
 
     let mut events = Vec::new();
-    while let Some(item) = ring.next() {
-        events.push(ayaflow::decode::packet_event(&item).unwrap());
+    while let Some(item) = ring.next_record() {
+        events.push(ayaflow::decode::packet_event(item).unwrap());
     }
     for (d, sport, dport) in [
         (Direction::Egress, 40200, 9999),
@@ -433,7 +429,7 @@ fn vxlan_gso_bytes_equal_the_wire_bytes() {
         })
     };
     let before = quiet();
-    while ring.next().is_some() {}
+    while ring.next_record().is_some() {}
 
     const BULK: usize = 16 << 20;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -470,8 +466,8 @@ fn vxlan_gso_bytes_equal_the_wire_bytes() {
         "program (a out pkts, a out bytes, b in pkts, b in bytes) vs the veths' counters"
     );
     let mut events = Vec::new();
-    while let Some(item) = ring.next() {
-        events.push(ayaflow::decode::packet_event(&item).unwrap());
+    while let Some(item) = ring.next_record() {
+        events.push(ayaflow::decode::packet_event(item).unwrap());
     }
     for d in Direction::ALL {
         let tunnel: Vec<_> = events

@@ -34,8 +34,8 @@ fn run(direction: Direction, frame: &[u8], ctx: Option<&SkBuffCtx>) -> Run {
         "the classifier must let every packet through"
     );
     let mut events = Vec::new();
-    while let Some(item) = ring.next() {
-        events.push(ayaflow::decode::packet_event(&item).expect("a whole event"));
+    while let Some(item) = ring.next_record() {
+        events.push(ayaflow::decode::packet_event(item).expect("a whole event"));
     }
     Run {
         events,

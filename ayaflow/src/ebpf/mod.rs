@@ -11,6 +11,7 @@
 mod attach;
 pub mod counters;
 mod error;
+pub mod event_ring;
 pub mod interface;
 pub mod pin;
 pub mod ring;
@@ -25,7 +26,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, RingBuf},
+    maps::{Map, MapData},
     programs::{ProgramError, SchedClassifier, TcAttachType},
 };
 use ayaflow_common::{
@@ -34,6 +35,8 @@ use ayaflow_common::{
 };
 pub use error::LoadError;
 pub use interface::Framing;
+
+pub use event_ring::EventRing;
 
 use crate::flow::direction_name;
 
@@ -231,10 +234,18 @@ impl KernelProgram {
         prog.fd().expect("loaded in load").as_fd()
     }
 
-    /// Takes the `EVENTS` ring buffer (once).
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let map = self.take_map(globals::MAP_EVENTS)?;
-        RingBuf::try_from(map).map_err(|e| LoadError::from_aya("opening EVENTS", e))
+    /// Takes the `EVENTS` ring buffer (once), mapped for reading.
+    pub fn take_events(&mut self) -> Result<EventRing, LoadError> {
+        let Map::RingBuf(map) = self.take_map(globals::MAP_EVENTS)? else {
+            return Err(LoadError::Other {
+                action: "opening EVENTS".into(),
+                source: anyhow::anyhow!("the object's EVENTS map is not a ring buffer"),
+            });
+        };
+        EventRing::new(map).map_err(|e| LoadError::Other {
+            action: "mapping EVENTS".into(),
+            source: e.into(),
+        })
     }
 
     /// Takes the `COUNTERS` array (once).

@@ -4,9 +4,9 @@
 //! Backpressure: the kernel never waits. If this reader falls behind, the ring buffer fills and
 //! the kernel counts each lost event (`Counter::RingbufDrops`); totals stay exact.
 
-use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 
+use super::event_ring::EventRing;
 use crate::{clock::clock_ns, decode, flow::Packet, ifname::IfindexNames};
 
 /// Packets handed to the sink at once: large enough to amortise locking downstream, small
@@ -53,7 +53,7 @@ pub const FLOW_MODE_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::f
 /// wake-ups, drains every `drain_interval` ([`DRAIN_INTERVAL`] or
 /// [`FLOW_MODE_DRAIN_INTERVAL`]).
 pub async fn run(
-    ring: RingBuf<MapData>,
+    ring: EventRing,
     names: &IfindexNames,
     sink: &mut impl PacketSink,
     shutdown: impl std::future::Future<Output = ()>,
@@ -103,7 +103,7 @@ pub enum Drained {
 /// Hands up to `limit` of the records now in `ring` to `sink`, in batches; `names` says which
 /// interface each key's ifindex is.
 pub fn drain(
-    ring: &mut RingBuf<MapData>,
+    ring: &mut EventRing,
     names: &IfindexNames,
     batch: &mut Vec<Packet>,
     sink: &mut impl PacketSink,
@@ -119,18 +119,21 @@ pub fn drain(
             drained = Drained::Limit;
             break;
         }
-        let Some(item) = ring.next() else { break };
+        let Some(item) = ring.next_record() else {
+            break;
+        };
         taken += 1;
-        match decode::packet_event(&item) {
+        match decode::packet_event(item) {
             Some(e) => batch.push(Packet::from_event(&e, offset, names.get(e.key.ifindex))),
             None => malformed += 1,
         }
-        drop(item);
         if batch.len() == BATCH {
             sink.packets(batch);
             batch.clear();
         }
     }
+    // Stopped at the limit, the reader has not caught up and so has not published yet.
+    ring.publish();
     if !batch.is_empty() {
         sink.packets(batch);
         batch.clear();
