@@ -35,7 +35,8 @@ const DISCARD_BIT: u32 = 1 << 30;
 const HEADER: usize = 8;
 
 /// Bytes read before the consumer position is published (also published whenever the reader
-/// catches up): 1/128 of the default ring, so the space it holds back is negligible.
+/// catches up): 1/128 of the default ring, so the space it holds back is negligible. A ring
+/// smaller than 8 times this publishes every eighth of itself instead.
 pub const PUBLISH_BYTES: usize = 64 * 1024;
 
 /// The ring buffer map, mapped for reading (see the module docs).
@@ -51,6 +52,8 @@ pub struct EventRing {
     size: usize,
     /// Size of a page: where the data starts in `producer`.
     page: usize,
+    /// Bytes read between two publications ([`PUBLISH_BYTES`] or an eighth of the ring).
+    publish_every: usize,
     /// Position of the next record to read (a byte count that only grows, as the kernel's).
     pos: usize,
     /// Last position published to the kernel.
@@ -87,6 +90,7 @@ impl EventRing {
             producer,
             size,
             page,
+            publish_every: PUBLISH_BYTES.min(size / 8),
             pos,
             published: pos,
             producer_pos,
@@ -99,7 +103,7 @@ impl EventRing {
     /// valid until the next call.
     pub fn next_record(&mut self) -> Option<&[u8]> {
         loop {
-            if self.pos - self.published >= PUBLISH_BYTES {
+            if self.pos - self.published >= self.publish_every {
                 self.publish();
             }
             if self.pos == self.producer_pos {
