@@ -38,6 +38,8 @@
 //! connection; each shard has at most one partly empty chunk per family (4.5 KiB of IPv4
 //! records). So an IPv4 connection costs 78 to 84 bytes, about 80 MiB at 1,000,000 plus at
 //! most 2.3 MiB of partly filled chunks over the 512 shards; an IPv6 one 110 to 116 bytes.
+//! Expiry frees chunks as they empty, and a pass that removed many entries hands the freed
+//! pages back to the kernel (`release_freed_memory`): malloc would keep them otherwise.
 //!
 //! # Layout
 //! - this file: [`ConnectionTable`] (shards, the bound, record, expire, counters);
@@ -87,6 +89,10 @@ const CLOSED_LINGER: Duration = Duration::from_secs(2);
 /// over one shard (expiry, the ranking's copy, a rehash as it grows) takes tens of
 /// microseconds, so capture never waits long for it.
 pub const SHARD_ENTRIES: usize = 4096;
+
+/// A pass that removes at least this many entries (4.5 MiB of IPv4 records) hands the memory
+/// the allocator keeps back to the kernel (see [`release_freed_memory`]).
+const RELEASE_AFTER_REMOVED: usize = 65_536;
 
 /// The most shards (2^24 connections, the configuration's bound, over 4,096 shards).
 const MAX_SHARDS: usize = 4096;
@@ -272,6 +278,7 @@ impl ConnectionTable {
     /// million connections (a few milliseconds in all): run it off the async workers.
     pub fn expire(&self, now_unix_ns: u64) -> usize {
         let mut expired = 0;
+        let mut removed = 0;
         for shard in self.shards() {
             let (timed_out, freed) = self.lock_shard(shard).expire(now_unix_ns, self.limits);
             if timed_out + freed > 0 {
@@ -279,9 +286,13 @@ impl ConnectionTable {
                 self.closing.fetch_sub(freed, Ordering::Relaxed);
             }
             expired += timed_out;
+            removed += timed_out + freed;
         }
         self.closed_total
             .fetch_add(expired as u64, Ordering::Relaxed);
+        if removed >= RELEASE_AFTER_REMOVED {
+            release_freed_memory();
+        }
         expired
     }
 
@@ -326,6 +337,19 @@ impl ConnectionTable {
             .get(&key)
             .filter(|e| !e.closed)
             .map(|e| e.snapshot(&key))
+    }
+}
+
+/// Returns the free pages of the allocator's heaps to the kernel. glibc's malloc gives back only
+/// the top of a heap on its own, so the chunks of records a burst of connections left behind
+/// stay resident after they expire (measured: 1,000,000 IPv4 connections expired at once left
+/// 37 MiB of 84, all of it returned by this). A few milliseconds at most, once per expiry pass
+/// that freed that much, off the capture path.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases pages of free chunks; it changes no allocation.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
