@@ -274,7 +274,7 @@ fn full_table_refuses_a_flood_without_growing() {
         t.record(&p);
     }
     assert_eq!(t.active_len(), MAX);
-    assert_eq!(t.capacity(), capacity, "the map did not grow");
+    assert_eq!(t.capacity(), capacity, "the index did not grow");
     assert_eq!(
         t.stats(),
         TableStats {
@@ -300,7 +300,7 @@ fn full_table_refuses_a_flood_without_growing() {
 
 #[test]
 fn churn_keeps_the_table_sized_to_what_it_holds() {
-    // Partial removals leave tombstones in a map; with the bound held by the table and each
+    // Partial removals leave tombstones in an index; with the bound held by the table and each
     // shard free to grow, churn at the bound must not ratchet the memory up round after round.
     const MAX: usize = 7168;
     let t = ConnectionTable::new(MAX, Duration::from_nanos(64));
@@ -325,7 +325,7 @@ fn churn_keeps_the_table_sized_to_what_it_holds() {
                 interface: Default::default(),
             };
             // Ages 0..128 ns against a 64 ns timeout: the expire below removes about half
-            // of this round's entries, scattered over the map, and all older ones.
+            // of this round's entries, scattered over the index, and all older ones.
             t.record(&packet(
                 t5,
                 Direction::Ingress,
@@ -335,7 +335,7 @@ fn churn_keeps_the_table_sized_to_what_it_holds() {
             ));
         }
         assert_eq!(t.held_len(), MAX);
-        // A map is at least 7/16 full once it has grown, and tombstones may double it once.
+        // An index is at least 7/16 full once it has grown, and tombstones may double it once.
         most = most.max(t.capacity());
         assert!(
             t.capacity() <= MAX * 32 / 7,
