@@ -200,7 +200,7 @@ mod tests {
         writer.join().expect("the writer did not panic");
         assert_eq!(t.lock_waits().deferred, 5);
         assert_eq!(t.lock_waits().buckets, LockWaitStats::default().buckets);
-        assert_eq!(held.map.len(), 0, "nothing applied while held");
+        assert_eq!(held.len(), 0, "nothing applied while held");
         assert_eq!(t.deferred.now.load(Ordering::Relaxed), 5);
         drop(held);
         // Unlocking applies nothing; the next lock of the shard (here a reader's) does, first.
@@ -211,7 +211,7 @@ mod tests {
         let o = t.get(&other).expect("the other connection was applied");
         assert_eq!((o.packets, o.bytes, o.ingress_packets), (1, 100, 1));
         let shard = t.lock_shard(&t.shards[i]);
-        let e = shard.map.get(&canonical(&c).0).expect("closed, still held");
+        let e = shard.get(&canonical(&c).0).expect("closed, still held");
         assert_eq!(e.snapshot(&canonical(&c).0).packets, 5);
         assert_eq!(e.snapshot(&canonical(&c).0).bytes, 1160);
     }

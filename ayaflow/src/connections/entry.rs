@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// What the table keeps per connection. 56 bytes; see the module docs for the total per slot.
+/// What the table keeps per connection, as the rules read and change it; a shard stores it
+/// packed with its key (`store::Record`, see the module docs for the bytes per connection).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Entry {
     /// Packets per hook, indexed by `Direction as usize`; the total is their sum.

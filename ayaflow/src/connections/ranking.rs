@@ -156,13 +156,7 @@ impl ConnectionTable {
         let mut copy: Vec<(FiveTuple, Entry)> = Vec::new();
         for shard in self.shards() {
             copy.clear();
-            copy.extend(
-                self.lock_shard(shard)
-                    .map
-                    .iter()
-                    .filter(|(_, e)| !e.closed)
-                    .map(|(k, e)| (*k, *e)),
-            );
+            copy.extend(self.lock_shard(shard).open());
             for (key, e) in &copy {
                 for s in &mut selectors {
                     s.offer(key, e);

@@ -1,8 +1,12 @@
-//! One shard of the table: a hash map of a slice of the connections, with the per-connection
-//! rules (orientation, TCP close, expiry). Single-threaded; [`super::ConnectionTable`] keeps
-//! each behind its own mutex and owns what spans shards (the bound, the counters).
+//! One shard of the table: a slice of the connections (a [`Store`] per address family), with
+//! the per-connection rules (orientation, TCP close, expiry). Single-threaded;
+//! [`super::ConnectionTable`] keeps each behind its own mutex and owns what spans shards (the
+//! bound, the counters).
 
-use super::*;
+use super::{
+    store::{Record, Store, StoredKey, V4Key},
+    *,
+};
 
 /// What a shard's update did to the table-wide counts, for the caller to apply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -16,16 +20,26 @@ pub(super) struct Applied {
 /// A slice of the connections (those whose key hashes to this shard).
 #[derive(Debug, Default)]
 pub(super) struct Shard {
-    /// Keyed by [`canonical`] tuple. Starts empty and grows with what is tracked (see the
-    /// module docs of `connections` for why not sized to `max_connections` up front).
-    pub(super) map: WireHashMap<FiveTuple, Entry>,
-    /// Entries of `map` marked closed, not yet freed by `expire`.
+    /// The IPv4 connections, keyed by [`canonical`] tuple. Start empty and grow with what is
+    /// tracked (see the module docs of `connections` for why not sized to `max_connections` up
+    /// front).
+    v4: Store<V4Key>,
+    /// Every other connection (IPv6), keyed likewise.
+    wide: Store<FiveTuple>,
+    /// Entries marked closed, not yet freed by `expire`.
     pub(super) closing: usize,
     /// No entry of this shard expires or is freed before this time (Unix ns): the earliest
     /// deadline seen by the last scan, lowered by every entry created or closed since. `expire`
     /// skips the scan before it, which at 100,000 connections and four ticks a second was a
     /// tenth of flow mode's agent CPU.
     pub(super) next_deadline_ns: u64,
+}
+
+/// Where a shard holds a connection: the store of its family and the position in it.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    V4(u32),
+    Wide(u32),
 }
 
 /// The table-wide settings a shard's update needs.
@@ -66,13 +80,14 @@ impl Shard {
         admit: impl FnOnce() -> bool,
     ) -> Result<Applied, ()> {
         let mut applied = Applied::default();
-        // One hash per packet of a known connection: the entry API finds or places the key.
-        let entry = match self.map.entry(key) {
-            hash_map::Entry::Occupied(o) => {
-                let entry = o.into_mut();
+        // One hash per packet of a known connection; a new one is hashed again to be placed.
+        let slot = self.find(&key);
+        let mut entry = match slot {
+            Some(slot) => {
+                let mut entry = self.read(slot);
                 if entry.closed && u.tcp_flags & TCP_SYN != 0 {
                     // The tuple is reused by a new connection: start over, oriented by it.
-                    *entry = Entry::new(along_key, u.first_seen, u.last_seen);
+                    entry = Entry::new(along_key, u.first_seen, u.last_seen);
                     self.next_deadline_ns = self
                         .next_deadline_ns
                         .min(u.last_seen.saturating_add(limits.timeout_ns));
@@ -81,17 +96,38 @@ impl Shard {
                 }
                 entry
             }
-            hash_map::Entry::Vacant(v) => {
+            None => {
                 if !admit() {
                     return Err(());
                 }
                 self.next_deadline_ns = self
                     .next_deadline_ns
                     .min(u.last_seen.saturating_add(limits.timeout_ns));
-                v.insert(Entry::new(along_key, u.first_seen, u.last_seen))
+                Entry::new(along_key, u.first_seen, u.last_seen)
             }
         };
+        self.update(&mut entry, key.proto, along_key, u, limits, &mut applied);
+        match slot {
+            Some(Slot::V4(pos)) => self.v4.write(pos, &entry),
+            Some(Slot::Wide(pos)) => self.wide.write(pos, &entry),
+            None => match V4Key::pack(&key) {
+                Some(k) => self.v4.insert(k, &entry),
+                None => self.wide.insert(key, &entry),
+            },
+        }
+        Ok(applied)
+    }
 
+    /// The rules of one update of a connection's `entry` (counters, TCP close).
+    fn update(
+        &mut self,
+        entry: &mut Entry,
+        proto: Protocol,
+        along_key: bool,
+        u: &Update,
+        limits: Limits,
+        applied: &mut Applied,
+    ) {
         let hook = u.direction as usize;
         entry.packets[hook] = entry.packets[hook].saturating_add(u.packets);
         entry.bytes[hook] = entry.bytes[hook].saturating_add(u.bytes);
@@ -99,8 +135,8 @@ impl Shard {
         entry.last_seen = entry.last_seen.max(u.last_seen);
         entry.tcp_flags |= u.tcp_flags;
 
-        if key.proto != Protocol::Tcp || entry.closed {
-            return Ok(applied);
+        if proto != Protocol::Tcp || entry.closed {
+            return;
         }
         if u.tcp_flags & TCP_FIN != 0 {
             // From the oriented src if the packet runs the way the entry is oriented.
@@ -118,12 +154,55 @@ impl Shard {
                 .min(entry.last_seen.saturating_add(limits.linger_ns));
             applied.closed = 1;
         }
-        Ok(applied)
+    }
+
+    fn find(&self, key: &FiveTuple) -> Option<Slot> {
+        match V4Key::pack(key) {
+            Some(k) => self.v4.find(&k).map(Slot::V4),
+            None => self.wide.find(key).map(Slot::Wide),
+        }
+    }
+
+    fn read(&self, slot: Slot) -> Entry {
+        match slot {
+            Slot::V4(pos) => self.v4.at(pos).entry(),
+            Slot::Wide(pos) => self.wide.at(pos).entry(),
+        }
+    }
+
+    /// The connection keyed `key`, closed or not.
+    pub(super) fn get(&self, key: &FiveTuple) -> Option<Entry> {
+        self.find(key).map(|slot| self.read(slot))
+    }
+
+    /// Connections held, closed ones included.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.v4.len() + self.wide.len()
+    }
+
+    /// Connections the indexes have room for without growing.
+    pub(super) fn capacity(&self) -> usize {
+        self.v4.capacity() + self.wide.capacity()
+    }
+
+    /// Records the chunks have room for (tests).
+    #[cfg(test)]
+    pub(super) fn room(&self) -> usize {
+        self.v4.room() + self.wide.room()
+    }
+
+    /// The open connections, keyed by [`canonical`] tuple.
+    pub(super) fn open(&self) -> impl Iterator<Item = (FiveTuple, Entry)> {
+        fn open<K: StoredKey>(r: &Record<K>) -> Option<(FiveTuple, Entry)> {
+            (!r.closed()).then(|| (r.tuple(), r.entry()))
+        }
+        (self.v4.iter().filter_map(open)).chain(self.wide.iter().filter_map(open))
     }
 
     /// Drops the entries due at `now_unix_ns`; returns (connections timed out, closed entries
-    /// freed). Gives memory back when the map is mostly empty after a burst, so the table stays
-    /// sized to what it tracks; the shard is a small slice of the table, so this stays short.
+    /// freed). Gives memory back as records go and when an index is mostly empty after a burst
+    /// (see [`Store::retain`]), so the table stays sized to what it tracks; the shard is a small slice of the table, so this stays short.
     pub(super) fn expire(&mut self, now_unix_ns: u64, limits: Limits) -> (usize, usize) {
         if now_unix_ns < self.next_deadline_ns {
             // Nothing can be due yet (see `next_deadline_ns`): the scan would remove nothing.
@@ -133,10 +212,10 @@ impl Shard {
         let mut expired = 0;
         let mut freed = 0;
         let mut next_deadline = u64::MAX;
-        self.map.retain(|_, e| {
+        let mut due = |r: &Entry| {
             // A clock that stepped back makes everything look fresh rather than expire it.
-            let idle = now_unix_ns.saturating_sub(e.last_seen);
-            let (keep, allowed) = if e.closed {
+            let idle = now_unix_ns.saturating_sub(r.last_seen);
+            let (keep, allowed) = if r.closed {
                 let keep = idle < linger;
                 freed += usize::from(!keep);
                 (keep, linger)
@@ -146,20 +225,14 @@ impl Shard {
                 (keep, timeout)
             };
             if keep {
-                next_deadline = next_deadline.min(e.last_seen.saturating_add(allowed));
+                next_deadline = next_deadline.min(r.last_seen.saturating_add(allowed));
             }
             keep
-        });
+        };
+        self.v4.retain(|r| due(&r.entry()));
+        self.wide.retain(|r| due(&r.entry()));
         self.next_deadline_ns = next_deadline;
         self.closing -= freed;
-        // A quarter full or less: halve the room (still twice what is held, so a table that
-        // only breathes does not shrink and regrow every tick).
-        if self.map.capacity() > SHRINK_FROM && self.map.len() * 4 <= self.map.capacity() {
-            self.map.shrink_to(self.map.len() * 2);
-        }
         (expired, freed)
     }
 }
-
-/// Maps with at most this much room are never shrunk: too small to matter.
-const SHRINK_FROM: usize = 64;

@@ -89,6 +89,49 @@ fn both_directions_merge_into_one_entry_with_per_hook_counts() {
 }
 
 #[test]
+fn ipv6_connections_follow_the_same_rules_beside_ipv4_ones() {
+    // IPv6 keys live in their own store: same merge, close, ranking and expiry.
+    let t = ConnectionTable::new(16, TIMEOUT);
+    let c6 = FiveTuple {
+        src: IpAddr::V6("fd00::1".parse().expect("an address")),
+        dst: IpAddr::V6("fd00::2".parse().expect("an address")),
+        ..client_to_server()
+    };
+    let c4 = client_to_server();
+    t.record(&packet(c6, Direction::Egress, 10, 60, TCP_SYN));
+    t.record(&packet(c4, Direction::Egress, 11, 60, TCP_SYN));
+    t.record(&packet(
+        c6.reversed(),
+        Direction::Ingress,
+        12,
+        60,
+        TCP_SYN | TCP_ACK,
+    ));
+    t.record(&packet(c6, Direction::Egress, 13, 900, TCP_ACK));
+    assert_eq!(t.active_len(), 2);
+    let s = t.get(&c6.reversed()).expect("found either way round");
+    assert_eq!(
+        (s.tuple, s.packets, s.bytes, s.ingress_packets),
+        (c6, 3, 1020, 1)
+    );
+    assert_eq!(
+        t.top(2, SortKey::Bytes)
+            .iter()
+            .map(|s| s.tuple)
+            .collect::<Vec<_>>(),
+        [c6, c4]
+    );
+    t.record(&packet(c6.reversed(), Direction::Ingress, 14, 40, TCP_RST));
+    assert_eq!((t.get(&c6), t.active_len(), t.held_len()), (None, 1, 2));
+    // The closed one is freed after its linger, the IPv4 one only at its timeout.
+    let linger = CLOSED_LINGER.as_nanos() as u64;
+    assert_eq!(t.expire(14 + linger), 0);
+    assert_eq!(t.held_len(), 1);
+    assert_eq!(t.expire(11 + TIMEOUT.as_nanos() as u64), 1);
+    assert_eq!(t.held_len(), 0);
+}
+
+#[test]
 fn timeout_closes_exactly_at_the_boundary() {
     let t = ConnectionTable::new(16, TIMEOUT);
     let udp = tuple(Protocol::Udp, (1, 5353), (2, 53));
@@ -231,7 +274,7 @@ fn full_table_refuses_a_flood_without_growing() {
         t.record(&p);
     }
     assert_eq!(t.active_len(), MAX);
-    assert_eq!(t.capacity(), capacity, "the map did not grow");
+    assert_eq!(t.capacity(), capacity, "the index did not grow");
     assert_eq!(
         t.stats(),
         TableStats {
@@ -257,7 +300,7 @@ fn full_table_refuses_a_flood_without_growing() {
 
 #[test]
 fn churn_keeps_the_table_sized_to_what_it_holds() {
-    // Partial removals leave tombstones in a map; with the bound held by the table and each
+    // Partial removals leave tombstones in an index; with the bound held by the table and each
     // shard free to grow, churn at the bound must not ratchet the memory up round after round.
     const MAX: usize = 7168;
     let t = ConnectionTable::new(MAX, Duration::from_nanos(64));
@@ -282,7 +325,7 @@ fn churn_keeps_the_table_sized_to_what_it_holds() {
                 interface: Default::default(),
             };
             // Ages 0..128 ns against a 64 ns timeout: the expire below removes about half
-            // of this round's entries, scattered over the map, and all older ones.
+            // of this round's entries, scattered over the index, and all older ones.
             t.record(&packet(
                 t5,
                 Direction::Ingress,
@@ -292,7 +335,7 @@ fn churn_keeps_the_table_sized_to_what_it_holds() {
             ));
         }
         assert_eq!(t.held_len(), MAX);
-        // A map is at least 7/16 full once it has grown, and tombstones may double it once.
+        // An index is at least 7/16 full once it has grown, and tombstones may double it once.
         most = most.max(t.capacity());
         assert!(
             t.capacity() <= MAX * 32 / 7,
@@ -522,13 +565,15 @@ fn record_delta_accumulates() {
 #[test]
 fn documented_entry_size() {
     // The module docs derive the memory per connection from these; update them together.
-    assert_eq!(std::mem::size_of::<FiveTuple>(), 48);
-    assert_eq!(std::mem::size_of::<Entry>(), 56);
-    assert_eq!(std::mem::size_of::<(FiveTuple, Entry)>(), 104);
-    // Nothing up front; as it fills, room for at most 8/7 x 2 of what it holds (a map grows
-    // by doubling when 7/8 full), plus the rounding of small shards.
+    use store::{CHUNK, Record, V4Key};
+    assert_eq!(std::mem::size_of::<Record<V4Key>>(), 72);
+    assert_eq!(std::mem::size_of::<Record<FiveTuple>>(), 104);
+    assert_eq!(CHUNK, 64);
+    // Nothing up front; as it fills, index room for at most 8/7 x 2 of what it holds (an index
+    // grows by doubling when 7/8 full), plus the rounding of small shards; records for what it
+    // holds and at most one partly empty chunk per shard.
     let t = ConnectionTable::new(65_536, TIMEOUT);
-    assert_eq!(t.capacity(), 0);
+    assert_eq!((t.capacity(), room(&t)), (0, 0));
     assert_eq!(t.shards.len(), 16, "65,536 / SHARD_ENTRIES");
     for i in 0..65_536u32 {
         let [_, b, c, d] = i.to_be_bytes();
@@ -544,4 +589,10 @@ fn documented_entry_size() {
     }
     assert_eq!(t.active_len(), 65_536);
     assert!(t.capacity() <= 65_536 * 2, "room for {}", t.capacity());
+    assert!(room(&t) >= 65_536 && room(&t) < 65_536 + 16 * CHUNK);
+}
+
+/// Records the shards' chunks have room for, in all.
+fn room(t: &ConnectionTable) -> usize {
+    t.shards().map(|s| t.lock_shard(s).room()).sum()
 }

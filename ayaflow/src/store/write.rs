@@ -9,9 +9,11 @@ use super::*;
 /// 64 rows 400,000, 256 rows 415,000.
 pub(super) const ROWS_PER_INSERT: usize = 64;
 
-/// Most keys the writer keeps in its [`TupleIds`] map (about 100 bytes each); beyond, it
-/// starts over, and keys are looked up in `tuples` again as they come.
-pub(super) const MAX_CACHED_TUPLES: usize = 1 << 18;
+/// Most keys the writer keeps in its [`TupleIds`] map (65 bytes a bucket); beyond, it starts
+/// over, and keys are looked up in `tuples` again as they come. 7/8 of 2^18: what a map of
+/// 2^18 buckets holds before it doubles, so the map (kept across restarts) is 17 MiB; one key
+/// more (2^18 keys) took 2^19 buckets, 34 MiB.
+pub(super) const MAX_CACHED_TUPLES: usize = 7 << 15;
 
 /// A version 2 raw row's columns after `id`, in `INSERT` order (tests write such rows).
 #[cfg(test)]
