@@ -61,7 +61,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    flow::{Direction, FiveTuple, Packet, Protocol, TCP_FIN, TCP_RST, TCP_SYN},
+    flow::{Direction, FiveTuple, Packet, Protocol, TCP_FIN, TCP_RST, TCP_SYN, V4Tuple},
     sync::lock,
 };
 

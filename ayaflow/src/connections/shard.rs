@@ -4,7 +4,7 @@
 //! bound, the counters).
 
 use super::{
-    store::{Record, Store, StoredKey, V4Key},
+    store::{Record, Store, StoredKey},
     *,
 };
 
@@ -23,7 +23,7 @@ pub(super) struct Shard {
     /// The IPv4 connections, keyed by [`canonical`] tuple. Start empty and grow with what is
     /// tracked (see the module docs of `connections` for why not sized to `max_connections` up
     /// front).
-    v4: Store<V4Key>,
+    v4: Store<V4Tuple>,
     /// Every other connection (IPv6), keyed likewise.
     wide: Store<FiveTuple>,
     /// Entries marked closed, not yet freed by `expire`.
@@ -110,7 +110,7 @@ impl Shard {
         match slot {
             Some(Slot::V4(pos)) => self.v4.write(pos, &entry),
             Some(Slot::Wide(pos)) => self.wide.write(pos, &entry),
-            None => match V4Key::pack(&key) {
+            None => match V4Tuple::pack(&key) {
                 Some(k) => self.v4.insert(k, &entry),
                 None => self.wide.insert(key, &entry),
             },
@@ -157,7 +157,7 @@ impl Shard {
     }
 
     fn find(&self, key: &FiveTuple) -> Option<Slot> {
-        match V4Key::pack(key) {
+        match V4Tuple::pack(key) {
             Some(k) => self.v4.find(&k).map(Slot::V4),
             None => self.wide.find(key).map(Slot::Wide),
         }

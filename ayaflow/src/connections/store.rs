@@ -9,15 +9,11 @@
 //! most one partly empty chunk, and every chunk of a family has the same size, so the allocator
 //! reuses a freed one as it is instead of keeping holes between grown and shrunk vectors.
 
-use std::{
-    hash::{BuildHasher, Hash},
-    net::{IpAddr, Ipv4Addr},
-};
+use std::hash::{BuildHasher, Hash};
 
 use hashbrown::HashTable;
 
 use super::*;
-use crate::ifname::InterfaceId;
 
 /// Records per chunk: 4.5 KiB of IPv4 records, so the one partly empty chunk of each shard
 /// costs little even at 100,000 connections over 512 shards.
@@ -26,57 +22,20 @@ pub(super) const CHUNK: usize = 64;
 /// Index buckets up to this many are never shrunk: too small to matter.
 const SHRINK_FROM: usize = 64;
 
-/// A key as a record holds it: packed for its family, unpacked to the same [`FiveTuple`].
+/// A key as a record holds it: packed for its family ([`V4Tuple`] for IPv4; every other key,
+/// IPv6 and the mixed pairs a `FiveTuple` can express, as it is), unpacked to the same
+/// [`FiveTuple`].
 pub(super) trait StoredKey: Copy + Eq + Hash {
-    /// `None` if `t` does not fit this form (the other family).
-    fn pack(t: &FiveTuple) -> Option<Self>;
     fn unpack(&self) -> FiveTuple;
 }
 
-/// An IPv4 key: both addresses as 4 bytes. 20 bytes where a [`FiveTuple`] takes 48.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) struct V4Key {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    src_port: u16,
-    dst_port: u16,
-    proto: Protocol,
-    interface: InterfaceId,
-}
-
-impl StoredKey for V4Key {
-    fn pack(t: &FiveTuple) -> Option<V4Key> {
-        match (t.src, t.dst) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => Some(V4Key {
-                src,
-                dst,
-                src_port: t.src_port,
-                dst_port: t.dst_port,
-                proto: t.proto,
-                interface: t.interface,
-            }),
-            _ => None,
-        }
-    }
-
+impl StoredKey for V4Tuple {
     fn unpack(&self) -> FiveTuple {
-        FiveTuple {
-            proto: self.proto,
-            src: IpAddr::V4(self.src),
-            src_port: self.src_port,
-            dst: IpAddr::V4(self.dst),
-            dst_port: self.dst_port,
-            interface: self.interface,
-        }
+        V4Tuple::unpack(self)
     }
 }
 
-/// Every other key (IPv6, and the mixed pairs a `FiveTuple` can express) as it is.
 impl StoredKey for FiveTuple {
-    fn pack(t: &FiveTuple) -> Option<FiveTuple> {
-        Some(*t)
-    }
-
     fn unpack(&self) -> FiveTuple {
         *self
     }
@@ -90,7 +49,7 @@ const CLOSED: u8 = 8;
 
 /// A key and its [`Entry`], flattened so that the compiler packs the key's 4-byte fields and
 /// the flags after the counters (a nested `Entry` would keep its own padding): 72 bytes with a
-/// [`V4Key`], 104 with a [`FiveTuple`].
+/// [`V4Tuple`], 104 with a [`FiveTuple`].
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Record<K> {
     key: K,
@@ -289,7 +248,7 @@ impl<K: StoredKey> Store<K> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv6Addr;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     use super::*;
 
@@ -311,11 +270,11 @@ mod tests {
     }
 
     /// Every record is found at its own position and holds what was written for it.
-    fn assert_consistent(s: &Store<V4Key>, live: &[u32]) {
+    fn assert_consistent(s: &Store<V4Tuple>, live: &[u32]) {
         assert_eq!(s.len(), live.len());
         assert_eq!(s.iter().count(), live.len());
         for &n in live {
-            let k = V4Key::pack(&key(n)).expect("IPv4");
+            let k = V4Tuple::pack(&key(n)).expect("IPv4");
             let pos = s.find(&k).unwrap_or_else(|| panic!("{n} indexed"));
             assert_eq!(s.at(pos).key, k);
             assert_eq!(s.at(pos).entry().packets, [u64::from(n), 1]);
@@ -326,10 +285,10 @@ mod tests {
 
     #[test]
     fn swap_remove_keeps_every_position_indexed() {
-        let mut s = Store::<V4Key>::default();
+        let mut s = Store::<V4Tuple>::default();
         let n = 3 * CHUNK as u32 + 5;
         for i in 0..n {
-            s.insert(V4Key::pack(&key(i)).expect("IPv4"), &entry(i.into()));
+            s.insert(V4Tuple::pack(&key(i)).expect("IPv4"), &entry(i.into()));
         }
         assert_consistent(&s, &(0..n).collect::<Vec<_>>());
         // Drop the multiples of 3 (first, last and middle of chunks among them).
@@ -337,7 +296,7 @@ mod tests {
         let live: Vec<u32> = (0..n).filter(|i| i % 3 != 0).collect();
         assert_consistent(&s, &live);
         for i in (0..n).filter(|i| i % 3 == 0) {
-            assert_eq!(s.find(&V4Key::pack(&key(i)).expect("IPv4")), None);
+            assert_eq!(s.find(&V4Tuple::pack(&key(i)).expect("IPv4")), None);
         }
         // Removing the last record moves nothing.
         let last = *live.last().expect("some left");
@@ -347,11 +306,11 @@ mod tests {
 
     #[test]
     fn chunks_come_and_go_whole_and_the_index_shrinks() {
-        let mut s = Store::<V4Key>::default();
+        let mut s = Store::<V4Tuple>::default();
         assert_eq!((s.room(), s.capacity()), (0, 0), "nothing up front");
         let n = 4096u32;
         for i in 0..n {
-            s.insert(V4Key::pack(&key(i)).expect("IPv4"), &entry(i.into()));
+            s.insert(V4Tuple::pack(&key(i)).expect("IPv4"), &entry(i.into()));
             assert_eq!(s.room(), (i as usize + 1).div_ceil(CHUNK) * CHUNK);
         }
         // A hash table at most 7/8 full grows by doubling: 4,096 records need 8,192 buckets.
@@ -371,11 +330,11 @@ mod tests {
 
     #[test]
     fn records_hold_their_family_compactly_and_round_trip() {
-        assert_eq!(std::mem::size_of::<V4Key>(), 20);
-        assert_eq!(std::mem::size_of::<Record<V4Key>>(), 72);
+        assert_eq!(std::mem::size_of::<V4Tuple>(), 20);
+        assert_eq!(std::mem::size_of::<Record<V4Tuple>>(), 72);
         assert_eq!(std::mem::size_of::<Record<FiveTuple>>(), 104);
         let v4 = key(7);
-        assert_eq!(V4Key::pack(&v4).map(|k| k.unpack()), Some(v4));
+        assert_eq!(V4Tuple::pack(&v4).map(|k| k.unpack()), Some(v4));
         let v6 = FiveTuple {
             proto: Protocol::Ether(0x88cc),
             src: IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -384,10 +343,10 @@ mod tests {
             dst_port: 2,
             interface: Default::default(),
         };
-        assert_eq!(V4Key::pack(&v6), None, "IPv6 does not fit 4 bytes");
+        assert_eq!(V4Tuple::pack(&v6), None, "IPv6 does not fit 4 bytes");
         let mixed = FiveTuple { dst: v4.dst, ..v6 };
-        assert_eq!(V4Key::pack(&mixed), None);
-        assert_eq!(FiveTuple::pack(&v6).map(|k| k.unpack()), Some(v6));
+        assert_eq!(V4Tuple::pack(&mixed), None);
+        assert_eq!(StoredKey::unpack(&v6), v6);
         // Every flag survives the packing on its own.
         for bit in 0..4 {
             let mut e = entry(3);
@@ -396,7 +355,7 @@ mod tests {
             e.fin_from_src = bit == 1;
             e.fin_from_dst = bit == 2;
             e.closed = bit == 3;
-            let r = Record::new(V4Key::pack(&v4).expect("IPv4"), &e);
+            let r = Record::new(V4Tuple::pack(&v4).expect("IPv4"), &e);
             let back = r.entry();
             assert_eq!(
                 (

@@ -565,8 +565,8 @@ fn record_delta_accumulates() {
 #[test]
 fn documented_entry_size() {
     // The module docs derive the memory per connection from these; update them together.
-    use store::{CHUNK, Record, V4Key};
-    assert_eq!(std::mem::size_of::<Record<V4Key>>(), 72);
+    use store::{CHUNK, Record};
+    assert_eq!(std::mem::size_of::<Record<V4Tuple>>(), 72);
     assert_eq!(std::mem::size_of::<Record<FiveTuple>>(), 104);
     assert_eq!(CHUNK, 64);
     // Nothing up front; as it fills, index room for at most 8/7 x 2 of what it holds (an index

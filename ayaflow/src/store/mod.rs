@@ -85,7 +85,7 @@
 //! - this file: [`Store`] and the limits shared by its parts;
 //! - `types`: what callers see (queries, pages, rows) and their JSON;
 //! - `open`: opening (writer, reader), connection settings, replacement check;
-//! - `write`: the write path and the writer's key-id cache;
+//! - `write`: the write path and the writer's key-id cache (`key_ids`: its map);
 //! - `retention`: deleting old history, sweeping unused keys;
 //! - `budget`: the file's used size, the WAL's limit, deleting the oldest history;
 //! - `plan`: the query planner and reading the rows it picks;
@@ -97,6 +97,7 @@ mod blocks;
 mod budget;
 mod decode;
 mod error;
+mod key_ids;
 mod open;
 mod plan;
 mod retention;

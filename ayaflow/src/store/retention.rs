@@ -130,7 +130,7 @@ impl Store {
             .map_err(err)?;
         tx.commit().map_err(err)?;
         let t = &mut self.tuples;
-        t.ids.retain(|_, id| !removed.contains(id));
+        t.ids.retain(|id| !removed.contains(&id));
         t.created_since_sweep = 0;
         t.kept_by_sweep = u64::try_from(kept).unwrap_or(0);
         tracing::debug!(

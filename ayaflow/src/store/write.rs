@@ -1,7 +1,7 @@
 //! The write path: multi-row inserts of raw rows and windows, and the writer's cache of key
 //! ids (`TupleIds`).
 
-use super::*;
+use super::{key_ids::KeyIds, *};
 
 /// Rows per multi-row `INSERT` statement: one statement step instead of many amortises
 /// SQLite's per-statement work (binding stays per value). The rest of a batch goes row by row.
@@ -9,10 +9,10 @@ use super::*;
 /// 64 rows 400,000, 256 rows 415,000.
 pub(super) const ROWS_PER_INSERT: usize = 64;
 
-/// Most keys the writer keeps in its [`TupleIds`] map (65 bytes a bucket); beyond, it starts
-/// over, and keys are looked up in `tuples` again as they come. 7/8 of 2^18: what a map of
-/// 2^18 buckets holds before it doubles, so the map (kept across restarts) is 17 MiB; one key
-/// more (2^18 keys) took 2^19 buckets, 34 MiB.
+/// Most keys the writer keeps in its [`TupleIds`] map (33 bytes a bucket for an IPv4 key, 65
+/// for others: `key_ids`); beyond, it starts over, and keys are looked up in `tuples` again as
+/// they come. 7/8 of 2^18: what a map of 2^18 buckets holds before it doubles, so the map (kept
+/// across restarts) is 8.5 MiB for IPv4 keys; one key more (2^18 keys) took 2^19 buckets.
 pub(super) const MAX_CACHED_TUPLES: usize = 7 << 15;
 
 /// A version 2 raw row's columns after `id`, in `INSERT` order (tests write such rows).
@@ -53,7 +53,7 @@ pub(super) type KeyHasher = foldhash::fast::RandomState;
 /// The writer's map from key to `tuples.id`, valid for the rows committed to this file.
 #[derive(Debug, Default)]
 pub(super) struct TupleIds {
-    pub(super) ids: HashMap<TupleKey, i64, KeyHasher>,
+    pub(super) ids: KeyIds,
     /// `ids` holds every row of `tuples`, so a key missing from it is new: it is inserted
     /// without looking it up first, many keys per statement. True from the open (when
     /// `tuples` fits in [`MAX_CACHED_TUPLES`]) until the map starts over.
@@ -209,7 +209,7 @@ impl TupleIds {
     /// Reads every key of `tuples` if there are at most [`MAX_CACHED_TUPLES`]: a complete map.
     /// Otherwise, or if a row cannot be read, an empty map that looks keys up as they come.
     pub(super) fn load(conn: &Connection, path: &Path) -> TupleIds {
-        let read = || -> Result<Option<HashMap<TupleKey, i64, KeyHasher>>, StoreError> {
+        let read = || -> Result<Option<KeyIds>, StoreError> {
             let sql = |e| StoreError::sqlite(path, "reading conversation keys", e);
             let count: i64 = conn
                 .query_row("SELECT count(*) FROM tuples", [], |r| r.get(0))
@@ -224,7 +224,7 @@ impl TupleIds {
                 )
                 .map_err(sql)?;
             let mut rows = stmt.query([]).map_err(sql)?;
-            let mut ids = HashMap::with_capacity_and_hasher(count as usize, KeyHasher::default());
+            let mut ids = KeyIds::default();
             while let Some(r) = rows.next().map_err(sql)? {
                 let id: i64 = r.get(0).map_err(sql)?;
                 let key = StoredKey::read(r, id, 1)
