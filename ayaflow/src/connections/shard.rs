@@ -202,7 +202,8 @@ impl Shard {
 
     /// Drops the entries due at `now_unix_ns`; returns (connections timed out, closed entries
     /// freed). Gives memory back as records go and when an index is mostly empty after a burst
-    /// (see [`Store::retain`]), so the table stays sized to what it tracks; the shard is a small slice of the table, so this stays short.
+    /// (see [`Store::retain`]), so the table stays sized to what it tracks; the shard is a
+    /// small slice of the table, so this stays short.
     pub(super) fn expire(&mut self, now_unix_ns: u64, limits: Limits) -> (usize, usize) {
         if now_unix_ns < self.next_deadline_ns {
             // Nothing can be due yet (see `next_deadline_ns`): the scan would remove nothing.

@@ -21,11 +21,12 @@
 use std::{
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
-    ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicUsize, Ordering},
 };
 
 use aya::maps::MapData;
+
+use super::mapping::{Mapping, page_size};
 
 /// Set in a record's length while its producer has not committed it.
 const BUSY_BIT: u32 = 1 << 31;
@@ -80,10 +81,11 @@ impl EventRing {
             )));
         }
         let fd = map.fd().as_fd();
-        let consumer = Mapping::new(fd, page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
-        let producer = Mapping::new(fd, page + size, libc::PROT_READ, page)?;
-        let pos = consumer.position().load(Ordering::Acquire);
-        let producer_pos = producer.position().load(Ordering::Acquire);
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let consumer = Mapping::new(fd, page, rw, 0, "the ring buffer's consumer page")?;
+        let producer = Mapping::new(fd, page + size, libc::PROT_READ, page, "the ring buffer")?;
+        let pos = position(&consumer).load(Ordering::Acquire);
+        let producer_pos = position(&producer).load(Ordering::Acquire);
         Ok(EventRing {
             map,
             consumer,
@@ -109,7 +111,7 @@ impl EventRing {
             if self.pos == self.producer_pos {
                 // Refresh only when caught up with the last reading: one shared load per
                 // stretch of records rather than per record.
-                self.producer_pos = self.producer.position().load(Ordering::Acquire);
+                self.producer_pos = position(&self.producer).load(Ordering::Acquire);
                 if self.pos == self.producer_pos {
                     self.publish();
                     return None;
@@ -149,7 +151,7 @@ impl EventRing {
         if self.published != self.pos {
             // Release: the kernel reuses the space only after it sees this, so every read of
             // the records before it is done first.
-            self.consumer.position().store(self.pos, Ordering::Release);
+            position(&self.consumer).store(self.pos, Ordering::Release);
             self.published = self.pos;
         }
     }
@@ -183,7 +185,7 @@ impl EventRing {
 
     fn data(&self) -> *const u8 {
         // SAFETY: the producer mapping is one page, then `size` bytes of data.
-        unsafe { self.producer.ptr.as_ptr().cast_const().add(self.page) }
+        unsafe { self.producer.ptr().cast_const().add(self.page) }
     }
 }
 
@@ -199,59 +201,9 @@ impl AsRawFd for EventRing {
     }
 }
 
-/// One `mmap` of the map's file descriptor, unmapped on drop.
-#[derive(Debug)]
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain shared memory; every access to it goes through atomics or
-// through `EventRing`'s `&mut self`.
-unsafe impl Send for Mapping {}
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    fn new(fd: BorrowedFd<'_>, len: usize, prot: libc::c_int, offset: usize) -> io::Result<Self> {
-        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks length and offset.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                offset as libc::off_t,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("mapping {len} bytes of the ring buffer at offset {offset}: {e}"),
-            ));
-        }
-        Ok(Mapping {
-            ptr: NonNull::new(ptr.cast()).expect("mmap does not return null on success"),
-            len,
-        })
-    }
-
-    /// The position word at the start of a consumer or producer page.
-    fn position(&self) -> &AtomicUsize {
-        // SAFETY: both pages start with the kernel's `unsigned long` position, page-aligned.
-        unsafe { &*self.ptr.as_ptr().cast::<AtomicUsize>() }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped; nothing borrows it past `EventRing`.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+/// The position word at the start of a consumer or producer page.
+fn position(page: &Mapping) -> &AtomicUsize {
+    // SAFETY: both pages start with the kernel's `unsigned long` position, page-aligned, and
+    // live as long as the mapping.
+    unsafe { &*page.ptr().cast::<AtomicUsize>() }
 }

@@ -13,6 +13,7 @@ pub mod counters;
 mod error;
 pub mod event_ring;
 pub mod interface;
+mod mapping;
 pub mod pin;
 pub mod ring;
 pub mod slots;

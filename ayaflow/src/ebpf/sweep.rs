@@ -24,12 +24,13 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
+    marker::PhantomData,
+    os::fd::AsFd as _,
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::Duration,
 };
 
+use super::mapping::{Mapping, page_size};
 use crate::ifname::{IfindexNames, IfindexReader};
 use aya::maps::Map;
 use ayaflow_common::flow::{
@@ -78,14 +79,10 @@ pub struct FlowDelta {
 
 /// A BPF array created with `BPF_F_MMAPABLE`, mapped into this process and accessed in place.
 struct Mapped<T> {
-    base: NonNull<T>,
+    mapping: Mapping,
     len: usize,
-    mapped_bytes: usize,
+    _values: PhantomData<T>,
 }
-
-// SAFETY: the mapping is plain shared memory; every access to what the kernel changes goes
-// through atomics.
-unsafe impl<T> Send for Mapped<T> {}
 
 impl<T> Mapped<T> {
     fn map(name: &str, map: &Map) -> io::Result<Mapped<T>> {
@@ -104,29 +101,13 @@ impl<T> Mapped<T> {
             )));
         }
         let len = info.max_entries() as usize;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let mapped_bytes = (len * size_of::<T>()).div_ceil(page) * page;
-        // SAFETY: maps the array's values shared with the kernel; the mapping lives until Drop,
-        // which unmaps exactly this range.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mapped_bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("mapping {name}: {e}")));
-        }
+        let page = page_size();
+        let bytes = (len * size_of::<T>()).div_ceil(page) * page;
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
         Ok(Mapped {
-            base: NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?,
+            mapping: Mapping::new(data.fd().as_fd(), bytes, prot, 0, name)?,
             len,
-            mapped_bytes,
+            _values: PhantomData,
         })
     }
 
@@ -134,14 +115,7 @@ impl<T> Mapped<T> {
         assert!(i < self.len);
         // SAFETY: in bounds of the mapping (checked above); the base is page-aligned and the
         // values are 8-byte multiples, so every value is 8-aligned.
-        unsafe { self.base.as_ptr().add(i) }
-    }
-}
-
-impl<T> Drop for Mapped<T> {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the range mapped in `map`, which nothing uses after this.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped_bytes) };
+        unsafe { self.mapping.ptr().cast::<T>().add(i) }
     }
 }
 
